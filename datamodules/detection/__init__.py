@@ -1,0 +1,35 @@
+"""Face-detection data: readers of WIDER / RetinaFace / FDDB / VOC / dlib / COCO annotations, the
+WIDER prediction writer, and the synthetic face generator."""
+from __future__ import annotations
+
+from .formats import (
+    DETECTION_FORMATS,
+    attach_box_attributes,
+    read_coco,
+    read_detection,
+    read_dlib,
+    read_fddb,
+    read_retinaface,
+    read_voc,
+    read_wider,
+    read_wider_predictions,
+    write_wider_predictions,
+)
+from .synthetic import DOMAINS, generate_detection_dataset, synthesize_detection_image
+
+__all__ = [
+    "DETECTION_FORMATS",
+    "DOMAINS",
+    "attach_box_attributes",
+    "generate_detection_dataset",
+    "read_coco",
+    "read_detection",
+    "read_dlib",
+    "read_fddb",
+    "read_retinaface",
+    "read_voc",
+    "read_wider",
+    "read_wider_predictions",
+    "synthesize_detection_image",
+    "write_wider_predictions",
+]

@@ -1,0 +1,81 @@
+"""Image probing and the box hygiene every detection reader applies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .progress import tick
+from .records import DataReport, DetectionSample
+
+VERIFY_MODES = ("none", "header", "full")
+
+
+def probe_image(path: str | Path, verify: str = "header") -> tuple[int, int] | None:
+    """Return ``(width, height)`` of an image, or None when ``verify == "none"``.
+
+    ``"header"`` reads only the header (fast: catches missing and non-image files);
+    ``"full"`` decodes every pixel (also catches truncated files).
+
+    Raises:
+        OSError: the file is missing, not an image, or (with ``"full"``) truncated.
+    """
+    if verify == "none":
+        return None
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    try:
+        with Image.open(path) as img:
+            if verify == "full":
+                img.load()
+            return img.size
+    except UnidentifiedImageError as exc:
+        raise OSError(f"not a readable image: {exc}") from exc
+    except SyntaxError as exc:  # PIL raises SyntaxError for some malformed headers
+        raise OSError(f"malformed image: {exc}") from exc
+
+
+def verify_sample_image(sample: DetectionSample, verify: str, report: DataReport, file: str | Path, line: int | None) -> bool:
+    """Probe ``sample.image``, fill its size, and report it when unreadable. Returns False to skip it."""
+    tick()
+    try:
+        size = probe_image(sample.image, verify)
+    except OSError as exc:
+        report.add(file, line, "unreadable_image", f"{sample.image}: {exc}")
+        return False
+    if size is not None:
+        sample.width, sample.height = size
+    return True
+
+
+def sanitize_boxes(sample: DetectionSample, report: DataReport, file: str | Path) -> DetectionSample:
+    """Drop boxes with NaN, zero or negative size (or wholly outside the image); clip the rest to
+    the image when its size is known. Every drop and clip is reported with its source line."""
+    boxes = sample.boxes
+    lines = sample.lines if sample.lines is not None else np.full(len(boxes), -1)
+
+    def line_of(i: int) -> int | None:
+        return int(lines[i]) if lines[i] >= 0 else None
+
+    finite = np.isfinite(boxes).all(axis=1)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    positive = finite & (wh > 0).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        report.add(file, line_of(i), "nan_box", f"{sample.name}: {boxes[i].tolist()}")
+    for i in np.flatnonzero(finite & ~positive):
+        report.add(file, line_of(i), "empty_box", f"{sample.name}: w={wh[i, 0]:g} h={wh[i, 1]:g}")
+    keep = positive
+    if sample.width is not None and sample.height is not None:
+        limit = np.array([sample.width, sample.height, sample.width, sample.height], dtype=np.float32)
+        clipped = np.clip(boxes, 0, limit)
+        inside = keep & ((clipped[:, 2:] - clipped[:, :2]) > 0).all(axis=1)
+        for i in np.flatnonzero(keep & ~inside):
+            report.add(file, line_of(i), "outside_image", f"{sample.name}: {boxes[i].tolist()} in {sample.width}x{sample.height}")
+        changed = inside & (clipped != boxes).any(axis=1)
+        for i in np.flatnonzero(changed):
+            report.add(file, line_of(i), "clipped", f"{sample.name}: {boxes[i].tolist()}", bad=False)
+        sample.boxes = np.where(inside[:, None], clipped, boxes).astype(np.float32)
+        keep = inside
+    report.boxes_read += len(boxes)
+    return sample if keep.all() else sample.select(keep)

@@ -1,0 +1,300 @@
+"""Readers of face-identification layouts into :class:`IdentitySample` records, and of
+insightface verification-pair ``.bin`` files.
+
+Group attributes are normalised to lower-case words: perceived gender becomes ``"female"`` /
+``"male"``; a numeric age column becomes an ``age_bin`` (FR-NAS's AgeDB bins 1-25, 26-50,
+51-75, 76-110). Unreadable images are counted in the :class:`DataReport` and skipped (with
+``verify`` other than ``"none"``); a malformed line raises :class:`DataError` naming it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..images import probe_image
+from ..progress import tick
+from ..records import DataError, DataReport, IdentitySample
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+AGE_BINS: tuple[tuple[int, int], ...] = ((1, 25), (26, 50), (51, 75), (76, 110))
+_GENDER_WORDS = {"m": "male", "male": "male", "man": "male", "1": "male",
+                 "f": "female", "female": "female", "woman": "female", "-1": "female", "0": "female"}
+
+
+def normalize_gender(value: str | None) -> str | None:
+    """``"m"`` / ``"Male"`` / ``"1"`` -> ``"male"``; ``"f"`` / ``"-1"`` / ``"0"`` -> ``"female"``."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    return _GENDER_WORDS.get(text, text or None)
+
+
+def age_bin(age: float, bins: Sequence[tuple[int, int]] = AGE_BINS) -> str | None:
+    """The ``"lo-hi"`` bin holding ``age`` (inclusive bounds), or None outside all bins."""
+    for lo, hi in bins:
+        if lo <= age <= hi:
+            return f"{lo}-{hi}"
+    return None
+
+
+def _verified(samples: list[IdentitySample], verify: str, report: DataReport, source: Path) -> list[IdentitySample]:
+    kept = []
+    for sample in samples:
+        report.images_read += 1
+        tick()
+        try:
+            probe_image(sample.image, verify)
+        except OSError as exc:
+            report.add(source, None, "unreadable_image", f"{sample.image}: {exc}")
+            continue
+        kept.append(sample)
+    return kept
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{what} not found", path)
+    return path
+
+
+def read_identity_folders(root: str | Path, *, verify: str = "header", report: DataReport | None = None,
+                          attributes: str | Path | None = None) -> list[IdentitySample]:
+    """Read one folder per identity (``root/<identity>/<image>``).
+
+    ``attributes`` optionally names a CSV with an ``identity`` column and group columns
+    (e.g. ``gender``) that apply to all images of that identity.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("identity folder root not found", root)
+    report = report if report is not None else DataReport(source=str(root))
+    per_identity: dict[str, dict[str, str | None]] = {}
+    if attributes is not None:
+        with open(_require_file(Path(attributes), "identity attribute file"), newline="") as f:
+            reader = csv.DictReader(f)
+            if "identity" not in (reader.fieldnames or []):
+                raise DataError("column 'identity' missing", attributes, 1)
+            for row in reader:
+                per_identity[row["identity"].strip()] = _groups(row, exclude=("identity",))
+    samples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        groups = per_identity.get(folder.name, {})
+        for image in sorted(folder.iterdir()):
+            if image.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append(IdentitySample(image=str(image), identity=folder.name, attributes=dict(groups)))
+    return _verified(samples, verify, report, root)
+
+
+def _groups(row: dict[str, str], exclude: Iterable[str]) -> dict[str, str | None]:
+    """Group columns of a CSV row, normalised (gender words, age -> age_bin)."""
+    out: dict[str, str | None] = {}
+    skip = set(exclude)
+    for key, value in row.items():
+        if key is None or key in skip:
+            continue
+        value = (value or "").strip()
+        lowered = key.strip().lower()
+        if "gender" in lowered or lowered == "sex":
+            out[key] = normalize_gender(value) if value else None
+        elif lowered == "age":
+            out[key] = value or None
+            try:
+                out["age_bin"] = age_bin(float(value))
+            except ValueError:
+                out["age_bin"] = None
+        else:
+            out[key] = value.lower() if value else None
+    return out
+
+
+def _celeba_table(path: Path) -> tuple[list[str], dict[str, tuple[int, list[str]]]]:
+    """Parse CelebA's ``count / header / rows`` text tables: header and ``{image: (line, values)}``."""
+    with open(_require_file(path, "CelebA file"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if len(lines) < 2:
+        raise DataError("expected a count line and a header line", path, 1)
+    header = lines[1].split()
+    rows: dict[str, tuple[int, list[str]]] = {}
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        values = parts[1:]
+        # some files repeat the image-id column in the header
+        expected = len(header) - 1 if header and header[0] in ("image_id", "image") else len(header)
+        if len(values) != expected:
+            raise DataError(f"expected {expected} values after the image name, found {len(values)}", path, number)
+        rows[parts[0]] = (number, values)
+    if header and header[0] in ("image_id", "image"):
+        header = header[1:]
+    return header, rows
+
+
+def read_celeba(identity_file: str | Path, images: str | Path, *, attributes_file: str | Path | None = None,
+                bbox_file: str | Path | None = None, landmarks_file: str | Path | None = None,
+                verify: str = "header", report: DataReport | None = None) -> list[IdentitySample]:
+    """Read CelebA: ``identity_CelebA.txt`` (``image identity``), optionally
+    ``list_attr_celeba.txt`` (its ``Male`` column becomes ``gender``; images it lacks get None),
+    ``list_bbox_celeba.txt`` (crop boxes) and ``list_landmarks_celeba.txt`` (5 points)."""
+    identity_path = _require_file(Path(identity_file), "CelebA identity file")
+    root = Path(images)
+    report = report if report is not None else DataReport(source=str(identity_path))
+    attrs: dict[str, tuple[int, list[str]]] = {}
+    male_col = None
+    if attributes_file is not None:
+        header, attrs = _celeba_table(Path(attributes_file))
+        if "Male" not in header:
+            raise DataError("column 'Male' missing from the attribute header", attributes_file, 2)
+        male_col = header.index("Male")
+    boxes = _celeba_table(Path(bbox_file))[1] if bbox_file is not None else {}
+    marks = _celeba_table(Path(landmarks_file))[1] if landmarks_file is not None else {}
+    samples = []
+    with open(identity_path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DataError(f"expected 'image identity', found {line.strip()!r}", identity_path, number)
+            name, identity = parts
+            gender = None
+            if name in attrs and male_col is not None:
+                gender = "male" if attrs[name][1][male_col] == "1" else "female"
+            bbox = None
+            if name in boxes:
+                x, y, w, h = (float(v) for v in boxes[name][1][:4])
+                bbox = (x, y, x + w, y + h)
+            landmarks = np.array(marks[name][1][:10], dtype=np.float32).reshape(5, 2) if name in marks else None
+            samples.append(IdentitySample(image=str(root / name), identity=identity, attributes={"gender": gender},
+                                          bbox=bbox, landmarks=landmarks))
+    return _verified(samples, verify, report, identity_path)
+
+
+def read_vggface2(root: str | Path, meta: str | Path | None = None, *, verify: str = "header",
+                  report: DataReport | None = None) -> list[IdentitySample]:
+    """Read VGGFace2: identity folders ``n000001/0001_01.jpg`` and ``identity_meta.csv``
+    (``Class_ID, Name, Sample_Num, Flag, Gender`` with gender ``m`` / ``f``)."""
+    root = Path(root)
+    report = report if report is not None else DataReport(source=str(root))
+    genders: dict[str, str | None] = {}
+    if meta is not None:
+        meta_path = _require_file(Path(meta), "VGGFace2 identity_meta.csv")
+        with open(meta_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = [h.strip() for h in next(reader, [])]
+            for col in ("Class_ID", "Gender"):
+                if col not in header:
+                    raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", meta_path, 1)
+            ci, gi = header.index("Class_ID"), header.index("Gender")
+            for number, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) <= max(ci, gi):
+                    raise DataError(f"expected {len(header)} columns, found {len(row)}", meta_path, number)
+                genders[row[ci].strip()] = normalize_gender(row[gi])
+    samples = read_identity_folders(root, verify="none", report=DataReport())
+    for sample in samples:
+        sample.attributes["gender"] = genders.get(sample.identity)
+    return _verified(samples, verify, report, root)
+
+
+def read_identity_csv(csv_file: str | Path, images: str | Path | None = None, *, image_column: str = "image",
+                      identity_column: str = "identity", verify: str = "header",
+                      report: DataReport | None = None) -> list[IdentitySample]:
+    """Read a generic CSV: an image column, an identity column, and any group columns (e.g.
+    ``gender``, ``race`` for RFW, numeric ``age`` for AgeDB which also yields ``age_bin``).
+    Image paths are relative to ``images`` (default: the CSV's folder)."""
+    path = _require_file(Path(csv_file), "identity CSV")
+    root = Path(images) if images is not None else path.parent
+    report = report if report is not None else DataReport(source=str(path))
+    samples = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for col in (image_column, identity_column):
+            if col not in header:
+                raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", path, 1)
+        for number, row in enumerate(reader, start=2):
+            if not row.get(image_column) or not row.get(identity_column):
+                raise DataError(f"empty {image_column!r} or {identity_column!r}", path, number)
+            samples.append(IdentitySample(image=str(root / row[image_column].strip()), identity=row[identity_column].strip(),
+                                          attributes=_groups(row, exclude=(image_column, identity_column))))
+    return _verified(samples, verify, report, path)
+
+
+@dataclass
+class VerificationPairs:
+    """An insightface verification set (LFW, CFP-FP, AgeDB-30 ``.bin``): encoded images where
+    images ``2i`` and ``2i + 1`` form pair ``i``, and ``issame[i]`` says whether they match."""
+
+    images: list[bytes]
+    issame: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.issame)
+
+    def decode(self, index: int) -> Image.Image:
+        """The ``index``-th image as RGB."""
+        return Image.open(io.BytesIO(self.images[index])).convert("RGB")
+
+
+def read_verification_bin(path: str | Path) -> VerificationPairs:
+    """Read an insightface ``.bin``: a pickle of ``(list of JPEG bytes, list of issame bools)``."""
+    path = _require_file(Path(path), "verification .bin")
+    try:
+        with open(path, "rb") as f:
+            bins, issame = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"not an insightface verification pickle: {exc}", path) from None
+    images = [bytes(b) for b in bins]
+    issame_arr = np.asarray(issame, dtype=bool)
+    if len(images) != 2 * len(issame_arr):
+        raise DataError(f"{len(images)} images for {len(issame_arr)} pairs (expected twice as many)", path)
+    return VerificationPairs(images=images, issame=issame_arr)
+
+
+def write_verification_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) -> Path:
+    """Write pairs in insightface's ``.bin`` layout (the inverse of :func:`read_verification_bin`)."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        pickle.dump((list(images), list(map(bool, issame))), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _folders(annotations: str | Path | None, images: str | Path | None, **kw) -> list[IdentitySample]:
+    if images is None and annotations is None:
+        raise DataError("the folders format needs the identity folder root (images)")
+    return read_identity_folders(images if images is not None else annotations,  # type: ignore[arg-type]
+                                 attributes=annotations if images is not None else None, **kw)
+
+
+IDENTITY_FORMATS: dict[str, Callable[..., list[IdentitySample]]] = {
+    "folders": _folders,
+    "celeba": lambda annotations, images=None, **kw: read_celeba(annotations, images or Path(annotations).parent, **kw),
+    "vggface2": lambda annotations, images=None, **kw: read_vggface2(images or Path(annotations).parent, annotations, **kw),
+    "csv": lambda annotations, images=None, **kw: read_identity_csv(annotations, images, **kw),
+}
+
+
+def read_identities(format: str, annotations: str | Path | None, images: str | Path | None = None, *, verify: str = "header",
+                    **kwargs) -> tuple[list[IdentitySample], DataReport]:
+    """Read any identification format by name (see ``IDENTITY_FORMATS``).
+
+    ``annotations`` / ``images`` per format: ``folders``: attribute CSV (optional) / root;
+    ``celeba``: ``identity_CelebA.txt`` / image folder; ``vggface2``: ``identity_meta.csv`` /
+    root; ``csv``: the CSV / image root.
+    """
+    if format not in IDENTITY_FORMATS:
+        raise DataError(f"unknown identification format {format!r}; choose from {', '.join(IDENTITY_FORMATS)}")
+    if annotations is None and format != "folders":
+        raise DataError(f"the {format} format needs its annotation file")
+    report = DataReport(source=str(annotations if annotations is not None else images))
+    samples = IDENTITY_FORMATS[format](annotations, images, verify=verify, report=report, **kwargs)
+    return samples, report

@@ -1,0 +1,491 @@
+"""facenas: face AutoML on PyTorch Lightning.
+
+Verbs:
+
+* ``fit | validate | test | predict``: LightningCLI over YAML configs (``class_path`` /
+  ``init_args`` for ``model`` and ``data``), e.g. ``facenas fit --config configs/x.yaml``.
+* ``eval-detections``: AP@50 of WIDER-format predictions against ground truth.
+* ``fairness-report``: identification error and fairness metrics of saved embeddings.
+* ``data check``: read a dataset, report every dropped or repaired box and image.
+
+Every verb takes ``--config`` YAML files and ``--help``. User errors (a wrong key or type, a
+missing file, an unknown class) end with one message and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+TOOL_VERBS = ("eval-detections", "fairness-report", "data")
+
+USAGE = """usage: facenas <verb> [--config FILE.yaml ...] [options]
+
+Training (LightningCLI; `facenas <verb> --help` lists every option):
+  fit              train a model:            facenas fit --config configs/x.yaml
+  validate         run the validation loop:  facenas validate --config x.yaml --ckpt_path last
+  test             run the test loop:        facenas test --config x.yaml --ckpt_path best
+  predict          run prediction:           facenas predict --config x.yaml --ckpt_path best
+
+Evaluation and data:
+  eval-detections  AP@50 of WIDER-format predictions (MMDetection VOC semantics)
+  fairness-report  identification error and fairness (FR-NAS metrics) of saved embeddings
+  data check       read a dataset and report every dropped or repaired box and image
+
+Options common to every verb: --config FILE (repeatable), --print_config, -h/--help.
+"""
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# fit / validate / test / predict
+
+
+def _lightning_cli(argv: Sequence[str]) -> int:
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.callbacks import (
+        ModelCheckpoint,
+        ProgressBar,
+        RichProgressBar,
+    )
+    from lightning.pytorch.cli import LightningCLI
+
+    class FaceNASCLI(LightningCLI):
+        """LightningCLI with facenas defaults: CSV logs and checkpoints under ``runs/``, best
+        (by the model's ``monitor``) and last checkpoints, a rich progress bar, ``--ckpt_path
+        last|best`` resolved across runs, and W&B runs finished when the command ends."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.set_defaults({
+                "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": "runs", "name": "default"}},
+                "trainer.default_root_dir": "runs",
+            })
+
+        def instantiate_trainer(self, **kwargs: Any):
+            trainer_cfg = self._get(self.config_init, "trainer", default={})
+            configured = trainer_cfg.get("callbacks") or []
+            callbacks = list(configured if isinstance(configured, list) else [configured])
+            if trainer_cfg.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(RichProgressBar())
+            if trainer_cfg.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+                # "last" is its own unmonitored checkpoint, rewritten every epoch: Lightning's
+                # save_last only refreshes it when the monitored metric improves
+                callbacks.append(ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False))
+                monitor = getattr(self.model, "monitor", None)
+                if monitor:
+                    callbacks.append(ModelCheckpoint(monitor=monitor, mode=getattr(self.model, "monitor_mode", "min"), save_top_k=1,
+                                                     filename="best-{epoch:03d}", auto_insert_metric_name=False))
+            # passing callbacks replaces the configured list, so it carries those too
+            return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+
+        def _resolve_ckpt(self) -> None:
+            cfg = self.config_init[self.subcommand]
+            wanted = cfg.get("ckpt_path")
+            if wanted not in ("last", "best"):
+                if wanted is not None and not Path(wanted).is_file():
+                    raise UserError(f"checkpoint not found: {wanted}")
+                return
+            found = find_checkpoint(self.trainer, wanted)
+            if found is None:
+                if self.subcommand == "fit" and wanted == "last":
+                    print(f"facenas: no last checkpoint under {run_root(self.trainer)}; starting from scratch", file=sys.stderr)
+                    cfg["ckpt_path"] = None
+                    return
+                raise UserError(f"no '{wanted}' checkpoint found under {run_root(self.trainer)}")
+            if self.trainer.is_global_zero:
+                print(f"facenas: using {wanted} checkpoint {found}", file=sys.stderr)
+            cfg["ckpt_path"] = str(found)
+
+        def before_fit(self) -> None:
+            self._resolve_ckpt()
+
+        def before_validate(self) -> None:
+            self._resolve_ckpt()
+
+        def before_test(self) -> None:
+            self._resolve_ckpt()
+
+        def before_predict(self) -> None:
+            self._resolve_ckpt()
+
+        def after_fit(self) -> None:
+            _print_metrics(self.trainer, "final metrics")
+
+    cli = FaceNASCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=None if list(argv) == sys.argv[1:] else list(argv),
+        run=True,
+        parser_kwargs={"prog": "facenas", "exit_on_error": False,
+                       "description": "Train and evaluate facenas models with YAML configs."},
+    )
+    _finish_loggers(cli.trainer)
+    return 0
+
+
+def run_root(trainer) -> Path:
+    """The folder holding a run's versions (``runs/<name>`` for the CSV logger)."""
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "root_dir", None):
+        return Path(logger.root_dir)
+    if logger is not None and getattr(logger, "save_dir", None):
+        return Path(logger.save_dir)
+    return Path(trainer.default_root_dir)
+
+
+def find_checkpoint(trainer, which: str) -> Path | None:
+    """The newest ``last*.ckpt`` or ``best*.ckpt`` below the run's folder."""
+    root = run_root(trainer)
+    if not root.is_dir():
+        return None
+    found = sorted(root.rglob(f"{which}*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _print_metrics(trainer, title: str) -> None:
+    if not trainer.is_global_zero or not trainer.callback_metrics:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(trainer.callback_metrics.items()):
+        table.add_row(key, f"{float(value):.4f}")
+    Console().print(table)
+
+
+def _finish_loggers(trainer) -> None:
+    if trainer is None:
+        return
+    for logger in trainer.loggers:
+        finish = getattr(logger, "finish", None)
+        if callable(finish):
+            finish()
+
+
+# --------------------------------------------------------------------------------------------
+# eval-detections
+
+
+def _tool_parser(prog: str, description: str):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=f"facenas {prog}", description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below (keys use underscores)")
+    return parser
+
+
+def _eval_detections(argv: Sequence[str]) -> int:
+    from jsonargparse.typing import PositiveFloat
+
+    parser = _tool_parser("eval-detections", "AP@IoU of WIDER-format predictions against ground truth, with "
+                          "MMDetection's VOC semantics (ignored boxes neither help nor hurt; all-point AP).")
+    parser.add_argument("--gt", type=str, required=True, help="ground-truth annotation file (or folder for voc/fddb)")
+    parser.add_argument("--gt-format", type=str, default="wider", help="format of --gt: wider, retinaface, fddb, voc, dlib, coco")
+    parser.add_argument("--pred", type=str, required=True, help="prediction folder in WIDER format: <event>/<image stem>.txt")
+    parser.add_argument("--iou", type=PositiveFloat, default=0.5, help="IoU threshold of a true positive")
+    parser.add_argument("--min-size", type=float, default=0.0, help="ignore ground truths (and unmatched detections) with sqrt(w*h) below this; HyperFD: 36")
+    parser.add_argument("--images", type=str | None, default=None, help="image folder: needed for --short-side (image sizes)")
+    parser.add_argument("--short-side", type=PositiveFloat | None, default=None, help="measure sizes after scaling each image to this shorter side; HyperFD: 720")
+    parser.add_argument("--attributes", type=str | None, default=None, help="per-face attribute CSV (file, face_index, columns...), e.g. WIDER demographics_val.csv")
+    parser.add_argument("--attribute-columns", type=list[str] | None, default=None, help="attribute columns to report AP for (default: all of the CSV's label columns)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(list(argv))
+    if args.short_side is not None and args.images is None:
+        parser.error("--short-side needs --images (sizes are read from the image files)")
+
+    import numpy as np
+    import torch
+
+    from callbacks.detection_ap import evaluate_detections
+    from datamodules.detection.formats import (
+        attach_box_attributes,
+        read_detection,
+        read_wider_predictions,
+    )
+    from datamodules.progress import counting
+
+    with counting("reading ground truth"):
+        samples, report = read_detection(args.gt_format, args.gt, args.images, verify="header" if args.images else "none")
+    preds = read_wider_predictions(args.pred, report)
+    columns = attach_box_attributes(samples, args.attributes, columns=args.attribute_columns) if args.attributes else []
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    keys = [Path(s.name).with_suffix("").as_posix() for s in samples]
+    missing = [k for k in keys if k not in preds]
+    pred_list = [tuple(torch.from_numpy(a) for a in preds.get(k, empty)) for k in keys]
+    sizes = [(s.height, s.width) for s in samples] if args.short_side else None
+
+    def evaluate(ignore_extra=None) -> dict:
+        gts = []
+        for i, s in enumerate(samples):
+            ignore = s.ignore if ignore_extra is None else s.ignore | ignore_extra[i]
+            gts.append((torch.from_numpy(s.boxes), torch.from_numpy(ignore)))
+        return evaluate_detections(pred_list, gts, image_sizes=sizes, short_side=args.short_side,
+                                   iou_threshold=args.iou, min_size=args.min_size).as_dict()
+
+    result = evaluate()
+    result.update({"num_images": len(samples), "images_without_predictions": len(missing), "iou": args.iou,
+                   "min_size": args.min_size, "short_side": args.short_side})
+    if columns:
+        result["attributes"] = {}
+        for col in columns:
+            values = sorted({v for s in samples for v in s.attributes.get(col, []) if v is not None})
+            result["attributes"][col] = {
+                v: evaluate([np.array([lab != v for lab in s.attributes.get(col, [None] * len(s))], dtype=bool) for s in samples])
+                for v in values
+            }
+    if report.issues:
+        print(report.summary(), file=sys.stderr)
+    if missing:
+        print(f"facenas: {len(missing)} of {len(samples)} images have no prediction file (counted as no detections), "
+              f"e.g. {missing[0]}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_json_safe(result)))
+    else:
+        _print_detection_table(result)
+    return 0
+
+
+def _print_detection_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"AP@{result['iou']:g} (min size {result['min_size']:g}"
+                  + (f", short side {result['short_side']:g})" if result["short_side"] else ")"))
+    for col in ("subset", "AP", "recall", "faces", "detections"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    table.add_row("all", f"{result['ap50']:.4f}", f"{result['recall']:.4f}", str(result["num_gt"]), str(result["num_det"]))
+    for col, groups in result.get("attributes", {}).items():
+        for value, r in groups.items():
+            table.add_row(f"{col}={value}", f"{r['ap50']:.4f}", f"{r['recall']:.4f}", str(r["num_gt"]), str(r["num_det"]))
+    Console().print(table)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become null (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# fairness-report
+
+
+def _fairness_report(argv: Sequence[str]) -> int:
+    parser = _tool_parser("fairness-report", "Identification error and FR-NAS fairness metrics (rank disparity, "
+                          "disparity, ratio, rank ratio, error ratio) of saved embeddings.")
+    parser.add_argument("--embeddings", type=str, required=True, help=".npy file of shape (N, D); row i is image i")
+    parser.add_argument("--meta", type=str, required=True, help="CSV with one row per embedding row (same order)")
+    parser.add_argument("--identity-column", type=str, default="identity", help="identity column of --meta")
+    parser.add_argument("--group-column", type=str, default="gender", help="demographic group column of --meta (gender, race, age_bin, ...)")
+    parser.add_argument("--reference-group", type=str | None, default=None,
+                        help="compare every other group with this one (FR-NAS: female); default: maximum over all ordered pairs")
+    parser.add_argument("--age-bins", action="store_true", help="bin a numeric group column into FR-NAS age bins (1-25, 26-50, 51-75, 76-110)")
+    parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(list(argv))
+
+    import csv
+
+    import numpy as np
+    import torch
+
+    from callbacks.fairness import evaluate_fairness
+    from datamodules.recognition.formats import age_bin
+
+    emb_path, meta_path = Path(args.embeddings), Path(args.meta)
+    for path in (emb_path, meta_path):
+        if not path.is_file():
+            raise UserError(f"file not found: {path}")
+    try:
+        embeddings = np.load(emb_path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"{emb_path}: not a .npy array ({exc})") from None
+    if embeddings.ndim != 2:
+        raise UserError(f"{emb_path}: expected a (N, D) array, got shape {embeddings.shape}")
+    with open(meta_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for col in (args.identity_column, args.group_column):
+            if col not in header:
+                raise UserError(f"{meta_path}: column {col!r} missing (columns: {', '.join(header)})")
+        rows = list(reader)
+    if len(rows) != len(embeddings):
+        raise UserError(f"{meta_path} has {len(rows)} rows but {emb_path} has {len(embeddings)} embeddings")
+    identities = {v: i for i, v in enumerate(sorted({r[args.identity_column] for r in rows}))}
+
+    def group_of(row: dict) -> str | None:
+        value = (row[args.group_column] or "").strip()
+        if not value:
+            return None
+        if args.age_bins:
+            try:
+                return age_bin(float(value))
+            except ValueError:
+                raise UserError(f"{meta_path}: {args.group_column}={value!r} is not a number") from None
+        return value.lower()
+
+    labels = [group_of(r) for r in rows]
+    names = sorted({g for g in labels if g is not None})
+    index = {g: i for i, g in enumerate(names)}
+    if args.reference_group is not None and args.reference_group.lower() not in index:
+        raise UserError(f"reference group {args.reference_group!r} not in {args.group_column} values {names}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    result = evaluate_fairness(
+        torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device),
+        torch.tensor([identities[r[args.identity_column]] for r in rows]),
+        torch.tensor([index[g] if g is not None else -1 for g in labels]),
+        names, None if args.reference_group is None else args.reference_group.lower(),
+    )
+    out = result.as_dict()
+    if args.json:
+        print(json.dumps(_json_safe(out)))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"identification over {out['probes']} probes")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for key in ("error", "rank", "rank_disparity", "disparity", "ratio", "rank_ratio", "error_ratio"):
+        summary.add_row(key, f"{out[key]:.4f}")
+    console.print(summary)
+    groups = Table(title=f"per {args.group_column}")
+    for col in ("group", "n", "accuracy", "error", "rank", "rank_by_identity"):
+        groups.add_column(col, justify="left" if col == "group" else "right")
+    for g, s in out["groups"].items():
+        groups.add_row(g, str(s["n"]), f"{s['accuracy']:.4f}", f"{s['error']:.4f}", f"{s['rank']:.3f}", f"{s['rank_by_identity']:.3f}")
+    console.print(groups)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# data check
+
+
+def _data(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: facenas data check --format F --annotations A [--images DIR] [--max-bad-fraction X] [--json]\n\n"
+              "  check   read a dataset and report every dropped or repaired box and image "
+              "(`facenas data check --help` for the options)")
+        return 0 if argv else 2
+    if argv[0] != "check":
+        raise UserError(f"unknown data verb {argv[0]!r}; the data verb is: check")
+    from datamodules.detection.formats import DETECTION_FORMATS
+    from datamodules.recognition.formats import IDENTITY_FORMATS
+
+    parser = _tool_parser("data check", "Read a dataset the way training reads it, decode every image, and report "
+                          "each box or image that is dropped (NaN, empty, outside, unreadable) or repaired (clipped).")
+    formats = ", ".join([*DETECTION_FORMATS, *IDENTITY_FORMATS])
+    parser.add_argument("--format", type=str, required=True, help=f"dataset format: {formats}")
+    parser.add_argument("--annotations", type=str | None, default=None,
+                        help="annotation file or folder (identity formats: folders: attribute CSV, optional; celeba: "
+                             "identity_CelebA.txt; vggface2: identity_meta.csv; csv: the CSV)")
+    parser.add_argument("--images", type=str | None, default=None, help="image folder")
+    parser.add_argument("--max-bad-fraction", type=float, default=0.01, help="exit 1 when more than this fraction of boxes and images is dropped")
+    parser.add_argument("--verify", type=str, default="full", help="image check: full (decode every image), header, none")
+    parser.add_argument("--list", type=int, default=20, help="how many individual issues to print")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    args = parser.parse_args(list(argv[1:]))
+    if args.format not in DETECTION_FORMATS and args.format not in IDENTITY_FORMATS:
+        raise UserError(f"unknown format {args.format!r}; choose from {formats}")
+    if args.annotations is None and args.format != "folders":
+        raise UserError(f"--annotations is required for format {args.format!r}")
+
+    from datamodules.detection.formats import read_detection
+    from datamodules.progress import counting
+    from datamodules.recognition.formats import read_identities
+
+    with counting(f"checking {args.format} images"):
+        if args.format in DETECTION_FORMATS:
+            samples, report = read_detection(args.format, args.annotations, args.images, verify=args.verify)
+            extra = {"images": len(samples), "boxes": int(sum(len(s) for s in samples)),
+                     "ignored_boxes": int(sum(s.ignore.sum() for s in samples))}
+        else:
+            samples, report = read_identities(args.format, args.annotations, args.images, verify=args.verify)
+            extra = {"images": len(samples), "identities": len({s.identity for s in samples})}
+    failed = report.bad_fraction > args.max_bad_fraction
+    if args.json:
+        print(json.dumps({**extra, "images_read": report.images_read, "boxes_read": report.boxes_read, "dropped": report.num_bad,
+                          "bad_fraction": report.bad_fraction, "counts": dict(report.counts()), "ok": not failed,
+                          "issues": [vars(i) for i in report.issues]}))
+    else:
+        print(report.summary())
+        for issue in report.issues[: args.list]:
+            print(f"  {'dropped' if issue.bad else 'repaired'} {issue.reason} at {issue.where()}: {issue.detail}")
+        if len(report.issues) > args.list:
+            print(f"  ... {len(report.issues) - args.list} more (--list N or --json for all)")
+        print(f"kept: {', '.join(f'{v} {k}' for k, v in extra.items())}")
+        verdict = "FAIL" if failed else "OK"
+        print(f"{verdict}: {100 * report.bad_fraction:.2f}% dropped (limit {100 * args.max_bad_fraction:.2f}%)")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``facenas`` console script and ``python -m facenas``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"facenas {version('facenas')}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    handlers = {"eval-detections": _eval_detections, "fairness-report": _fairness_report, "data": _data}
+    import warnings
+
+    from jsonargparse import ArgumentError
+
+    from datamodules.records import DataError
+
+    # Lightning's own use of an API newer torch deprecates: not the user's to fix
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # like `python -m`, let configs name classes of modules in the working directory
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        if verb in LIGHTNING_VERBS:
+            return _lightning_cli([verb, *rest])
+        if verb in handlers:
+            return handlers[verb](rest)
+        raise UserError(f"unknown verb {verb!r}; choose from {', '.join(LIGHTNING_VERBS + TOOL_VERBS)} (facenas --help)")
+    except ArgumentError as exc:
+        print(f"facenas {verb}: error: {exc}\n(facenas {verb} --help lists every option)", file=sys.stderr)
+        return 2
+    except (UserError, DataError, FileNotFoundError) as exc:
+        message = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"file not found: {exc.filename}"
+        print(f"facenas {verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facenas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hyper-parameter and architecture search: spaces, the study driver, executors and backends."""

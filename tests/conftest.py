@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real data lives, and a runner for the `facenas` command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACENAS_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_path(*parts: str) -> Path:
+    """A path under the shared real-data folder; skips the test when it is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+@pytest.fixture
+def wider_val() -> tuple[Path, Path]:
+    """(gt txt, image folder) of the WIDER FACE validation subset."""
+    return (data_path("widerface", "wider_face_split", "wider_face_val_bbx_gt.txt"),
+            data_path("widerface", "WIDER_val", "images"))
+
+
+def run_facenas(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m facenas ARGS`` in a fresh process, as a user would, and capture its output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0", "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true", **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "facenas", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
