@@ -7,6 +7,7 @@ Verbs:
 * ``eval-detections``: AP@50 of WIDER-format predictions against ground truth.
 * ``fairness-report``: identification error and fairness metrics of saved embeddings.
 * ``data check``: read a dataset, report every dropped or repaired box and image.
+* ``data synth``: write a synthetic detection or identity set in the real formats.
 
 Every verb takes ``--config`` YAML files and ``--help``. User errors (a wrong key or type, a
 missing file, an unknown class) end with one message and exit code 2.
@@ -385,12 +386,15 @@ def _fairness_report(argv: Sequence[str]) -> int:
 
 def _data(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: facenas data check --format F --annotations A [--images DIR] [--max-bad-fraction X] [--json]\n\n"
-              "  check   read a dataset and report every dropped or repaired box and image "
-              "(`facenas data check --help` for the options)")
+        print("usage: facenas data {check,synth} [options]\n\n"
+              "  check   read a dataset and report every dropped or repaired box and image\n"
+              "  synth   write a seeded synthetic face-detection or identity set in the real formats\n\n"
+              "`facenas data <verb> --help` lists the options.")
         return 0 if argv else 2
+    if argv[0] == "synth":
+        return _data_synth(argv[1:])
     if argv[0] != "check":
-        raise UserError(f"unknown data verb {argv[0]!r}; the data verb is: check")
+        raise UserError(f"unknown data verb {argv[0]!r}; the data verbs are: check, synth")
     from datamodules.detection.formats import DETECTION_FORMATS
     from datamodules.recognition.formats import IDENTITY_FORMATS
 
@@ -439,6 +443,40 @@ def _data(argv: Sequence[str]) -> int:
         verdict = "FAIL" if failed else "OK"
         print(f"{verdict}: {100 * report.bad_fraction:.2f}% dropped (limit {100 * args.max_bad_fraction:.2f}%)")
     return 1 if failed else 0
+
+
+def _data_synth(argv: Sequence[str]) -> int:
+    parser = _tool_parser("data synth", "Write a seeded synthetic data set in the real formats, so that every reader, "
+                          "model and quickstart runs without downloads. detection: images/ + wider_face_bbx_gt.txt + "
+                          "label.txt (5 landmarks); identities: one folder per identity + labels.csv (image, identity, gender).")
+    parser.add_argument("--task", type=str, default="detection", help="detection or identities")
+    parser.add_argument("--out", type=str, required=True, help="output folder (reused when it already holds the same set)")
+    parser.add_argument("--images", type=int, default=100, help="detection: number of images")
+    parser.add_argument("--domains", type=list[str], default=["plain"],
+                        help="detection: domain styles, round-robin: plain, crowd, masked, lowlight, fisheye, cartoon")
+    parser.add_argument("--width", type=int, default=640, help="detection: image width")
+    parser.add_argument("--height", type=int, default=480, help="detection: image height")
+    parser.add_argument("--identities", type=int, default=100, help="identities: number of identities")
+    parser.add_argument("--per-identity", type=int, default=10, help="identities: images per identity")
+    parser.add_argument("--size", type=int, default=112, help="identities: image side")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pixels")
+    args = parser.parse_args(list(argv))
+    if args.task == "detection":
+        from datamodules.detection.synthetic import DOMAINS, generate_detection_dataset
+
+        unknown = [d for d in args.domains if d not in DOMAINS]
+        if unknown:
+            raise UserError(f"unknown domain {unknown[0]!r}; choose from {', '.join(DOMAINS)}")
+        root = generate_detection_dataset(args.out, args.images, domains=args.domains, size=(args.width, args.height), seed=args.seed)
+        print(f"wrote {args.images} images to {root}/images with {root}/wider_face_bbx_gt.txt and {root}/label.txt")
+    elif args.task == "identities":
+        from datamodules.recognition.synthetic import generate_identity_dataset
+
+        labels = generate_identity_dataset(args.out, args.identities, args.per_identity, size=args.size, seed=args.seed)
+        print(f"wrote {args.identities} identities x {args.per_identity} images; labels in {labels}")
+    else:
+        raise UserError(f"unknown task {args.task!r}; choose detection or identities")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,3 +169,19 @@ def test_user_errors_exit_2_with_one_message(args, message):
     out = run_facenas(*args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_data_synth_writes_sets_the_readers_accept(tmp_path):
+    out = run_facenas("data", "synth", "--out", str(tmp_path / "det"), "--images", "4", "--domains", "[crowd,masked]",
+                      "--width", "160", "--height", "120")
+    assert out.returncode == 0, out.stderr
+    check = run_facenas("data", "check", "--format", "retinaface", "--annotations", str(tmp_path / "det/label.txt"),
+                        "--images", str(tmp_path / "det/images"), "--json")
+    assert check.returncode == 0 and json.loads(check.stdout)["images"] == 4
+    out = run_facenas("data", "synth", "--task", "identities", "--out", str(tmp_path / "ids"), "--identities", "4",
+                      "--per-identity", "2", "--size", "48")
+    assert out.returncode == 0, out.stderr
+    check = run_facenas("data", "check", "--format", "csv", "--annotations", str(tmp_path / "ids/labels.csv"), "--json")
+    assert json.loads(check.stdout)["identities"] == 4
+    bad = run_facenas("data", "synth", "--out", str(tmp_path / "x"), "--domains", "[underwater]")
+    assert bad.returncode == 2 and "unknown domain 'underwater'" in bad.stderr
