@@ -355,7 +355,7 @@ def _fairness_report(argv: Sequence[str]) -> int:
         torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device),
         torch.tensor([identities[r[args.identity_column]] for r in rows]),
         torch.tensor([index[g] if g is not None else -1 for g in labels]),
-        names, None if args.reference_group is None else args.reference_group.lower(),
+        names, None if args.reference_group is None else args.reference_group.lower(), progress=True,
     )
     out = result.as_dict()
     if args.json:

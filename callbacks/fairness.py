@@ -40,12 +40,14 @@ class ProbeRanks:
     rank_by_identity: Tensor
 
 
-def identification_ranks(embeddings: Tensor, identities: Tensor, *, chunk_elements: int = _CHUNK_ELEMENTS) -> ProbeRanks:
+def identification_ranks(embeddings: Tensor, identities: Tensor, *, chunk_elements: int = _CHUNK_ELEMENTS,
+                         progress: bool = False) -> ProbeRanks:
     """Rank of every probe (an image whose identity has another image in the set).
 
     Args:
         embeddings: (N, D) float; normalised here.
         identities: (N,) int64 identity labels.
+        progress: show a progress bar over the chunks (command-line use).
 
     Returns:
         :class:`ProbeRanks` for the P probes, in input order.
@@ -72,7 +74,12 @@ def identification_ranks(embeddings: Tensor, identities: Tensor, *, chunk_elemen
     prefix_buf = torch.empty(rows, n, dtype=torch.int32, device=emb.device)
     emb_sorted_t = emb_sorted.T.contiguous()
     offsets = torch.arange(max_count, device=emb.device)
-    for lo in range(0, len(probes), rows):
+    chunks = range(0, len(probes), rows)
+    if progress:
+        from datamodules.progress import track
+
+        chunks = track(chunks, "ranking probes")
+    for lo in chunks:
         idx = probes[lo: lo + rows]
         b = len(idx)
         sim = torch.matmul(emb[idx], emb_sorted_t, out=sim_buf[:b])     # (b, N)
@@ -188,7 +195,8 @@ def fairness_metrics(ranks: ProbeRanks, groups: Tensor, group_names: Sequence[st
 
 
 def evaluate_fairness(embeddings: Tensor, identities: Tensor, groups: Tensor, group_names: Sequence[str] | None = None,
-                      reference_group: str | None = None, *, chunk_elements: int = _CHUNK_ELEMENTS) -> FairnessResult:
+                      reference_group: str | None = None, *, chunk_elements: int = _CHUNK_ELEMENTS,
+                      progress: bool = False) -> FairnessResult:
     """Ranks and fairness metrics of a set of embeddings in one call."""
-    ranks = identification_ranks(embeddings, identities, chunk_elements=chunk_elements)
+    ranks = identification_ranks(embeddings, identities, chunk_elements=chunk_elements, progress=progress)
     return fairness_metrics(ranks, groups, group_names, reference_group)

@@ -311,3 +311,22 @@ def test_verification_bin_round_trip(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"junk")
     with pytest.raises(DataError, match="not an insightface verification pickle"):
         read_verification_bin(tmp_path / "bad.bin")
+
+
+def test_celeba_crop_boxes_and_landmarks(tmp_path):
+    write_image(tmp_path / "img/000001.jpg", size=(178, 218))
+    write_image(tmp_path / "img/000002.jpg", size=(178, 218))
+    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 9\n")
+    (tmp_path / "list_bbox_celeba.txt").write_text("2\nimage_id x_1 y_1 width height\n000001.jpg 95 71 226 313\n000002.jpg 72 94 221 306\n")
+    (tmp_path / "list_landmarks_celeba.txt").write_text(
+        "2\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
+        "000001.jpg 69 109 106 113 77 142 73 152 108 154\n000002.jpg 69 110 107 112 81 135 70 151 108 153\n")
+    (tmp_path / "attrs.txt").write_text("2\nMale Young\n000001.jpg -1 1\n000002.jpg 1 1\n")
+    a, b = read_celeba(tmp_path / "identity_CelebA.txt", tmp_path / "img", attributes_file=tmp_path / "attrs.txt",
+                       bbox_file=tmp_path / "list_bbox_celeba.txt", landmarks_file=tmp_path / "list_landmarks_celeba.txt")
+    assert (a.identity, a.attributes["gender"], b.attributes["gender"]) == ("7", "female", "male")
+    assert a.bbox == (95, 71, 321, 384)
+    np.testing.assert_allclose(b.landmarks, [[69, 110], [107, 112], [81, 135], [70, 151], [108, 153]])
+    (tmp_path / "list_bbox_celeba.txt").write_text("2\nimage_id x_1 y_1 width height\n000001.jpg 95 71\n")
+    with pytest.raises(DataError, match="list_bbox_celeba.txt:3: expected 4 values"):
+        read_celeba(tmp_path / "identity_CelebA.txt", tmp_path / "img", bbox_file=tmp_path / "list_bbox_celeba.txt")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..images import sanitize_boxes, verify_sample_image
+from ..progress import track
 from ..records import DataError, DataReport, DetectionSample
 
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
@@ -32,12 +33,47 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.strip()
 
 
-def _floats(text: str, path: Path, line: int, report: DataReport, name: str) -> list[float] | None:
+def _box_values(text: str, path: Path, line: int, report: DataReport, name: str, minimum: int) -> list[float] | None:
+    """The numbers of one box line, or None (reported as malformed and counted) when there are
+    fewer than ``minimum`` or they are not numbers."""
     try:
-        return [float(v) for v in text.split()]
+        values = [float(v) for v in text.split()]
     except ValueError:
+        values = []
+    if len(values) < minimum:
         report.add(path, line, "malformed_box", f"{name}: {text!r}")
+        report.boxes_read += 1
         return None
+    return values
+
+
+def _counted_blocks(path: Path, items: str) -> Iterator[tuple[int, str, list[tuple[int, str]]]]:
+    """Blocks of ``name`` / ``N`` / N numbered lines (WIDER gt, FDDB folds): yields the name's
+    line number, the name and its N body lines. A block with N = 0 may be followed by one line
+    of zeros, as in the official WIDER files."""
+    lines = list(_numbered_lines(path))
+    i = 0
+    while i < len(lines):
+        number, name = lines[i]
+        if not name:
+            i += 1
+            continue
+        if i + 1 >= len(lines):
+            raise DataError(f"image {name!r} has no count line", path, number)
+        count_line, count_text = lines[i + 1]
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise DataError(f"expected the number of {items} of {name!r}, found {count_text!r}", path, count_line) from None
+        if count < 0:
+            raise DataError(f"negative count {count} for {name!r}", path, count_line)
+        body = lines[i + 2: i + 2 + count]
+        if len(body) < count:
+            raise DataError(f"{name!r} announces {count} {items} but the file ends after {len(body)}", path, count_line)
+        i += 2 + count
+        if count == 0 and i < len(lines) and lines[i][1] and all(v == "0" for v in lines[i][1].split()):
+            i += 1
+        yield number, name, body
 
 
 def _finish(
@@ -71,36 +107,12 @@ def read_wider(annotations: str | Path, images: str | Path | None = None, *, ver
     path = Path(annotations)
     root = Path(images) if images is not None else Path()
     report = report if report is not None else DataReport(source=str(path))
-    lines = list(_numbered_lines(path))
     samples: list[DetectionSample] = []
-    i = 0
-    while i < len(lines):
-        number, name = lines[i]
-        if not name:
-            i += 1
-            continue
-        if i + 1 >= len(lines):
-            raise DataError(f"image {name!r} has no box count line", path, number)
-        count_line, count_text = lines[i + 1]
-        try:
-            count = int(count_text)
-        except ValueError:
-            raise DataError(f"expected the number of boxes of {name!r}, found {count_text!r}", path, count_line) from None
-        if count < 0:
-            raise DataError(f"negative box count {count} for {name!r}", path, count_line)
-        body = lines[i + 2: i + 2 + count]
-        if len(body) < count:
-            raise DataError(f"{name!r} announces {count} boxes but the file ends after {len(body)}", path, count_line)
-        i += 2 + count
-        if count == 0 and i < len(lines) and lines[i][1] and all(v == "0" for v in lines[i][1].split()):
-            i += 1  # the official files follow an empty image with one line of zeros
+    for number, name, body in _counted_blocks(path, "boxes"):
         boxes, ignore, line_numbers, index, attrs = [], [], [], [], {k: [] for k in WIDER_ATTRIBUTES if k != "invalid"}
         for k, (box_line, text) in enumerate(body):
-            values = _floats(text, path, box_line, report, name)
-            if values is None or len(values) < 4:
-                if values is not None:
-                    report.add(path, box_line, "malformed_box", f"{name}: {text!r}")
-                report.boxes_read += 1
+            values = _box_values(text, path, box_line, report, name, 4)
+            if values is None:
                 continue
             flags = (values[4:10] + [0.0] * 6)[:6]
             boxes.append(values[:4])
@@ -154,11 +166,8 @@ def read_retinaface(annotations: str | Path, images: str | Path | None = None, *
             continue
         if current is None:
             raise DataError("box line before the first '# <image>' line", path, number)
-        values = _floats(text, path, number, report, current["name"])
-        if values is None or len(values) < 4:
-            if values is not None:
-                report.add(path, number, "malformed_box", f"{current['name']}: {text!r}")
-            report.boxes_read += 1
+        values = _box_values(text, path, number, report, current["name"], 4)
+        if values is None:
             continue
         marks = np.full((5, 2), np.nan, dtype=np.float32)
         if len(values) >= 19:
@@ -194,30 +203,11 @@ def read_fddb(annotations: str | Path, images: str | Path | None = None, *, veri
     report = report if report is not None else DataReport(source=str(path))
     samples: list[DetectionSample] = []
     for file in files:
-        lines = list(_numbered_lines(file))
-        i = 0
-        while i < len(lines):
-            number, name = lines[i]
-            if not name:
-                i += 1
-                continue
-            if i + 1 >= len(lines):
-                raise DataError(f"image {name!r} has no ellipse count line", file, number)
-            try:
-                count = int(lines[i + 1][1])
-            except ValueError:
-                raise DataError(f"expected the number of faces of {name!r}, found {lines[i + 1][1]!r}", file, lines[i + 1][0]) from None
-            body = lines[i + 2: i + 2 + count]
-            if len(body) < count:
-                raise DataError(f"{name!r} announces {count} ellipses but the file ends", file, lines[i + 1][0])
-            i += 2 + count
+        for number, name, body in _counted_blocks(file, "ellipses"):
             boxes, line_numbers = [], []
             for box_line, text in body:
-                values = _floats(text, file, box_line, report, name)
-                if values is None or len(values) < 5:
-                    if values is not None:
-                        report.add(file, box_line, "malformed_box", f"{name}: {text!r}")
-                    report.boxes_read += 1
+                values = _box_values(text, file, box_line, report, name, 5)
+                if values is None:
                     continue
                 boxes.append(_ellipse_box(*values[:5]))
                 line_numbers.append(box_line)
@@ -484,7 +474,7 @@ def read_wider_predictions(pred_dir: str | Path, report: DataReport | None = Non
         raise DataError("prediction folder not found", root)
     report = report if report is not None else DataReport(source=str(root))
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for file in sorted(root.rglob("*.txt")):
+    for file in track(sorted(root.rglob("*.txt")), "reading predictions"):
         key = file.relative_to(root).with_suffix("").as_posix()
         rows = []
         with open(file) as f:
