@@ -65,6 +65,8 @@ def _lightning_cli(argv: Sequence[str]) -> int:
         last|best`` resolved across runs, and W&B runs finished when the command ends."""
 
         def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--test_after_fit", type=bool, default=True,
+                                help="fit: when training ends, test the best checkpoint on the data's test split")
             parser.set_defaults({
                 "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                    "init_args": {"save_dir": "runs", "name": "default"}},
@@ -119,7 +121,13 @@ def _lightning_cli(argv: Sequence[str]) -> int:
             self._resolve_ckpt()
 
         def after_fit(self) -> None:
-            _print_metrics(self.trainer, "final metrics")
+            trainer = self.trainer
+            if self.config_init["fit"].get("test_after_fit") and not trainer.interrupted and _has_test_split(self.datamodule):
+                best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), "")
+                fitted = dict(trainer.callback_metrics)
+                trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
+                trainer.callback_metrics.update({k: v for k, v in fitted.items() if k not in trainer.callback_metrics})
+            _print_metrics(trainer, "final metrics")
 
     cli = FaceNASCLI(
         LightningModule,
@@ -134,6 +142,15 @@ def _lightning_cli(argv: Sequence[str]) -> int:
     )
     _finish_loggers(cli.trainer)
     return 0
+
+
+def _has_test_split(datamodule) -> bool:
+    if datamodule is None or not callable(getattr(datamodule, "test_dataloader", None)):
+        return False
+    try:
+        return len(datamodule.test_dataloader()) > 0
+    except (NotImplementedError, TypeError, KeyError, AttributeError):
+        return False
 
 
 def run_root(trainer) -> Path:
@@ -519,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"file not found: {exc.filename}"
         print(f"facenas {verb}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # models.NonFiniteLossError: a diverged training
+        print(f"facenas {verb}: training stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("facenas: interrupted", file=sys.stderr)
         return 130

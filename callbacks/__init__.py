@@ -23,6 +23,7 @@ _EXPORTS = {
     "DetectionAP": "evaluation",
     "FairnessMetrics": "evaluation",
     "WandbLogger": "loggers",
+    "WiderPredictionWriter": "writers",
 }
 
 __all__ = sorted(_EXPORTS)

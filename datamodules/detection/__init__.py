@@ -2,6 +2,7 @@
 WIDER prediction writer, and the synthetic face generator."""
 from __future__ import annotations
 
+from .datamodule import DetectionDataset, FaceDetectionDataModule, collate_eval, collate_train
 from .formats import (
     DETECTION_FORMATS,
     attach_box_attributes,
@@ -19,6 +20,10 @@ from .synthetic import DOMAINS, generate_detection_dataset, synthesize_detection
 
 __all__ = [
     "DETECTION_FORMATS",
+    "DetectionDataset",
+    "FaceDetectionDataModule",
+    "collate_eval",
+    "collate_train",
     "DOMAINS",
     "attach_box_attributes",
     "generate_detection_dataset",

@@ -1,0 +1,104 @@
+"""Detection backbones by name: feature maps at strides 8, 16 and 32.
+
+``mobilenet_v2_<width>`` (HyperFD's default is ``mobilenet_v2_0.5``: torchvision's MobileNetV2
+with ``width_mult=0.5``) or any timm model that supports ``features_only`` (``timm/<name>`` or a
+bare timm name). Pretrained weights come only from a local file; nothing is downloaded.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a backbone factory under ``name`` (timm's ``register_model`` pattern)."""
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BACKBONES[name] = fn
+        return fn
+    return wrap
+
+
+class MobileNetV2Features(nn.Module):
+    """torchvision MobileNetV2 cut after the last block of strides 8, 16 and 32 (the final
+    1x1 expansion to 1280 channels is dropped, as in RetinaFace's MobileNet variant)."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, width: float = 0.5) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        features = mobilenet_v2(width_mult=width).features
+        self.stages = nn.ModuleList([features[:7], features[7:14], features[14:18]])
+        self.out_channels = [stage[-1].out_channels for stage in self.stages]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+for _width in (0.25, 0.5, 0.75, 1.0):
+    register_backbone(f"mobilenet_v2_{_width}")(lambda width=_width, **kw: MobileNetV2Features(width, **kw))
+
+
+class TimmFeatures(nn.Module):
+    """A timm model with ``features_only=True``, keeping the maps at strides 8, 16, 32."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(name, pretrained=False, features_only=True)
+        reductions = self.body.feature_info.reduction()
+        missing = [s for s in self.strides if s not in reductions]
+        if missing:
+            raise ValueError(f"timm model {name!r} has no feature maps at strides {missing} (it has {reductions})")
+        self.keep = [reductions.index(s) for s in self.strides]
+        channels = self.body.feature_info.channels()
+        self.out_channels = [channels[i] for i in self.keep]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = self.body(x)
+        return [feats[i] for i in self.keep]
+
+
+def load_local_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (a ``.pth``/``.ckpt`` file, optionally under ``state_dict``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "pretrained weights not found", str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = module.state_dict()
+    usable = {k.removeprefix("module."): v for k, v in state.items()}
+    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"{path}: no tensor matches the backbone's parameters (names or shapes differ)")
+    module.load_state_dict(usable, strict=False)
+
+
+def create_backbone(name: str, pretrained: str | Path | None = None) -> nn.Module:
+    """Build a backbone by name; returns a module with ``out_channels`` and ``strides`` whose
+    forward gives three feature maps."""
+    if name in BACKBONES:
+        backbone = BACKBONES[name]()
+    else:
+        import timm
+
+        timm_name = name.removeprefix("timm/")
+        if not timm.is_model(timm_name):
+            raise ValueError(f"unknown backbone {name!r}: not one of {', '.join(BACKBONES)} nor a timm model")
+        backbone = TimmFeatures(timm_name)
+    if pretrained is not None:
+        load_local_weights(backbone, pretrained)
+    return backbone

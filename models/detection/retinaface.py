@@ -1,0 +1,294 @@
+"""RetinaFace: backbone -> FPN -> context (SSH) modules -> per-level face score, box and landmark
+heads; and the LightningModule that trains it with HyperFD's search knobs."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation, batched_nms
+
+from ..errors import NonFiniteLossError
+from .anchors import (
+    DEFAULT_SIZES,
+    DEFAULT_STRIDES,
+    DEFAULT_VARIANCES,
+    anchors_per_location,
+    decode_boxes,
+    decode_landmarks,
+    make_anchors,
+)
+from .backbones import create_backbone
+from .loss import MultiBoxLoss
+
+
+def _conv(cin: int, cout: int, kernel: int, leaky: float | None) -> Conv2dNormActivation:
+    """Conv -> BN -> LeakyReLU (no activation when ``leaky`` is None)."""
+    act = partial(nn.LeakyReLU, negative_slope=leaky, inplace=True) if leaky is not None else None
+    return Conv2dNormActivation(cin, cout, kernel, activation_layer=act)
+
+
+class FPN(nn.Module):
+    """RetinaFace's three-level feature pyramid: 1x1 laterals, nearest upsampling, 3x3 merges,
+    each conv followed by BN and LeakyReLU. (torchvision's FeaturePyramidNetwork has no
+    activation in its blocks, which this architecture has.)"""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, leaky: float) -> None:
+        super().__init__()
+        self.laterals = nn.ModuleList([_conv(c, out_channels, 1, leaky) for c in in_channels])
+        self.merges = nn.ModuleList([_conv(out_channels, out_channels, 3, leaky) for _ in in_channels[:-1]])
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        outs = [lateral(f) for lateral, f in zip(self.laterals, feats)]
+        for i in range(len(outs) - 2, -1, -1):
+            up = F.interpolate(outs[i + 1], size=outs[i].shape[-2:], mode="nearest")
+            outs[i] = self.merges[i](outs[i] + up)
+        return outs
+
+
+class SSH(nn.Module):
+    """Single-stage headless context module: parallel 3x3, 5x5 (two 3x3) and 7x7 (three 3x3)
+    receptive fields with 1/2, 1/4, 1/4 of the channels, concatenated, then ReLU."""
+
+    def __init__(self, channels: int, leaky: float) -> None:
+        super().__init__()
+        if channels % 4:
+            raise ValueError(f"context channels must be divisible by 4, got {channels}")
+        quarter = channels // 4
+        self.conv3 = _conv(channels, channels // 2, 3, None)
+        self.conv5_1 = _conv(channels, quarter, 3, leaky)
+        self.conv5_2 = _conv(quarter, quarter, 3, None)
+        self.conv7_2 = _conv(quarter, quarter, 3, leaky)
+        self.conv7_3 = _conv(quarter, quarter, 3, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c5 = self.conv5_1(x)
+        return F.relu(torch.cat([self.conv3(x), self.conv5_2(c5), self.conv7_3(self.conv7_2(c5))], dim=1))
+
+
+class RetinaFaceNet(nn.Module):
+    """The network: ``forward(images)`` -> score logits (B, A, 2), box offsets (B, A, 4) and
+    landmark offsets (B, A, 10), anchors in :func:`make_anchors` order."""
+
+    def __init__(self, backbone: str = "mobilenet_v2_0.5", pretrained: str | None = None, channels: int = 80,
+                 leaky: float = 0.1, anchors_per_cell: int = 2) -> None:
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained)
+        self.fpn = FPN(self.backbone.out_channels, channels, leaky)
+        levels = len(self.backbone.out_channels)
+        self.context = nn.ModuleList([SSH(channels, leaky) for _ in range(levels)])
+        k = anchors_per_cell
+        self.score_heads = nn.ModuleList([nn.Conv2d(channels, k * 2, 1) for _ in range(levels)])
+        self.box_heads = nn.ModuleList([nn.Conv2d(channels, k * 4, 1) for _ in range(levels)])
+        self.landmark_heads = nn.ModuleList([nn.Conv2d(channels, k * 10, 1) for _ in range(levels)])
+
+    @staticmethod
+    def _flat(x: Tensor, n: int) -> Tensor:
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, n)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feats = [ctx(f) for ctx, f in zip(self.context, self.fpn(self.backbone(images)))]
+        scores = torch.cat([self._flat(h(f), 2) for h, f in zip(self.score_heads, feats)], 1)
+        boxes = torch.cat([self._flat(h(f), 4) for h, f in zip(self.box_heads, feats)], 1)
+        marks = torch.cat([self._flat(h(f), 10) for h, f in zip(self.landmark_heads, feats)], 1)
+        return scores, boxes, marks
+
+
+def postprocess(scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tensor, *, variances: Sequence[float] = DEFAULT_VARIANCES,
+                conf_threshold: float = 0.02, nms_iou: float = 0.4, pre_nms_top_k: int = 5000,
+                keep_top_k: int = 750) -> list[dict[str, Tensor]]:
+    """Decode a batch, threshold, NMS (``torchvision.ops.batched_nms`` over all images at once,
+    the image index as the class) and keep the best ``keep_top_k`` per image.
+
+    Returns per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "landmarks": (D, 5, 2)}`` in the
+    pixels of the network input.
+    """
+    batch = scores.shape[0]
+    prob = scores.float().softmax(-1)[..., 1]                                  # (B, A)
+    if pre_nms_top_k and prob.shape[1] > pre_nms_top_k:
+        prob, top = prob.topk(pre_nms_top_k, dim=1)
+    else:
+        top = torch.arange(prob.shape[1], device=prob.device).expand(batch, -1)
+    image, slot = torch.nonzero(prob > conf_threshold, as_tuple=True)
+    anchor = top[image, slot]
+    kept_scores = prob[image, slot]
+    kept_boxes = decode_boxes(boxes[image, anchor].float(), anchors[anchor], variances)
+    keep = batched_nms(kept_boxes, kept_scores, image, nms_iou)              # sorted by score
+    image, anchor, kept_boxes, kept_scores = image[keep], anchor[keep], kept_boxes[keep], kept_scores[keep]
+    # group by image (stable: scores stay sorted) and keep each image's first keep_top_k
+    order = torch.sort(image, stable=True).indices
+    image, anchor, kept_boxes, kept_scores = image[order], anchor[order], kept_boxes[order], kept_scores[order]
+    counts = torch.bincount(image, minlength=batch)
+    rank = torch.arange(len(image), device=image.device) - (torch.cumsum(counts, 0) - counts)[image]
+    within = rank < keep_top_k
+    image, anchor, kept_boxes, kept_scores = image[within], anchor[within], kept_boxes[within], kept_scores[within]
+    kept_marks = decode_landmarks(landmarks[image, anchor].float(), anchors[anchor], variances)
+    sizes = torch.bincount(image, minlength=batch).tolist()
+    return [{"boxes": b, "scores": s, "landmarks": m}
+            for b, s, m in zip(kept_boxes.split(sizes), kept_scores.split(sizes), kept_marks.split(sizes))]
+
+
+class RetinaFace(pl.LightningModule):
+    """RetinaFace face detector with HyperFD's search knobs as constructor arguments.
+
+    Args:
+        backbone: ``mobilenet_v2_0.5`` (HyperFD), another ``mobilenet_v2_<width>``, or a timm name.
+        pretrained: local backbone weights (state dict file); nothing is downloaded.
+        channels: FPN and context-module channels (80 in HyperFD).
+        leaky: LeakyReLU slope in FPN and context modules.
+        anchor_sizes: anchor sides per level (2 square anchors per cell at strides 8/16/32).
+        strides: feature strides of the levels.
+        variances: box coding variances.
+        pos_iou: positive IoU threshold (HyperFD: 0.4, 0.5, 0.6); negatives below pos/2 + 0.05.
+        loc_weight: box-loss weight (HyperFD: 2, 4, 8).
+        neg_pos_ratio: hard-negative to positive ratio (HyperFD: 2, 7).
+        landmark_weight: landmark-loss weight.
+        optimizer: ``sgd`` (momentum 0.9) or ``adam``.
+        lr: learning rate (HyperFD space: 3e-4, 1e-3, 3e-2).
+        momentum, weight_decay: SGD momentum; weight decay for both optimisers (5e-4).
+        lr_factor, lr_patience: ReduceLROnPlateau on ``val/ap50`` (x0.1 after 5 validations
+            without improvement).
+        early_stop_patience: stop after this many validations without improvement (None: never).
+        conf_threshold, nms_iou, pre_nms_top_k, keep_top_k: inference (0.02, 0.4, 5000, 750).
+        val_min_size, val_short_side: AP@50 ignores faces under ``val_min_size`` pixels once the
+            image's shorter side is ``val_short_side`` (HyperFD: 36 at 720).
+        ap_attributes: per-box attribute groups for per-group AP, e.g.
+            ``{"perceived_gender": ["female", "male"]}``.
+        channels_last: train in channels-last memory format (faster with AMP on GPUs).
+    """
+
+    monitor = "val/ap50"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2_0.5",
+        pretrained: str | None = None,
+        channels: int = 80,
+        leaky: float = 0.1,
+        anchor_sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
+        strides: Sequence[int] = DEFAULT_STRIDES,
+        variances: Sequence[float] = DEFAULT_VARIANCES,
+        pos_iou: float = 0.5,
+        loc_weight: float = 2.0,
+        neg_pos_ratio: float = 7.0,
+        landmark_weight: float = 1.0,
+        optimizer: str = "sgd",
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_factor: float = 0.1,
+        lr_patience: int = 5,
+        early_stop_patience: int | None = 8,
+        conf_threshold: float = 0.02,
+        nms_iou: float = 0.4,
+        pre_nms_top_k: int = 5000,
+        keep_top_k: int = 750,
+        val_min_size: float = 36.0,
+        val_short_side: float | None = 720.0,
+        ap_attributes: dict[str, list[str]] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer.lower() not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        self.save_hyperparameters()
+        self.net = RetinaFaceNet(backbone, pretrained, channels, leaky, anchors_per_location(anchor_sizes))
+        self.criterion = MultiBoxLoss(pos_iou=pos_iou, loc_weight=loc_weight, neg_pos_ratio=neg_pos_ratio,
+                                      landmark_weight=landmark_weight, variances=variances)
+        self._anchors: dict[tuple[int, int, str], Tensor] = {}
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ model
+
+    def anchors(self, height: int, width: int) -> Tensor:
+        """Anchors for an input of this size (cached per size and device)."""
+        key = (height, width, str(self.device))
+        if key not in self._anchors:
+            self._anchors[key] = make_anchors(height, width, self.hparams.strides, self.hparams.anchor_sizes, self.device)
+        return self._anchors[key]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Detections per image in input pixels (see :func:`postprocess`)."""
+        scores, boxes, marks = self(images)
+        h = self.hparams
+        return postprocess(scores, boxes, marks, self.anchors(*images.shape[-2:]), variances=h.variances,
+                           conf_threshold=h.conf_threshold, nms_iou=h.nms_iou, pre_nms_top_k=h.pre_nms_top_k,
+                           keep_top_k=h.keep_top_k)
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images = batch["images"]
+        scores, boxes, marks = self(images)
+        losses = self.criterion(scores, boxes, marks, self.anchors(*images.shape[-2:]), batch["targets"])
+        if not torch.isfinite(losses["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx} "
+                f"(box {losses['loc'].item():.4g}, score {losses['conf'].item():.4g}, landmarks {losses['landmarks'].item():.4g}); "
+                "lower the learning rate or check the data")
+        n = images.shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        self.log_dict({"train/loss_box": losses["loc"], "train/loss_score": losses["conf"],
+                       "train/loss_landmarks": losses["landmarks"], "train/positives": losses["num_pos"].float() / n},
+                      batch_size=n)
+        return losses["loss"]
+
+    def _evaluate(self, batch: dict[str, Any]) -> dict[str, Any]:
+        dets = self.detect(batch["images"])
+        preds = []
+        for det, meta in zip(dets, batch["meta"]):
+            scale = meta["scale"]
+            h, w = meta["image_size"]
+            boxes = det["boxes"] / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            preds.append({"boxes": boxes, "scores": det["scores"], "landmarks": det["landmarks"] / scale})
+        return {"preds": preds, "targets": batch["meta"]}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        out = self._evaluate(batch)
+        return {"names": [m["name"] for m in batch["meta"]], "preds": out["preds"]}
+
+    # ------------------------------------------------------------------ training policy
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        if h.optimizer.lower() == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=h.lr_factor, patience=h.lr_patience)
+        every = (self.trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
+        # stepped only on epochs that validate, so patience counts validations
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val/ap50", "interval": "epoch",
+                                                   "frequency": every, "strict": False}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        from callbacks import DetectionAP, WiderPredictionWriter
+
+        h = self.hparams
+        found: list[pl.Callback] = [DetectionAP(min_size=h.val_min_size, short_side=h.val_short_side, attributes=h.ap_attributes),
+                                    WiderPredictionWriter()]
+        if h.early_stop_patience is not None:
+            found.append(EarlyStopping(monitor="val/ap50", mode="max", patience=h.early_stop_patience, strict=False))
+        return found

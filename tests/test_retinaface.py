@@ -1,0 +1,295 @@
+"""RetinaFace: anchors and coding, matching bands, hard negative mining, transforms, decoding,
+bad input, and real training steps on WIDER FACE."""
+from __future__ import annotations
+
+import io
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import DetectionSample
+from datamodules.detection import DetectionDataset, FaceDetectionDataModule, collate_train
+from datamodules.detection.transforms import FLIP_ORDER, Faces, TrainTransform, horizontal_flip, random_square_crop
+from models import NonFiniteLossError
+from models.detection import (
+    MultiBoxLoss,
+    RetinaFace,
+    create_backbone,
+    decode_boxes,
+    decode_landmarks,
+    encode_boxes,
+    encode_landmarks,
+    make_anchors,
+    match_anchors,
+    postprocess,
+)
+
+from .conftest import data_path
+
+# ----------------------------------------------------------------------------- anchors
+
+
+def test_anchor_grid_matches_retinaface():
+    anchors = make_anchors(640, 640)
+    assert anchors.shape == (16_800, 4)
+    np.testing.assert_allclose(anchors[:4], [[4, 4, 16, 16], [4, 4, 32, 32], [12, 4, 16, 16], [12, 4, 32, 32]])
+    last = anchors[-1]
+    np.testing.assert_allclose(last, [640 - 16, 640 - 16, 512, 512])
+    assert make_anchors(480, 640).shape[0] == (60 * 80 + 30 * 40 + 15 * 20) * 2
+
+
+def test_box_and_landmark_coding_round_trip():
+    g = torch.Generator().manual_seed(0)
+    anchors = make_anchors(128, 128)
+    xy = torch.rand(len(anchors), 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 2 + torch.rand(len(anchors), 2, generator=g) * 60], 1)
+    marks = torch.rand(len(anchors), 5, 2, generator=g) * 128
+    torch.testing.assert_close(decode_boxes(encode_boxes(boxes, anchors), anchors), boxes, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(decode_landmarks(encode_landmarks(marks, anchors), anchors), marks, rtol=1e-5, atol=1e-4)
+    # a box equal to its anchor encodes to zero
+    square = torch.cat([anchors[:, :2] - anchors[:, 2:] / 2, anchors[:, :2] + anchors[:, 2:] / 2], 1)
+    assert encode_boxes(square, anchors).abs().max() < 1e-5
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def shifted(dx: float) -> list[float]:
+    """A 10 x 10 anchor shifted right by dx from the face [0, 0, 10, 10]: IoU (10-dx)/(10+dx)."""
+    return [5 + dx, 5, 10, 10]
+
+
+def iou_shift(iou: float) -> float:
+    return 10 * (1 - iou) / (1 + iou)
+
+
+@pytest.mark.parametrize("pos_iou, expected", [
+    (0.4, [1, 1, 1, -1, 0]),    # neg < 0.25: 0.32 ignored
+    (0.5, [1, 1, -1, -1, 0]),   # neg < 0.30: 0.45 and 0.32 ignored
+    (0.6, [1, 1, -1, 0, 0]),    # neg < 0.35: 0.32 now background
+])
+def test_matching_bands(pos_iou, expected):
+    ious = [1.0, 0.62, 0.45, 0.32, 0.15]
+    anchors = torch.tensor([shifted(iou_shift(v)) for v in ious])
+    face = torch.tensor([[0.0, 0, 10, 10]])
+    m = match_anchors(anchors, face, torch.tensor([0]), 1, pos_iou=pos_iou)
+    assert m.labels[0].tolist() == expected
+
+
+def test_every_face_keeps_its_best_anchor_and_ignore_regions_are_not_negatives():
+    anchors = torch.tensor([[5.0, 5, 10, 10], [50, 50, 40, 40], [100, 100, 16, 16]])
+    faces = torch.tensor([[48.0, 48, 51, 51],      # tiny: best IoU far below 0.5
+                          [92, 92, 108, 108]])    # an ignore region exactly on anchor 2
+    m = match_anchors(anchors, faces, torch.tensor([0, 0]), 1, torch.tensor([False, True]), pos_iou=0.5)
+    assert m.labels[0].tolist() == [0, 1, -1]
+    assert m.gt_index[0, 1] == 0
+
+
+def test_matching_is_per_image_in_a_batch():
+    anchors = torch.tensor([[5.0, 5, 10, 10], [25, 25, 10, 10]])
+    faces = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    m = match_anchors(anchors, faces, torch.tensor([1, 1]), 3)
+    assert m.labels.tolist() == [[0, 0], [1, 1], [0, 0]]
+    assert m.gt_index[1].tolist() == [0, 1]
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_hard_negative_mining_takes_ratio_times_positives_of_the_hardest():
+    g = torch.Generator().manual_seed(1)
+    anchors = make_anchors(64, 64)
+    num = len(anchors)
+    faces = torch.tensor([[8.0, 8, 40, 40], [0, 0, 20, 20], [30, 30, 60, 60]])
+    targets = {"boxes": faces, "image": torch.tensor([0, 0, 1]), "ignore": torch.zeros(3, dtype=torch.bool),
+               "landmarks": torch.full((3, 5, 2), float("nan"))}
+    scores = torch.randn(2, num, 2, generator=g)
+    loss = MultiBoxLoss(pos_iou=0.5, neg_pos_ratio=7)
+    out = loss(scores, torch.zeros(2, num, 4), torch.zeros(2, num, 10), anchors, targets)
+    m = match_anchors(anchors, faces, targets["image"], 2)
+    pos = (m.labels == 1).sum(1)
+    assert out["num_neg"] == (7 * pos).sum()
+    # the mined negatives are the background anchors with the highest face logit margin
+    hard = torch.zeros_like(scores)
+    background = (m.labels[0] == 0).nonzero().reshape(-1)
+    hard[0, background[:5], 1] = 20.0  # five confidently wrong anchors
+    ratio1 = MultiBoxLoss(neg_pos_ratio=5 / int(pos[0]))
+    with_hard = ratio1(hard, torch.zeros(2, num, 4), torch.zeros(2, num, 10), anchors, targets)
+    assert with_hard["conf"] > 5 * 20.0 / pos.sum()  # all five (loss ~20 each) were mined
+
+
+def test_landmark_loss_only_counts_faces_with_landmarks():
+    anchors = make_anchors(64, 64)
+    num = len(anchors)
+    faces = torch.tensor([[8.0, 8, 40, 40], [30, 30, 60, 60]])
+    marks = torch.full((2, 5, 2), float("nan"))
+    targets = {"boxes": faces, "image": torch.tensor([0, 0]), "ignore": torch.zeros(2, dtype=torch.bool), "landmarks": marks}
+    loss = MultiBoxLoss()
+    pred = torch.randn(1, num, 10)
+    assert loss(torch.zeros(1, num, 2), torch.zeros(1, num, 4), pred, anchors, targets)["landmarks"] == 0
+    marks[0] = torch.tensor([[16.0, 20], [32, 20], [24, 26], [18, 32], [30, 32]])
+    assert loss(torch.zeros(1, num, 2), torch.zeros(1, num, 4), pred, anchors, targets)["landmarks"] > 0
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def coordinate_image(height: int, width: int) -> torch.Tensor:
+    """Channel 0 holds the column, channel 1 the row: a crop reveals its offset."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([xs, ys, torch.zeros_like(xs)]).to(torch.uint8)
+
+
+def test_crop_keeps_exactly_the_faces_whose_centre_is_inside():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 5 + torch.rand(40, 2, generator=g) * 50], 1)
+    faces = Faces(boxes, torch.rand(40, 5, 2, generator=g) * 200, torch.zeros(40, dtype=torch.bool))
+    image = coordinate_image(200, 250)
+    for _ in range(30):
+        crop, kept = random_square_crop(image, faces, min_ratio=0.3)
+        side = crop.shape[-1]
+        assert crop.shape[-2] == side and 0.3 * 200 - 1 <= side <= 200
+        x0, y0 = int(crop[0, 0, 0]), int(crop[1, 0, 0])
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
+        expected = (boxes[inside] - torch.tensor([x0, y0, x0, y0])).clamp(0, side)
+        torch.testing.assert_close(kept.boxes, expected)
+        torch.testing.assert_close(kept.landmarks, faces.landmarks[inside] - torch.tensor([x0, y0]))
+
+
+def test_flip_mirrors_and_swaps_left_and_right_landmarks():
+    marks = torch.tensor([[[30.0, 40], [60, 40], [45, 55], [35, 70], [55, 70]]])  # left eye at x=30
+    faces = Faces(torch.tensor([[20.0, 25, 70, 85]]), marks, torch.tensor([False]))
+    image = coordinate_image(100, 120)
+    flipped, out = horizontal_flip(image, faces)
+    assert int(flipped[0, 0, 0]) == 119
+    torch.testing.assert_close(out.boxes, torch.tensor([[50.0, 25, 100, 85]]))
+    # the new left eye is the mirrored old right eye, and it is still left of the new right eye
+    assert out.landmarks[0, 0].tolist() == [120 - 60, 40] and out.landmarks[0, 1].tolist() == [120 - 30, 40]
+    assert out.landmarks[0, 3].tolist() == [120 - 55, 70]
+    assert out.landmarks[0, 0, 0] < out.landmarks[0, 1, 0]
+    _, back = horizontal_flip(flipped, out)
+    torch.testing.assert_close(back.landmarks, marks)
+    assert FLIP_ORDER == [1, 0, 2, 4, 3]
+
+
+def test_train_transform_outputs_square_normalised_input():
+    torch.manual_seed(3)
+    faces = Faces(torch.tensor([[50.0, 40, 110, 120]]), torch.full((1, 5, 2), float("nan")), torch.tensor([False]))
+    image, out = TrainTransform(size=128, min_crop_ratio=0.55)(torch.full((3, 240, 320), 128, dtype=torch.uint8), faces)
+    assert image.shape == (3, 128, 128) and image.dtype == torch.float32
+    assert len(out.boxes) == 1 and (out.boxes >= 0).all() and (out.boxes <= 128).all()
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_postprocess_thresholds_nms_and_keeps_top_k_per_image():
+    anchors = torch.tensor([[20.0, 20, 20, 20], [21, 21, 20, 20], [80, 80, 20, 20], [50, 50, 10, 10]])
+    logit = torch.tensor([[4.0, 3.0, 2.0, -8.0], [-8.0, -8.0, 1.0, 3.0]])  # face logits, background 0
+    scores = torch.stack([torch.zeros_like(logit), logit], -1)
+    out = postprocess(scores, torch.zeros(2, 4, 4), torch.zeros(2, 4, 10), anchors, nms_iou=0.4, keep_top_k=750)
+    # image 0: anchors 0 and 1 overlap (IoU ~0.82) -> NMS keeps 0; anchor 3 is below 0.02
+    assert len(out[0]["boxes"]) == 2 and out[0]["scores"][0] == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item())
+    torch.testing.assert_close(out[0]["boxes"][1], torch.tensor([70.0, 70, 90, 90]))
+    assert len(out[1]["boxes"]) == 1 + 1  # anchors 2 and 3 survive in image 1
+    top1 = postprocess(scores, torch.zeros(2, 4, 4), torch.zeros(2, 4, 10), anchors, keep_top_k=1)
+    assert [len(o["boxes"]) for o in top1] == [1, 1]
+    assert top1[1]["scores"][0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+
+
+def test_network_outputs_one_row_per_anchor():
+    model = RetinaFace()
+    scores, boxes, marks = model(torch.zeros(2, 3, 128, 96))
+    num = make_anchors(128, 96).shape[0]
+    assert scores.shape == (2, num, 2) and boxes.shape == (2, num, 4) and marks.shape == (2, num, 10)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # MobileNetV2 x0.5 + FPN/SSH at 80 channels
+
+
+def test_timm_backbone_by_name_and_unknown_names():
+    backbone = create_backbone("resnet18")
+    feats = backbone(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [8, 4, 2] and backbone.out_channels == [128, 256, 512]
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_net'"):
+        create_backbone("no_such_net")
+
+
+# ----------------------------------------------------------------------------- bad input and training
+
+
+def test_unreadable_training_images_are_skipped(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(good)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="JPEG")
+    (tmp_path / "bad.jpg").write_bytes(buf.getvalue()[:100])
+    samples = [DetectionSample(str(tmp_path / n), n, np.array([[10, 10, 40, 40]]), np.array([False])) for n in ("good.jpg", "bad.jpg")]
+    dataset = DetectionDataset(samples, TrainTransform(size=32))
+    with pytest.warns(UserWarning, match="bad.jpg"):
+        batch = collate_train([dataset[0], dataset[1]])
+    assert batch["images"].shape == (1, 3, 32, 32) and batch["targets"]["image"].tolist() == [0]
+
+
+class _DivergingRetinaFace(RetinaFace):
+    """A RetinaFace whose third batch produces a NaN loss."""
+
+    def forward(self, images):
+        scores, boxes, marks = super().forward(images)
+        if self.global_step == 2:
+            scores = scores * float("nan")
+        return scores, boxes, marks
+
+
+def test_nan_loss_stops_with_the_step_named(tmp_path):
+    data = FaceDetectionDataModule(synthetic_images=20, synthetic_size=(96, 96), synthetic_root=str(tmp_path / "syn"),
+                                   split_file=str(tmp_path / "split.json"), image_size=64, batch_size=4, num_workers=0)
+    trainer = pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError, match=r"global step 2"):
+        trainer.fit(_DivergingRetinaFace(optimizer="adam"), data)
+
+
+def test_synthetic_training_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    data = FaceDetectionDataModule(synthetic_images=40, synthetic_size=(128, 96), synthetic_root=str(tmp_path / "syn"),
+                                   split_file=str(tmp_path / "split.json"), image_size=96, batch_size=8, num_workers=0,
+                                   min_crop_ratio=0.8)
+    model = RetinaFace(optimizer="adam", lr=3e-3)
+    data.setup()
+    batch = collate_train([data.train_dataloader().dataset[i] for i in range(8)])
+    model.eval()
+    with torch.no_grad():
+        before = model.criterion(*model(batch["images"]), model.anchors(96, 96), batch["targets"])
+    trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    model.train()
+    trainer.fit(model, data)
+    model.eval()
+    with torch.no_grad():
+        after = model.criterion(*model(batch["images"]), model.anchors(96, 96), batch["targets"])
+    assert math.isfinite(after["loss"].item()) and after["loss"] < 0.8 * before["loss"]
+    assert after["conf"] < 0.75 * before["conf"] and after["loc"] < before["loc"]
+
+
+def test_real_wider_fit_steps_log_ap(tmp_path):
+    root = data_path("widerface")
+    data = FaceDetectionDataModule(
+        train_annotations=str(root / "wider_face_split/wider_face_train_bbx_gt.txt"), train_images=str(root / "WIDER_train/images"),
+        val_annotations=str(root / "wider_face_split/wider_face_val_bbx_gt.txt"), val_images=str(root / "WIDER_val/images"),
+        val_attributes=str(root / "demographics_val.csv"), image_size=128, batch_size=4, eval_batch_size=2,
+        eval_short_side=160, num_workers=0)
+    model = RetinaFace(optimizer="adam", ap_attributes={"perceived_gender": ["female", "male"]})
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    assert math.isfinite(metrics["train/loss"].item())
+    assert 0.0 <= metrics["val/ap50"].item() <= 1.0
+    assert "val/ap50_perceived_gender_female" in metrics
+    assert len(data.splits["train"]) == 1239 and len(data.splits["val"]) == 394
