@@ -293,3 +293,23 @@ def test_real_wider_fit_steps_log_ap(tmp_path):
     assert 0.0 <= metrics["val/ap50"].item() <= 1.0
     assert "val/ap50_perceived_gender_female" in metrics
     assert len(data.splits["train"]) == 1239 and len(data.splits["val"]) == 394
+
+
+def test_sparse_matching_equals_dense_matching():
+    from models.detection.anchors import AnchorGrid
+
+    g = torch.Generator().manual_seed(4)
+    grid = AnchorGrid(320, 256)
+    anchors = grid.anchors()
+    counts = torch.tensor([0, 3, 25, 7])
+    side = torch.exp(torch.empty(int(counts.sum())).uniform_(1.0, 5.5, generator=g))
+    xy = torch.rand(len(side), 2, generator=g) * 250
+    boxes = torch.cat([xy, xy + side[:, None] * torch.tensor([1.0, 1.3])], 1)
+    image = torch.repeat_interleave(torch.arange(4), counts)
+    ignore = torch.rand(len(side), generator=g) < 0.1
+    for pos_iou in (0.4, 0.5, 0.6):
+        dense = match_anchors(anchors, boxes, image, 4, ignore, pos_iou=pos_iou)
+        sparse = match_anchors(anchors, boxes, image, 4, ignore, pos_iou=pos_iou, grid=grid)
+        assert torch.equal(dense.labels, sparse.labels)
+        positive = dense.labels == 1
+        assert positive.any() and torch.equal(dense.gt_index[positive], sparse.gt_index[positive])

@@ -28,7 +28,7 @@ def load_image(path: str) -> torch.Tensor:
     """Decode an image file to a uint8 RGB CHW tensor (Pillow; torchvision's decoders are
     deprecated in favour of TorchCodec, which facenas does not need)."""
     with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class DetectionDataset(Dataset):

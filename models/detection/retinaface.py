@@ -17,10 +17,10 @@ from .anchors import (
     DEFAULT_SIZES,
     DEFAULT_STRIDES,
     DEFAULT_VARIANCES,
+    AnchorGrid,
     anchors_per_location,
     decode_boxes,
     decode_landmarks,
-    make_anchors,
 )
 from .backbones import create_backbone
 from .loss import MultiBoxLoss
@@ -206,11 +206,16 @@ class RetinaFace(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
 
+    def anchor_grid(self, height: int, width: int) -> AnchorGrid:
+        """The anchor layout of an input of this size."""
+        h = self.hparams
+        return AnchorGrid(height, width, tuple(h.strides), tuple(tuple(s) for s in h.anchor_sizes))
+
     def anchors(self, height: int, width: int) -> Tensor:
         """Anchors for an input of this size (cached per size and device)."""
         key = (height, width, str(self.device))
         if key not in self._anchors:
-            self._anchors[key] = make_anchors(height, width, self.hparams.strides, self.hparams.anchor_sizes, self.device)
+            self._anchors[key] = self.anchor_grid(height, width).anchors(self.device)
         return self._anchors[key]
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -232,7 +237,8 @@ class RetinaFace(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["images"]
         scores, boxes, marks = self(images)
-        losses = self.criterion(scores, boxes, marks, self.anchors(*images.shape[-2:]), batch["targets"])
+        size = images.shape[-2:]
+        losses = self.criterion(scores, boxes, marks, self.anchors(*size), batch["targets"], self.anchor_grid(*size))
         if not torch.isfinite(losses["loss"]):
             raise NonFiniteLossError(
                 f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx} "
