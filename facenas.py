@@ -8,6 +8,7 @@ Verbs:
 * ``fairness-report``: identification error and fairness metrics of saved embeddings.
 * ``data check``: read a dataset, report every dropped or repaired box and image.
 * ``data synth``: write a synthetic detection or identity set in the real formats.
+* ``probe``: linear probes of a protected attribute on a trained identification model.
 
 Every verb takes ``--config`` YAML files and ``--help``. User errors (a wrong key or type, a
 missing file, an unknown class) end with one message and exit code 2.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
-TOOL_VERBS = ("eval-detections", "fairness-report", "data")
+TOOL_VERBS = ("eval-detections", "fairness-report", "data", "probe")
 
 USAGE = """usage: facenas <verb> [--config FILE.yaml ...] [options]
 
@@ -462,6 +463,85 @@ def _data(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _probe(argv: Sequence[str]) -> int:
+    """Linear probes of a protected attribute on a trained identification model (FR-NAS Table 3)."""
+    import numpy as np
+    import torch
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    class ProbeCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--ckpt", type=str, required=True, help="checkpoint of the trained model (e.g. runs/.../best-*.ckpt)")
+            parser.add_argument("--attribute", type=str, default="gender", help="protected attribute to probe (a group column of the data)")
+            parser.add_argument("--split", type=str, default="test", help="data split whose images are probed: train, val or test")
+            parser.add_argument("--probe", type=str, default="logistic", help="logistic (logistic regression) or mlp (one hidden layer)")
+            parser.add_argument("--test_fraction", type=float, default=0.3, help="share of identities held out to score the probe")
+            parser.add_argument("--json", type=bool, default=False, help="print one JSON object instead of a table")
+
+    cli = ProbeCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                   args=list(argv), save_config_callback=None,
+                   parser_kwargs={"prog": "facenas probe", "exit_on_error": False,
+                                  "description": "Freeze a trained identification model, extract its last two layers "
+                                                 "(N-1: pooled backbone features, N: embeddings) and report how well a "
+                                                 "probe predicts a protected attribute on held-out identities."})
+    cfg = cli.config
+    if cfg.split not in ("train", "val", "test"):
+        raise UserError(f"--split must be train, val or test, got {cfg.split!r}")
+    if cfg.probe not in ("logistic", "mlp"):
+        raise UserError(f"--probe must be logistic or mlp, got {cfg.probe!r}")
+    model, data = cli.model, cli.datamodule
+    if not hasattr(model, "features"):
+        raise UserError(f"{type(model).__name__} has no features() method: probes need an identification model (FaceID)")
+    if not Path(cfg.ckpt).is_file():
+        raise UserError(f"checkpoint not found: {cfg.ckpt}")
+    data.hparams.group_column = cfg.attribute
+    data.prepare_data()
+    data.setup("test")
+    if not data.group_names:
+        raise UserError(f"no image has a value for attribute {cfg.attribute!r}")
+    state = torch.load(cfg.ckpt, map_location="cpu", weights_only=False)
+    if getattr(model, "head", None) is None and state.get("hyper_parameters", {}).get("num_classes"):
+        model._build_head(int(state["hyper_parameters"]["num_classes"]))
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    loader = {"train": data.train_dataloader, "val": data.val_dataloader, "test": data.test_dataloader}[cfg.split]()
+    if cfg.split == "train":  # the evaluation transform, not the augmented one
+        loader = data._loader("train", False)
+    pooled, embedded, labels, identities = [], [], [], []
+    from datamodules.progress import track
+
+    with torch.no_grad():
+        for batch in track(loader, "extracting features"):
+            last_but_one, last = model.features(batch["images"])
+            pooled.append(last_but_one.float().numpy())
+            embedded.append(last.float().numpy())
+            labels.append(batch["groups"].numpy())
+            identities.append(batch["identities"].numpy())
+    from callbacks.probes import probe_layers
+
+    try:
+        results = probe_layers({"N-1 (backbone)": np.concatenate(pooled), "N (embedding)": np.concatenate(embedded)},
+                               np.concatenate(labels), np.concatenate(identities), probe=cfg.probe, test_fraction=cfg.test_fraction)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg.json:
+        print(json.dumps({"attribute": cfg.attribute, "groups": data.group_names, "probe": cfg.probe,
+                          "layers": {r.layer: {"accuracy": r.accuracy, "majority": r.majority, "train": r.train, "test": r.test}
+                                     for r in results}}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.probe} probe of {cfg.attribute} ({', '.join(data.group_names)}) on the {cfg.split} split")
+    for col in ("layer", "held-out accuracy", "majority class", "train images", "held-out images"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in results:
+        table.add_row(r.layer, f"{r.accuracy:.4f}", f"{r.majority:.4f}", str(r.train), str(r.test))
+    Console().print(table)
+    return 0
+
+
 def _data_synth(argv: Sequence[str]) -> int:
     parser = _tool_parser("data synth", "Write a seeded synthetic data set in the real formats, so that every reader, "
                           "model and quickstart runs without downloads. detection: images/ + wider_face_bbx_gt.txt + "
@@ -511,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facenas {version('facenas')}")
         return 0
     verb, rest = argv[0], argv[1:]
-    handlers = {"eval-detections": _eval_detections, "fairness-report": _fairness_report, "data": _data}
+    handlers = {"eval-detections": _eval_detections, "fairness-report": _fairness_report, "data": _data, "probe": _probe}
     import warnings
 
     from jsonargparse import ArgumentError

@@ -24,6 +24,10 @@ _EXPORTS = {
     "FairnessMetrics": "evaluation",
     "WandbLogger": "loggers",
     "WiderPredictionWriter": "writers",
+    "VerificationAccuracy": "verification",
+    "ProbeResult": "probes",
+    "probe_layers": "probes",
+    "verification_accuracy": "verification",
 }
 
 __all__ = sorted(_EXPORTS)

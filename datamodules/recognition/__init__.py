@@ -2,6 +2,7 @@
 verification pairs, and the synthetic identity generator."""
 from __future__ import annotations
 
+from .datamodule import FaceIDDataModule, IdentityDataset, crop_face
 from .formats import (
     AGE_BINS,
     IDENTITY_FORMATS,
@@ -26,6 +27,9 @@ from .synthetic import (
 
 __all__ = [
     "AGE_BINS",
+    "FaceIDDataModule",
+    "IdentityDataset",
+    "crop_face",
     "DEFAULT_GROUPS",
     "IDENTITY_FORMATS",
     "GroupSpec",

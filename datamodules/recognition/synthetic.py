@@ -68,10 +68,11 @@ def sample_identity(rng: np.random.Generator, spread: float = 1.0) -> dict[str, 
 def render_identity_image(params: dict[str, float], rng: np.random.Generator, size: int = 112) -> Image.Image:
     """Draw one image of an identity: the identity's face under a random pose, light and noise."""
     canvas = 2 * size  # draw large, then rotate and downscale (anti-aliasing)
-    bg = tuple(int(v) for v in rng.integers(30, 220, 3))
+    grey = rng.integers(50, 200)  # a plain, slightly tinted backdrop, as behind aligned face crops
+    bg = tuple(int(np.clip(grey + v, 0, 255)) for v in rng.integers(-20, 21, 3))
     image = Image.new("RGB", (canvas, canvas), bg)
     draw = ImageDraw.Draw(image)
-    w = canvas * 0.55
+    w = canvas * 0.68
     h = w * params["aspect"]
     cx, cy = canvas / 2, canvas / 2 + canvas * 0.03
     skin = _ramp(_SKINS, params["skin"])
@@ -93,21 +94,21 @@ def render_identity_image(params: dict[str, float], rng: np.random.Generator, si
     mouth_y, mouth_w = cy + params["mouth_y"] * h, params["mouth_w"] * w
     draw.arc([cx - mouth_w, mouth_y - h * 0.05, cx + mouth_w, mouth_y + h * 0.05], 0, 180, fill=(150, 40, 50), width=4)
     # pose: rotation, shift and scale in one affine map from output pixels to canvas pixels
-    angle = np.deg2rad(rng.uniform(-15, 15))
-    k = canvas / rng.uniform(0.88, 1.12) / size
+    angle = np.deg2rad(rng.uniform(-8, 8))
+    k = canvas / rng.uniform(0.94, 1.06) / size
     a, b = k * np.cos(angle), -k * np.sin(angle)
     d, e = k * np.sin(angle), k * np.cos(angle)
-    ox, oy = canvas / 2 + rng.uniform(-0.06, 0.06, 2) * canvas
+    ox, oy = canvas / 2 + rng.uniform(-0.03, 0.03, 2) * canvas
     c, f = ox - (a + b) * size / 2, oy - (d + e) * size / 2
     image = image.transform((size, size), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BILINEAR, fillcolor=bg)
     # lighting and noise
     pixels = np.asarray(image, dtype=np.float32)
-    gain = rng.uniform(0.6, 1.3) * (1 + rng.uniform(-0.12, 0.12, 3))
-    ramp = 1 + rng.uniform(-0.3, 0.3) * np.linspace(-1, 1, size)[None, :, None]  # light from one side
-    pixels = pixels * gain * ramp + rng.normal(0, rng.uniform(2, 10), pixels.shape)
+    gain = rng.uniform(0.85, 1.15) * (1 + rng.uniform(-0.04, 0.04, 3))
+    ramp = 1 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, size)[None, :, None]  # light from one side
+    pixels = pixels * gain * ramp + rng.normal(0, rng.uniform(1, 5), pixels.shape)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    if rng.random() < 0.3:
-        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
+    if rng.random() < 0.15:
+        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 0.8))))
     return image
 
 

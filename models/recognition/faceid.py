@@ -1,0 +1,174 @@
+"""FaceID: backbone -> embedding neck -> margin head -> loss, with FR-NAS's evaluation."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import NonFiniteLossError
+from .backbones import create_backbone
+from .heads import create_head, focal_loss
+
+
+class EmbeddingNeck(nn.Module):
+    """BN -> dropout -> linear -> BN: pooled features (B, F) to embeddings (B, D)."""
+
+    def __init__(self, in_features: int, embedding_dim: int = 512, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.BatchNorm1d(in_features), nn.Dropout(dropout), nn.Linear(in_features, embedding_dim, bias=False),
+                                    nn.BatchNorm1d(embedding_dim))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.layers(features)
+
+
+class FaceID(pl.LightningModule):
+    """Face identification model with FR-NAS's knobs as constructor arguments.
+
+    Args:
+        backbone: a timm model name (``resnet50``, ...) or a searchable DPN
+            (``dpn_search_301`` DPN-107-like, ``dpn_search_68_301``, ``dpn_search_small_301``).
+        pretrained: local backbone weights (state dict file); nothing is downloaded.
+        embedding_dim, dropout: the neck (BN -> dropout -> linear -> BN).
+        head: ``arcface``, ``cosface`` or ``magface``; ``head_args`` override its defaults
+            (e.g. ``{"scale": 64, "margin": 0.35}``).
+        num_classes: training identities; default: the datamodule's ``num_classes``.
+        loss: ``ce`` or ``focal`` (with ``focal_gamma``, 2 as FR-NAS).
+        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
+        warmup_epochs: linear warm-up before the cosine schedule (stepped every batch).
+        flip_test: evaluation embeddings are the sum of the image's and its mirror's, as FR-NAS.
+        reference_group: the group fairness ratios divide by (FR-NAS: female); None: worst pair.
+        verification: ``{name: path}`` of insightface ``.bin`` pair sets whose 10-fold
+            verification accuracy is logged as ``val/<name>_accuracy``.
+        channels_last: channels-last memory format (faster with AMP on GPUs).
+    """
+
+    monitor = "val/error"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        backbone: str = "dpn_search_small_301",
+        pretrained: str | None = None,
+        embedding_dim: int = 512,
+        dropout: float = 0.0,
+        head: str = "cosface",
+        head_args: dict[str, float] | None = None,
+        num_classes: int | None = None,
+        loss: str = "ce",
+        focal_gamma: float = 2.0,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        flip_test: bool = True,
+        reference_group: str | None = "female",
+        verification: dict[str, str] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer.lower() not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+        if loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
+        self.save_hyperparameters()
+        self.backbone = create_backbone(backbone, pretrained)
+        self.neck = EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
+        self.head: nn.Module | None = None
+        if num_classes is not None:
+            self._build_head(num_classes)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+
+    def _build_head(self, num_classes: int) -> None:
+        self.head = create_head(self.hparams.head, self.hparams.embedding_dim, num_classes, **(self.hparams.head_args or {}))
+        self.hparams.num_classes = num_classes
+
+    def setup(self, stage: str) -> None:
+        if self.head is None:
+            num = getattr(self.trainer.datamodule, "num_classes", None) if self.trainer.datamodule is not None else None
+            if num is None:
+                raise ValueError("FaceID needs num_classes (set it, or use a datamodule with a num_classes attribute)")
+            self._build_head(int(num))
+
+    # ------------------------------------------------------------------ model
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(pooled backbone features: layer N-1, embeddings: layer N)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pooled = self.backbone(images)
+        return pooled, self.neck(pooled)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)[1]
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """L2-normalised evaluation embeddings (with the flipped image's added when ``flip_test``)."""
+        emb = self(images).float()
+        if self.hparams.flip_test:
+            emb = emb + self(images.flip(-1)).float()
+        return F.normalize(emb, dim=1)
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch["images"], batch["labels"]
+        logits, regularizer = self.head(self(images), labels)
+        loss = focal_loss(logits, labels, self.hparams.focal_gamma) if self.hparams.loss == "focal" else F.cross_entropy(logits, labels)
+        if regularizer is not None:
+            loss = loss + regularizer
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}, "
+                                     f"batch {batch_idx}; lower the learning rate or check the data")
+        n = len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=n)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"embeddings": self.embed(batch["images"]), "identities": batch["identities"], "groups": batch["groups"]}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self._evaluate(batch)
+
+    # ------------------------------------------------------------------ training policy
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        name = h.optimizer.lower()
+        if name == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        elif name == "adam":
+            opt = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, int(round(h.warmup_epochs * total / epochs)))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=warmup)
+            schedule = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
+        else:
+            schedule = cosine
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from callbacks import FairnessMetrics, VerificationAccuracy
+
+        found: list[pl.Callback] = [FairnessMetrics(reference_group=self.hparams.reference_group)]
+        if self.hparams.verification:
+            found.append(VerificationAccuracy(self.hparams.verification))
+        return found

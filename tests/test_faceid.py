@@ -1,0 +1,268 @@
+"""Face identification: the searchable DPN space, margin heads against their formulas, the
+FaceID module and data module, verification accuracy, and a real short fit with fairness
+metrics."""
+from __future__ import annotations
+
+import math
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from callbacks import verification_accuracy
+from datamodules.recognition import FaceIDDataModule
+from models.recognition import (
+    OPERATION_NAMES,
+    ArcFace,
+    CosFace,
+    FaceID,
+    MagFace,
+    create_backbone,
+    create_head,
+    dpn_search,
+    focal_loss,
+    parse_dpn_name,
+    searchable_op,
+)
+
+from .conftest import data_path
+
+# ----------------------------------------------------------------------------- searchable DPN
+
+
+@pytest.mark.parametrize("code", range(9))
+def test_each_operation_matches_its_definition(code):
+    op = searchable_op(code, 8, 16, stride=1, groups=1)
+    conv = next(m for m in op if isinstance(m, torch.nn.Conv2d))
+    assert conv.kernel_size == ((1, 1), (3, 3), (5, 5))[code // 3]
+    kinds = [type(m).__name__ for m in op]
+    expected = {0: ["BatchNorm2d", "ReLU", "Conv2d"], 1: ["Conv2d", "BatchNorm2d", "ReLU"], 2: ["Conv2d"]}[code % 3]
+    assert kinds == expected
+    assert OPERATION_NAMES[code].startswith("Bn" if code % 3 == 0 else "Conv")
+    assert op(torch.randn(2, 8, 9, 9)).shape == (2, 16, 9, 9)
+
+
+def test_middle_operation_keeps_groups_and_stride():
+    block = dpn_search("478", "small").blocks[1]  # the down-sampling first block of the second stage
+    middle = next(m for m in block.op_b if isinstance(m, torch.nn.Conv2d))
+    first = next(m for m in block.op_a if isinstance(m, torch.nn.Conv2d))
+    assert middle.groups == 8 and middle.stride == (2, 2) and middle.kernel_size == (5, 5)
+    assert first.groups == 1 and first.stride == (1, 1) and first.kernel_size == (3, 3)
+
+
+def test_architecture_030_is_timm_dpn68_and_dpn107():
+    import timm
+
+    for variant, name in (("68", "dpn68"), ("", "dpn107")):
+        ours = sum(p.numel() for p in dpn_search("030", variant).parameters())
+        theirs = sum(p.numel() for p in timm.create_model(name, num_classes=0).parameters())
+        assert ours == theirs
+
+
+def test_sampled_architectures_build_and_run():
+    rng = random.Random(0)
+    codes = ["000", "888", "301"] + [f"{rng.randrange(9)}{rng.randrange(9)}{rng.randrange(9)}" for _ in range(9)]
+    x = torch.randn(2, 3, 32, 32)
+    for code in codes:
+        model = create_backbone(f"dpn_search_small_{code}").eval()
+        out = model(x)
+        assert out.shape == (2, model.num_features) and torch.isfinite(out).all(), code
+
+
+def test_all_729_architectures_build_and_run():
+    x = torch.randn(1, 3, 32, 32)
+    built = 0
+    with torch.no_grad():
+        for a in range(9):
+            for b in range(9):
+                for c in range(9):
+                    model = dpn_search((a, b, c), "small").eval()
+                    assert model(x).shape == (1, model.num_features)
+                    built += 1
+    assert built == 729
+
+
+def test_names_and_bad_codes():
+    assert parse_dpn_name("dpn_search_301") == ("", (3, 0, 1))
+    assert parse_dpn_name("dpn_search_small_480") == ("small", (4, 8, 0))
+    assert parse_dpn_name("dpn_search_9") is None
+    with pytest.raises(ValueError, match="three digits"):
+        dpn_search("391x")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_backbone("no_such_model")
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+@pytest.fixture
+def head_inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(16, 8, generator=g) * 30, torch.randint(0, 10, (16,), generator=g)
+
+
+def direct_cos(head, x):
+    w = head.weight.detach().double()
+    xd = x.double()
+    return (xd @ w.T) / xd.norm(dim=1, keepdim=True) / w.norm(dim=1)[None, :]
+
+
+def test_cosface_formula(head_inputs):
+    x, y = head_inputs
+    head = CosFace(8, 10, scale=64, margin=0.35)
+    logits, reg = head(x, y)
+    cos = direct_cos(head, x)
+    want = 64 * (cos - 0.35 * F.one_hot(y, 10))
+    torch.testing.assert_close(logits.double(), want, rtol=1e-4, atol=1e-3)
+    assert reg is None
+    torch.testing.assert_close(head(x)[0].double(), 64 * cos, rtol=1e-4, atol=1e-3)
+
+
+def test_arcface_formula_and_fallback(head_inputs):
+    x, y = head_inputs
+    head = ArcFace(8, 10, scale=64, margin=0.5)
+    logits, _ = head(x, y)
+    cos = direct_cos(head, x)
+    theta = torch.acos(cos.gather(1, y[:, None])[:, 0].clamp(-1, 1))
+    target = torch.where(theta + 0.5 < math.pi, torch.cos(theta + 0.5), torch.cos(theta) - 0.5 * math.sin(0.5))
+    torch.testing.assert_close(logits.gather(1, y[:, None])[:, 0].double(), 64 * target, rtol=1e-4, atol=1e-3)
+    others = torch.ones_like(cos, dtype=torch.bool).scatter(1, y[:, None], False)
+    torch.testing.assert_close(logits.double()[others], 64 * cos[others], rtol=1e-4, atol=1e-3)
+    # an embedding pointing away from its class centre (theta > pi - m) uses the linear fallback
+    anti = -head.weight.detach()[3:4] * 5
+    logit = head(anti, torch.tensor([3]))[0][0, 3].item()
+    assert logit == pytest.approx(64 * (-1 - 0.5 * math.sin(0.5)), rel=1e-4)
+
+
+def test_magface_margin_regulariser_and_gradient(head_inputs):
+    x, y = head_inputs
+    x = x.clone().requires_grad_(True)
+    head = MagFace(8, 10)  # l_a 10, u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32
+    logits, reg = head(x, y)
+    a = x.detach().double().norm(dim=1).clamp(10, 110)
+    m = (0.8 - 0.45) / (110 - 10) * (a - 10) + 0.45
+    theta = torch.acos(direct_cos(head, x.detach()).gather(1, y[:, None])[:, 0])
+    target = torch.where(theta + m < math.pi, torch.cos(theta + m), torch.cos(theta) - m * torch.sin(m))
+    torch.testing.assert_close(logits.gather(1, y[:, None])[:, 0].double(), 32 * target, rtol=1e-4, atol=1e-3)
+    g = a / 110 ** 2 + 1 / a
+    assert reg.item() == pytest.approx(20 * g.mean().item(), rel=1e-5)
+    # d(lambda_g * mean g(a)) / dx = lambda_g / B * g'(a) * x / |x| with g'(a) = 1/u_a^2 - 1/a^2 (inside the clamp)
+    grad = torch.autograd.grad(reg, x)[0].double()
+    raw = x.detach().double().norm(dim=1)
+    inside = (raw > 10) & (raw < 110)
+    want = 20 / len(x) * (1 / 110 ** 2 - 1 / raw ** 2)[:, None] * x.detach().double() / raw[:, None]
+    torch.testing.assert_close(grad[inside], want[inside], rtol=1e-4, atol=1e-7)
+    assert inside.any()
+
+
+def test_head_registry_and_focal_loss():
+    assert isinstance(create_head("ArcFace", 8, 4, margin=0.3), ArcFace)
+    with pytest.raises(ValueError, match="unknown head"):
+        create_head("sphereface", 8, 4)
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    assert focal_loss(logits, labels, 0.0).item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    p = F.softmax(logits, 1).gather(1, labels[:, None])[:, 0]
+    assert focal_loss(logits, labels, 2.0).item() == pytest.approx((-(1 - p) ** 2 * p.log()).mean().item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def test_verification_accuracy_ten_fold():
+    rng = np.random.default_rng(0)
+    issame = np.tile([True, False], 300)
+    distances = np.where(issame, rng.uniform(0.2, 1.0, 600), rng.uniform(0.9, 1.8, 600))
+    accuracy, _ = verification_accuracy(distances, issame)
+    overlap = ((issame & (distances > 0.95)) | (~issame & (distances < 0.95))).mean()
+    assert 1 - 2 * overlap < accuracy < 1.0
+    assert verification_accuracy(rng.uniform(0, 2, 600), issame)[0] < 0.6
+
+
+# ----------------------------------------------------------------------------- module and data
+
+
+def test_faceid_trains_and_logs_fairness(tmp_path):
+    torch.manual_seed(0)
+    data = FaceIDDataModule(synthetic_identities=24, synthetic_images_per_identity=8, synthetic_size=32, image_size=32,
+                            synthetic_root=str(tmp_path / "ids"), split_file=str(tmp_path / "split.json"), split_by="image",
+                            split_ratios=[2, 1, 1], batch_size=16, eval_batch_size=32, num_workers=0)
+    model = FaceID(backbone="dpn_search_small_301", embedding_dim=32, head="magface", optimizer="adamw", lr=3e-3)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, data)
+    m = trainer.callback_metrics
+    assert model.head.weight.shape[0] == data.num_classes == 24  # closed set: every identity is a class
+    for key in ("val/error", "val/rank", "val/rank_disparity", "val/disparity", "val/error_female", "val/error_male",
+                "val/rank_female", "val/rank_by_identity_male"):
+        assert math.isfinite(m[key].item()), key
+    for key in ("val/ratio", "val/rank_ratio", "val/error_ratio"):
+        assert key in m
+    assert m["val/probes"].item() == 24 * 2  # two held-out images of every identity
+    assert m["val/n_female"].item() + m["val/n_male"].item() == 48
+    assert data.group_names == ["female", "male"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal"])
+@pytest.mark.parametrize("head", ["arcface", "cosface", "magface"])
+def test_training_step_with_each_head_and_loss(head, loss):
+    model = FaceID(backbone="resnet18", embedding_dim=16, head=head, loss=loss, num_classes=5)
+    batch = {"images": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 4])}
+    value = model.training_step(batch, 0)
+    value.backward()
+    assert math.isfinite(value.item()) and model.head.weight.grad is not None
+
+
+def test_flip_test_embeddings_are_unit_length_and_flip_invariant():
+    model = FaceID(backbone="dpn_search_small_000", embedding_dim=16, num_classes=3).eval()
+    x = torch.randn(3, 3, 32, 32)
+    emb = model.embed(x)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(model.embed(x.flip(-1)), emb, rtol=1e-4, atol=1e-5)
+
+
+def test_celeba_identities_datamodule_balanced_gender(tmp_path):
+    root = data_path("celeba_identities")
+    data = FaceIDDataModule(format="csv", annotations=str(root / "labels.csv"), images=str(root / "img_celeba"),
+                            group_column="gender_from_celeba_Male_attr", balance_groups=True,
+                            split_file=str(tmp_path / "split.json"), num_workers=0, batch_size=8)
+    data.setup()
+    assert data.group_names == ["female", "male"]
+    assert data.num_classes == 36 and sum(len(v) for v in data.splits.values()) == 600
+    batch = next(iter(data.val_dataloader()))
+    assert batch["images"].shape[1:] == (3, 112, 112) and set(batch["groups"].tolist()) <= {0, 1}
+
+
+def test_quick_fit_then_probe_verb(tmp_path):
+    import json
+
+    import yaml
+
+    from .conftest import run_facenas
+
+    config = {
+        "model": {"class_path": "models.recognition.FaceID",
+                  "init_args": {"backbone": "dpn_search_small_301", "embedding_dim": 32, "optimizer": "adamw", "lr": 3e-3}},
+        "data": {"class_path": "datamodules.recognition.FaceIDDataModule",
+                 "init_args": {"synthetic_identities": 20, "synthetic_images_per_identity": 6, "synthetic_size": 32,
+                               "image_size": 32, "split_by": "image", "split_ratios": [2, 1, 1], "batch_size": 16,
+                               "num_workers": 0}},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "accelerator": "cpu",
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "id"}}},
+    }
+    path = tmp_path / "id.yaml"
+    path.write_text(yaml.safe_dump(config))
+    fit = run_facenas("fit", "--config", str(path), cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "val/rank_disparity" in fit.stdout and "test/error" in fit.stdout
+    (ckpt,) = (tmp_path / "runs/id/version_0/checkpoints").glob("best-*.ckpt")
+    out = run_facenas("probe", "--config", str(path), "--ckpt", str(ckpt), "--attribute", "gender", "--json", "true", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["groups"] == ["female", "male"] and set(report["layers"]) == {"N-1 (backbone)", "N (embedding)"}
+    for layer in report["layers"].values():
+        assert 0.0 <= layer["accuracy"] <= 1.0 and layer["test"] > 0 and layer["train"] > layer["test"]
+    missing = run_facenas("probe", "--config", str(path), "--ckpt", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
