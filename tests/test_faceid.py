@@ -266,3 +266,14 @@ def test_quick_fit_then_probe_verb(tmp_path):
         assert 0.0 <= layer["accuracy"] <= 1.0 and layer["test"] > 0 and layer["train"] > layer["test"]
     missing = run_facenas("probe", "--config", str(path), "--ckpt", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+
+
+def test_celeba_format_with_attribute_file(tmp_path):
+    root = data_path("celeba_identities")
+    data = FaceIDDataModule(format="celeba", annotations=str(root / "identity_subset.txt"), images=str(root / "img_celeba"),
+                            reader_args={"attributes_file": str(root / "list_attr_celeba_first20000_rows_subset.txt")},
+                            split_file=str(tmp_path / "split.json"), num_workers=0)
+    data.setup()
+    everything = [s for part in data.splits.values() for s in part]
+    assert len(everything) == 600 and data.group_names == ["female", "male"]
+    assert sum(s.attributes["gender"] is not None for s in everything) == 180

@@ -89,6 +89,8 @@ class FaceIDDataModule(pl.LightningDataModule):
     Args:
         format: ``csv``, ``folders``, ``celeba`` or ``vggface2`` (see ``facenas data check``).
         annotations, images: the format's annotation file and image folder.
+        reader_args: extra reader arguments, e.g. ``{"attributes_file": "list_attr_celeba.txt"}``
+            for CelebA's gender, ``{"identity_column": "person"}`` for a CSV.
         group_column: the demographic attribute of the fairness metrics (``gender``; ``race`` or
             ``age_bin`` when the data has them).
         split_by, split_ratios, split_file, seed: the split.
@@ -109,6 +111,7 @@ class FaceIDDataModule(pl.LightningDataModule):
         format: str = "csv",
         annotations: str | None = None,
         images: str | None = None,
+        reader_args: dict[str, Any] | None = None,
         group_column: str = "gender",
         split_by: str = "identity",
         split_ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -170,7 +173,7 @@ class FaceIDDataModule(pl.LightningDataModule):
             samples, report = read_identities("csv", self._synthetic(), verify=h.verify)
             source = "synthetic"
         else:
-            samples, report = read_identities(h.format, h.annotations, h.images, verify=h.verify)
+            samples, report = read_identities(h.format, h.annotations, h.images, verify=h.verify, **(h.reader_args or {}))
             source = Path(h.annotations or h.images).stem
         self.report.merge(report)
         counts: dict[str, int] = defaultdict(int)
