@@ -9,6 +9,7 @@ Verbs:
 * ``data check``: read a dataset, report every dropped or repaired box and image.
 * ``data synth``: write a synthetic detection or identity set in the real formats.
 * ``probe``: linear probes of a protected attribute on a trained identification model.
+* ``search`` / ``search-report``: run or resume a study; report on it.
 
 Every verb takes ``--config`` YAML files and ``--help``. User errors (a wrong key or type, a
 missing file, an unknown class) end with one message and exit code 2.
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
-TOOL_VERBS = ("eval-detections", "fairness-report", "data", "probe")
+TOOL_VERBS = ("eval-detections", "fairness-report", "data", "probe", "search", "search-report")
 
 USAGE = """usage: facenas <verb> [--config FILE.yaml ...] [options]
 
@@ -542,6 +543,76 @@ def _probe(argv: Sequence[str]) -> int:
     return 0
 
 
+def _search(argv: Sequence[str]) -> int:
+    parser = _tool_parser("search", "Search hyper-parameters and architectures: ask the backend, train each trial from the "
+                          "base YAML plus the trial's overrides, read its objectives from the logged metrics, record it in the "
+                          "study's SQLite store, tell the backend. Running an existing study again resumes it.")
+    parser.add_argument("--name", type=str, required=True, help="study name (store and runs under runs/search/<name>)")
+    parser.add_argument("--space", type=str, required=True, help="hyperfd_hpo, frnas_joint, frnas_phase1, or a ConfigSpace .json")
+    parser.add_argument("--objectives", type=list[dict[str, str]], required=True,
+                        help="logged metrics to optimise, e.g. [{metric: val/error, mode: min}, {metric: val/rank_disparity, mode: min}]")
+    parser.add_argument("--base", type=list[str], default=[], help="training YAML(s) every trial starts from")
+    parser.add_argument("--mapping", type=dict[str, str], default={},
+                        help="dotted training key -> space parameter or template, e.g. {model.init_args.lr: lr, "
+                             "model.init_args.backbone: 'dpn_search_small_{edge1}{edge2}{edge3}'}")
+    parser.add_argument("--backend", type=str | dict, default="random",
+                        help="random, smac, optuna, moasha, or {class_path: ..., init_args: {...}} (e.g. smac with facade: mf)")
+    parser.add_argument("--executor", type=str | dict, default="inprocess",
+                        help="inprocess, subprocess ({workers: N, gpus: [...]}) or dask ({scheduler: tcp://host:8786, workers: N})")
+    parser.add_argument("--budget", type=dict[str, float] | float | None, default=None,
+                        help="epochs per trial: a number, or {min: 25, max: 100, eta: 2} for multi-fidelity backends")
+    parser.add_argument("--budget_key", type=str, default="trainer.max_epochs", help="the training key the budget sets")
+    parser.add_argument("--n_trials", type=int, default=20, help="finished trials to reach (counting earlier runs of the study)")
+    parser.add_argument("--walltime", type=float | None, default=None, help="stop starting trials after this many seconds")
+    parser.add_argument("--seed", type=int, default=0, help="the backend's seed; trial i trains with seed_everything = seed + i")
+    parser.add_argument("--storage", type=str | None, default=None, help="SQLite file (default runs/search/<name>/study.sqlite)")
+    parser.add_argument("--runs_dir", type=str | None, default=None, help="trial folders (default runs/search/<name>)")
+    parser.add_argument("--overrides", type=dict, default={}, help="dotted training keys set for every trial")
+    parser.add_argument("--reference_point", type=list[float] | None, default=None, help="hypervolume reference (costs; max objectives negated)")
+    parser.add_argument("--wandb", type=dict | None, default=None,
+                        help="log every trial to W&B ({project: facenas, ...}; offline unless WANDB_API_KEY or WANDB_MODE=online)")
+    parser.add_argument("--report", type=bool, default=True, help="write the report when the study ends")
+    parser.add_argument("--resume", action="store_true", help="require an existing study and continue it")
+    args = parser.parse_args(list(argv))
+    from search.study import Study, StudySettings
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "__path__")}
+    try:
+        settings = StudySettings(**fields)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if args.resume and not settings.store_path.is_file():
+        raise UserError(f"nothing to resume: {settings.store_path} does not exist")
+    try:
+        Study(settings).run()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _search_report(argv: Sequence[str]) -> int:
+    parser = _tool_parser("search-report", "Report on a study: trials table, best configuration or Pareto front, hypervolume "
+                          "against evaluations, PNG plots, and the best configuration(s) as training YAML.")
+    parser.add_argument("study", type=str, help="the study's name, folder, or SQLite file")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default: the study's folder)")
+    args = parser.parse_args(list(argv))
+    from search.report import write_report
+    from search.store import StudyStore
+
+    path = Path(args.study)
+    if path.is_dir():
+        path = path / "study.sqlite"
+    elif not path.exists():
+        path = Path("runs/search") / args.study / "study.sqlite"
+    if not path.is_file():
+        raise UserError(f"no study found at {args.study} (looked for {path})")
+    try:
+        write_report(StudyStore(path), args.out)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 def _data_synth(argv: Sequence[str]) -> int:
     parser = _tool_parser("data synth", "Write a seeded synthetic data set in the real formats, so that every reader, "
                           "model and quickstart runs without downloads. detection: images/ + wider_face_bbx_gt.txt + "
@@ -591,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facenas {version('facenas')}")
         return 0
     verb, rest = argv[0], argv[1:]
-    handlers = {"eval-detections": _eval_detections, "fairness-report": _fairness_report, "data": _data, "probe": _probe}
+    handlers = {"eval-detections": _eval_detections, "fairness-report": _fairness_report, "data": _data, "probe": _probe,
+                "search": _search, "search-report": _search_report}
     import warnings
 
     from jsonargparse import ArgumentError

@@ -124,3 +124,36 @@ class ToyFaceModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class ToySearchModule(pl.LightningModule):
+    """A trial for search tests: logs ``val/score = (x - 0.3)^2 + y^2 + 1 / (epoch + 1)`` and
+    ``val/other = (x - 0.8)^2 + 0.1 / (epoch + 1)`` each validation; can raise, diverge (NaN
+    loss), or take ``sleep`` seconds per training step."""
+
+    def __init__(self, x: float = 0.5, y: float = 0.0, fail: bool = False, diverge: bool = False, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
+        import time
+
+        from models import NonFiniteLossError
+
+        if self.hparams.fail:
+            raise RuntimeError(f"boom in trial with x={self.hparams.x}")
+        if self.hparams.sleep:
+            time.sleep(self.hparams.sleep)
+        loss = (self.w - 1.0) ** 2 + (float("nan") if self.hparams.diverge else 0.0)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}")
+        return loss
+
+    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+        e = self.current_epoch
+        self.log("val/score", (self.hparams.x - 0.3) ** 2 + self.hparams.y ** 2 + 1.0 / (e + 1), batch_size=len(batch))
+        self.log("val/other", (self.hparams.x - 0.8) ** 2 + 0.1 / (e + 1), batch_size=len(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -1,0 +1,106 @@
+"""The backend interface: a ``Searcher`` proposes trials (``ask``) and learns from their results
+(``tell``); the study driver owns everything else (store, executor, budget, resume)."""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ConfigSpace import Configuration, ConfigurationSpace
+
+from ..trial import Objective, Result, Status, Trial
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget in epochs: every trial at ``max`` (``min == max``), or multi-fidelity
+    from ``min`` to ``max`` with reduction factor ``eta``."""
+
+    min: float
+    max: float
+    eta: float = 3.0
+
+    @property
+    def multi_fidelity(self) -> bool:
+        return self.min < self.max
+
+    def rungs(self) -> list[float]:
+        """Successive-halving budgets ``min, min*eta, ...`` up to ``max`` (``max`` included)."""
+        out = [float(self.min)]
+        while out[-1] * self.eta < self.max * (1 - 1e-9):
+            out.append(out[-1] * self.eta)
+        if out[-1] < self.max:
+            out.append(float(self.max))
+        return out
+
+
+class Searcher(ABC):
+    """A search backend. Subclasses take their options as constructor arguments (set in the
+    search YAML) and receive the problem in :meth:`setup`."""
+
+    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int,
+              n_trials: int) -> None:
+        self.space = space
+        self.objectives = objectives
+        self.budget = budget
+        self.seed = seed
+        self.n_trials = n_trials
+
+    @abstractmethod
+    def ask(self) -> Trial | None:
+        """The next trial to run (its ``id`` is assigned by the study), or None when the backend
+        must wait for running trials first."""
+
+    @abstractmethod
+    def tell(self, trial: Trial, result: Result) -> None:
+        """Learn from a finished trial (also called on resume for every stored trial, including
+        trials this instance never asked for)."""
+
+    def report(self, trial: Trial, step: int, value: float) -> bool:
+        """An intermediate value of the first objective; return True to stop the trial early."""
+        return False
+
+    def name(self) -> str:
+        return type(self).__name__
+
+    # helpers shared by backends
+
+    def config_dict(self, config: Configuration | dict[str, Any]) -> dict[str, Any]:
+        """A configuration as plain Python values (no numpy scalars)."""
+        items = dict(config).items()
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in items}
+
+    def configuration(self, values: dict[str, Any]) -> Configuration:
+        """Stored values back into a ConfigSpace Configuration of this space."""
+        return Configuration(self.space, values=values)
+
+    def costs(self, result: Result) -> list[float]:
+        return result.costs(self.objectives)
+
+    @staticmethod
+    def finite(costs: list[float], worst: list[float]) -> list[float]:
+        """Replace non-finite costs (failed trials) by the worst finite cost seen so far."""
+        return [c if math.isfinite(c) else w for c, w in zip(costs, worst)]
+
+
+class WorstCosts:
+    """Tracks the worst finite cost per objective, the stand-in cost of failed trials for
+    backends whose models cannot take infinities."""
+
+    def __init__(self, n: int) -> None:
+        self.values = [1.0] * n
+        self.seen = [False] * n
+
+    def update(self, costs: list[float]) -> None:
+        for i, c in enumerate(costs):
+            if math.isfinite(c) and (not self.seen[i] or c > self.values[i]):
+                self.values[i], self.seen[i] = c, True
+
+    def fill(self, costs: list[float]) -> list[float]:
+        return [c if math.isfinite(c) else (w if s else 1.0) for c, w, s in zip(costs, self.values, self.seen)]
+
+
+def is_success(result: Result) -> bool:
+    return result.status == Status.SUCCESS

@@ -1,0 +1,117 @@
+"""MO-ASHA: asynchronous successive halving whose promotions rank a rung's results by
+non-dominated sorting (Schmucker et al.), FR-NAS's second multi-fidelity baseline.
+
+Written here rather than taken from syne-tune: syne-tune's core package pulls in xgboost,
+statsmodels and pandas, and its MOASHA is a scheduler that expects syne-tune's own tuner loop
+(stopping running trials on per-epoch reports). As a promotion-based searcher on the driver's
+ask/tell it resumes from the study store like every other backend.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from ConfigSpace import ConfigurationSpace
+
+from ..trial import Objective, Result, Status, Trial
+from .base import Budget, Searcher
+
+
+def non_dominated_sort(costs: np.ndarray) -> np.ndarray:
+    """Front index of every point (0 = Pareto front) for costs (N, M) to minimise."""
+    n = len(costs)
+    rank = np.full(n, -1)
+    remaining = np.arange(n)
+    front = 0
+    while len(remaining):
+        c = costs[remaining]
+        dominated = ((c[:, None, :] >= c[None, :, :]).all(-1) & (c[:, None, :] > c[None, :, :]).any(-1)).any(axis=1)
+        rank[remaining[~dominated]] = front
+        remaining = remaining[dominated]
+        front += 1
+    return rank
+
+
+def crowding_distance(costs: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance within one front (larger = more isolated)."""
+    n, m = costs.shape
+    distance = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(costs[:, j], kind="stable")
+        span = costs[order[-1], j] - costs[order[0], j]
+        distance[order[0]] = distance[order[-1]] = np.inf
+        if span > 0:
+            distance[order[1:-1]] += (costs[order[2:], j] - costs[order[:-2], j]) / span
+    return distance
+
+
+def ranking(costs: np.ndarray) -> np.ndarray:
+    """Indices from best to worst: by front, then by crowding distance (descending)."""
+    fronts = non_dominated_sort(costs)
+    crowd = np.zeros(len(costs))
+    for f in np.unique(fronts):
+        members = np.flatnonzero(fronts == f)
+        crowd[members] = crowding_distance(costs[members])
+    return np.lexsort((-crowd, fronts))
+
+
+class MOASHA(Searcher):
+    """Asynchronous successive halving with multi-objective promotions.
+
+    Budgets are the rungs ``min, min*eta, ...`` of the study budget. When a worker is free, the
+    highest rung with a promotable configuration wins: among a rung's finished results, the top
+    ``floor(n / eta)`` by non-dominated sorting (crowding distance breaks ties) go up one rung;
+    otherwise a new random configuration starts at the lowest rung. Failed trials rank last.
+
+    Args:
+        eta: reduction factor (default: the budget's).
+    """
+
+    def __init__(self, eta: float | None = None) -> None:
+        self.eta = eta
+
+    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int) -> None:
+        super().setup(space, objectives, budget, seed, n_trials)
+        if budget is None or not budget.multi_fidelity:
+            raise ValueError("MO-ASHA needs a multi-fidelity budget (min < max)")
+        self._eta = float(self.eta or budget.eta)
+        self.rungs = Budget(budget.min, budget.max, self._eta).rungs()
+        space.seed(seed)
+        self._results: dict[int, dict[str, tuple[dict, list[float]]]] = defaultdict(dict)  # rung -> key -> (config, costs)
+        self._promoted: dict[int, set[str]] = defaultdict(set)
+
+    @staticmethod
+    def _key(config: dict) -> str:
+        return repr(sorted(config.items()))
+
+    def _rung(self, budget: float | None) -> int:
+        return min(range(len(self.rungs)), key=lambda i: abs(self.rungs[i] - (budget or self.rungs[0])))
+
+    def ask(self) -> Trial | None:
+        for rung in range(len(self.rungs) - 2, -1, -1):
+            done = self._results[rung]
+            k = int(len(done) // self._eta)
+            if k == 0:
+                continue
+            keys = list(done)
+            costs = np.array([done[key][1] for key in keys], dtype=float)
+            costs = np.where(np.isfinite(costs), costs, np.nanmax(np.where(np.isfinite(costs), costs, np.nan), axis=0) + 1.0
+                             if np.isfinite(costs).any() else 1.0)
+            for index in ranking(costs)[:k]:
+                key = keys[index]
+                if key not in self._promoted[rung] and math.isfinite(max(done[key][1])):
+                    self._promoted[rung].add(key)
+                    return Trial(id=-1, config=dict(done[key][0]), budget=self.rungs[rung + 1], seed=self.seed)
+        config = self.config_dict(self.space.sample_configuration())
+        return Trial(id=-1, config=config, budget=self.rungs[0], seed=self.seed)
+
+    def tell(self, trial: Trial, result: Result) -> None:
+        rung = self._rung(trial.budget)
+        costs = self.costs(result) if result.status == Status.SUCCESS else [math.inf] * len(self.objectives)
+        key = self._key(trial.config)
+        self._results[rung][key] = (trial.config, costs)
+        if rung > 0:  # on resume, a result at a higher rung means it was promoted from below
+            self._promoted[rung - 1].add(key)

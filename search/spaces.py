@@ -1,0 +1,147 @@
+"""Search spaces (ConfigSpace) by name, and the mapping of a configuration onto a training YAML.
+
+* ``hyperfd_hpo``: HyperFD Table 2, 216 configurations (optimizer, learning rate, min crop
+  ratio, positive IoU, box-loss weight, negative:positive ratio).
+* ``frnas_joint``: FR-NAS Table 6: three searchable-DPN edges in 0..8, head, optimizer, and a
+  learning rate conditional on the optimizer (Adam/AdamW log-uniform [1e-4, 1e-2], SGD
+  log-uniform [0.09, 0.8]).
+* ``frnas_phase1``: the FR-NAS study's 29 timm backbones x head x optimizer x learning-rate
+  schedule (the grid of ``analysis_vgg_val_phase1.csv``).
+* any ConfigSpace JSON file (``space: path/to/space.json``).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ConfigSpace import (
+    Categorical,
+    ConfigurationSpace,
+    EqualsCondition,
+    Float,
+    InCondition,
+)
+
+SPACES: dict[str, Callable[[int], ConfigurationSpace]] = {}
+
+FRNAS_BACKBONES = (  # the 29 timm models of analysis_vgg_val_phase1.csv
+    "coat_lite_small", "convit_base", "cspdarknet53", "dla102x2", "dpn107", "ese_vovnet39b", "fbnetv3_g", "ghostnet_100",
+    "gluon_inception_v3", "gluon_xception65", "hrnet_w64", "ig_resnext101_32x8d", "inception_resnet_v2", "inception_v4",
+    "jx_nest_base", "legacy_senet154", "mobilenetv3_large_100", "resnetrs101", "rexnet_200", "selecsls60b",
+    "swin_base_patch4_window7_224", "tf_efficientnet_b7_ns", "tnt_s_patch16_224", "twins_svt_large", "vgg19", "vgg19_bn",
+    "visformer_small", "xception", "xception65",
+)
+
+
+def register_space(name: str) -> Callable[[Callable[[int], ConfigurationSpace]], Callable[[int], ConfigurationSpace]]:
+    def wrap(fn: Callable[[int], ConfigurationSpace]) -> Callable[[int], ConfigurationSpace]:
+        SPACES[name] = fn
+        return fn
+    return wrap
+
+
+@register_space("hyperfd_hpo")
+def hyperfd_hpo(seed: int = 0) -> ConfigurationSpace:
+    """HyperFD Table 2: 2 x 3 x 2 x 3 x 3 x 2 = 216 configurations."""
+    cs = ConfigurationSpace(name="hyperfd_hpo", seed=seed)
+    cs.add([
+        Categorical("optimizer", ["SGD", "Adam"]),
+        Categorical("lr", [3e-4, 1e-3, 3e-2], ordered=True),
+        Categorical("min_crop_ratio", [0.3, 0.55], ordered=True),
+        Categorical("pos_iou", [0.4, 0.5, 0.6], ordered=True),
+        Categorical("loc_weight", [2.0, 4.0, 8.0], ordered=True),
+        Categorical("neg_pos_ratio", [2.0, 7.0], ordered=True),
+    ])
+    return cs
+
+
+@register_space("frnas_joint")
+def frnas_joint(seed: int = 0) -> ConfigurationSpace:
+    """FR-NAS Table 6: 729 DPN architectures x 3 heads x 3 optimizers x conditional learning rate."""
+    cs = ConfigurationSpace(name="frnas_joint", seed=seed)
+    edges = [Categorical(f"edge{i}", [str(c) for c in range(9)]) for i in (1, 2, 3)]
+    head = Categorical("head", ["CosFace", "ArcFace", "MagFace"])
+    optimizer = Categorical("optimizer", ["Adam", "AdamW", "SGD"])
+    lr_adam = Float("lr_adam", (1e-4, 1e-2), log=True, default=1e-3)
+    lr_sgd = Float("lr_sgd", (0.09, 0.8), log=True, default=0.1)
+    cs.add([*edges, head, optimizer, lr_adam, lr_sgd,
+            InCondition(lr_adam, optimizer, ["Adam", "AdamW"]), EqualsCondition(lr_sgd, optimizer, "SGD")])
+    return cs
+
+
+@register_space("frnas_phase1")
+def frnas_phase1(seed: int = 0) -> ConfigurationSpace:
+    """The FR-NAS study's first phase: 29 timm backbones x head x optimizer x schedule
+    (``default``: the optimizer's default learning rate; ``cosine``: 0.1 for SGD, 0.001 for
+    AdamW with a cosine schedule)."""
+    cs = ConfigurationSpace(name="frnas_phase1", seed=seed)
+    cs.add([
+        Categorical("backbone", list(FRNAS_BACKBONES)),
+        Categorical("head", ["ArcFace", "CosFace", "MagFace"]),
+        Categorical("optimizer", ["SGD", "AdamW"]),
+        Categorical("schedule", ["default", "cosine"]),
+    ])
+    return cs
+
+
+def load_space(space: str | Path, seed: int = 0) -> ConfigurationSpace:
+    """A registered space by name, or a ConfigSpace JSON file."""
+    if str(space) in SPACES:
+        return SPACES[str(space)](seed)
+    path = Path(space)
+    if path.suffix == ".json" and path.is_file():
+        import warnings
+
+        from ConfigSpace.read_and_write import json as cs_json
+
+        with warnings.catch_warnings():  # files written by ConfigSpace 0.6 use older field names
+            warnings.simplefilter("ignore", UserWarning)
+            cs = cs_json.read(path.read_text())
+        cs.seed(seed)
+        return cs
+    raise ValueError(f"unknown search space {space!r}: not one of {', '.join(SPACES)} nor a ConfigSpace .json file")
+
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def apply_mapping(config: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """Turn a configuration into dotted training-YAML overrides.
+
+    ``mapping`` maps a dotted key to a parameter name (its value is used as is) or a template
+    with ``{param}`` fields (formatted as a string), e.g.::
+
+        model.init_args.lr: lr
+        model.init_args.backbone: "dpn_search_small_{edge1}{edge2}{edge3}"
+
+    Several keys may take the same parameter; a key whose parameters are all inactive in this
+    configuration (conditional ones) is left out, and when several keys name one dotted key
+    the first active one wins (``model.init_args.lr`` from ``lr_adam`` or ``lr_sgd``).
+    """
+    out: dict[str, Any] = {}
+    for key, source in mapping.items():
+        target = key.split("|")[0].strip()
+        if target in out:
+            continue
+        names = _FIELD.findall(source) if isinstance(source, str) else []
+        if names:
+            if all(n in config and config[n] is not None for n in names):
+                out[target] = _FIELD.sub(lambda m: str(config[m.group(1)]), source)
+        elif source in config and config[source] is not None:
+            value = config[source]
+            out[target] = value.item() if hasattr(value, "item") else value
+    return out
+
+
+def nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.init_args.lr": 0.1}`` -> ``{"model": {"init_args": {"lr": 0.1}}}``."""
+    root: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        node = root
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return root

@@ -1,0 +1,237 @@
+"""The study driver: ask -> base YAML + overrides -> train -> read objectives -> record -> tell.
+
+The SQLite store is the truth. Starting a study whose store exists resumes it: a fresh backend
+is told every finished trial again, trials that were in flight when the study stopped are run
+again under their own ids, and nothing finished is lost or repeated.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .backends import Budget, Searcher, create_searcher
+from .executors import Executor, create_executor
+from .runner import TrialJob, csv_logger
+from .spaces import apply_mapping, load_space
+from .store import StudyStore
+from .trial import Objective, Result, Status, Trial
+
+# settings that define a study: resuming with different values would mix incompatible trials
+_IDENTITY = ("space", "objectives", "mapping", "base", "budget", "backend", "seed")
+
+
+@dataclass
+class StudySettings:
+    """A study, as written in a search YAML (see ``configs/search/``)."""
+
+    name: str
+    space: str
+    objectives: list[Objective]
+    base: list[str] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)
+    backend: Any = "random"
+    executor: Any = "inprocess"
+    budget: Budget | None = None
+    budget_key: str = "trainer.max_epochs"
+    n_trials: int = 20
+    walltime: float | None = None
+    seed: int = 0
+    storage: str | None = None
+    runs_dir: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reference_point: list[float] | None = None
+    wandb: dict[str, Any] | None = None
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        self.objectives = [o if isinstance(o, Objective) else Objective(**o) for o in self.objectives]
+        if isinstance(self.budget, dict):
+            self.budget = Budget(**self.budget)
+        elif isinstance(self.budget, (int, float)):
+            self.budget = Budget(float(self.budget), float(self.budget))
+        if not self.objectives:
+            raise ValueError("a study needs at least one objective")
+        for base in self.base:
+            if not Path(base).is_file():
+                raise FileNotFoundError(2, "base training config not found", base)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.storage) if self.storage else Path(self.run_root) / "study.sqlite"
+
+    @property
+    def run_root(self) -> Path:
+        return Path(self.runs_dir or f"runs/search/{self.name}")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objectives"] = [asdict(o) for o in self.objectives]
+        d["budget"] = asdict(self.budget) if self.budget is not None else None
+        return d
+
+
+class Study:
+    """Runs a study to ``n_trials`` finished trials (or ``walltime`` seconds).
+
+    Args:
+        settings: the study.
+        objective: instead of training, a function ``Trial -> Result`` (tabular benchmarks).
+        console: where progress lines go (default: a rich console).
+    """
+
+    def __init__(self, settings: StudySettings, objective: Callable[[Trial], Result] | None = None,
+                 console: Console | None = None, quiet: bool = False) -> None:
+        self.settings = settings
+        self.objective = objective
+        self.console = console or Console()
+        self.quiet = quiet
+
+    def _check_identity(self, store: StudyStore) -> None:
+        saved = store.get_meta("settings")
+        mine = self.settings.as_dict()
+        if saved is None:
+            store.set_meta("settings", mine)
+            return
+        changed = [k for k in _IDENTITY if saved.get(k) != mine.get(k)]
+        if changed:
+            raise ValueError(f"{store.path} holds study {saved['name']!r} with different {', '.join(changed)}; "
+                             "resume it with the same settings or give the new study another name")
+        store.set_meta("settings", mine)  # n_trials, walltime, executor may change between runs
+
+    def _job(self, trial: Trial, searcher: Searcher) -> TrialJob:
+        s = self.settings
+        overrides = dict(s.overrides)
+        overrides.update(apply_mapping(trial.config, s.mapping))
+        if trial.budget is not None:
+            overrides[s.budget_key] = int(round(trial.budget))
+        overrides.setdefault("seed_everything", s.seed + trial.id)
+        run_dir = s.run_root / f"trial_{trial.id:04d}"
+        if s.wandb is not None:
+            overrides["trainer.logger"] = [
+                csv_logger(run_dir),
+                {"class_path": "callbacks.WandbLogger",
+                 "init_args": {**s.wandb, "save_dir": str(run_dir), "group": s.name, "name": f"{s.name}-trial-{trial.id}",
+                               "config": {**trial.config, "backend": searcher.name(), "budget": trial.budget}}},
+            ]
+        return TrialJob(trial.id, list(s.base), overrides, str(run_dir), s.objectives)
+
+    def run(self) -> StudyStore:
+        """Run (or resume) the study; returns its store."""
+        s = self.settings
+        s.run_root.mkdir(parents=True, exist_ok=True)
+        store = StudyStore(s.store_path)
+        self._check_identity(store)
+        space = load_space(s.space, s.seed)
+        searcher = create_searcher(s.backend)
+        searcher.setup(space, s.objectives, s.budget, s.seed, s.n_trials)
+        store.set_meta("backend_name", searcher.name())
+        stored = store.trials()
+        for st in stored:
+            if st.result is not None:
+                searcher.tell(st.trial, st.result)
+        finished = sum(st.result is not None for st in stored)
+        pending = [st.trial for st in stored if st.result is None]
+        if stored and not self.quiet:
+            self.console.print(f"[bold]{s.name}[/]: resuming with {finished} finished trial(s); {len(pending)} interrupted "
+                               "trial(s) run again")
+        executor: Executor = _FunctionExecutor(self.objective) if self.objective is not None else create_executor(s.executor)
+        live: dict[int, Trial] = {}
+        started = time.monotonic()
+        try:
+            while True:
+                out_of_time = s.walltime is not None and time.monotonic() - started > s.walltime
+                while executor.running < executor.capacity and finished + len(live) < s.n_trials and not out_of_time:
+                    if pending:
+                        trial = pending.pop(0)
+                    else:
+                        trial = searcher.ask()
+                        if trial is None:
+                            break
+                        trial.id = store.next_id()  # running trials are already in the store
+                        if trial.budget is None and s.budget is not None:
+                            trial.budget = s.budget.max
+                    store.start(trial)
+                    live[trial.id] = trial
+                    executor.submit(self._job(trial, searcher) if self.objective is None else trial,  # type: ignore[arg-type]
+                                    report=lambda step, value, t=trial: searcher.report(t, step, value))
+                if executor.running == 0:
+                    break
+                for trial_id, result in executor.collect(timeout=1.0):
+                    trial = live.pop(trial_id)
+                    store.finish(trial, result)
+                    searcher.tell(trial, result)
+                    finished += 1
+                    if not self.quiet:
+                        self._line(trial, result, finished)
+        finally:
+            executor.close()
+        if s.wandb is not None and self.objective is None:
+            self._wandb_summary(store)
+        if s.report and not self.quiet:
+            from .report import write_report
+
+            write_report(store, console=self.console)
+        return store
+
+    def _line(self, trial: Trial, result: Result, finished: int) -> None:
+        values = "  ".join(f"{o.metric}={result.values[o.metric]:.4f}" for o in self.settings.objectives if o.metric in result.values)
+        budget = f" budget {trial.budget:g}" if trial.budget is not None else ""
+        colour = {"success": "green", "failed": "red", "pruned": "yellow"}[result.status.value]
+        error = f"  [red]{result.error}[/]" if result.error else ""
+        self.console.print(f"[{finished}/{self.settings.n_trials}] trial {trial.id} [{colour}]{result.status.value}[/]{budget} "
+                           f"{result.duration:.1f}s  {values}{error}", highlight=False)
+
+    def _wandb_summary(self, store: StudyStore) -> None:
+        """One study-level W&B run with the trials and the Pareto table (offline by default)."""
+        import wandb
+
+        from callbacks.loggers import wandb_online_requested
+
+        from .report import best_trials
+
+        s = self.settings
+        kwargs = {k: v for k, v in (s.wandb or {}).items() if k in ("project", "entity", "tags")}
+        offline = s.wandb.get("offline") if s.wandb.get("offline") is not None else not wandb_online_requested()
+        run = wandb.init(group=s.name, name=f"{s.name}-summary", job_type="study-summary", dir=str(s.run_root),
+                         mode="offline" if offline else "online", config={"backend": store.get_meta("backend_name")}, **kwargs)
+        trials = store.trials()
+        metrics = [o.metric for o in s.objectives]
+        columns = ["id", "status", "budget", *metrics]
+        rows = [[t.trial.id, t.status.value, t.trial.budget, *[(t.result.values.get(m) if t.result else None) for m in metrics]]
+                for t in trials]
+        best = {t.trial.id for t in best_trials(trials, s.objectives)}
+        run.log({"trials": wandb.Table(columns=columns, data=rows),
+                 "pareto": wandb.Table(columns=columns, data=[r for r in rows if r[0] in best])})
+        run.finish()
+
+
+class _FunctionExecutor(Executor):
+    """Evaluates trials with a plain function (tabular benchmarks), in the calling process."""
+
+    capacity = 1
+
+    def __init__(self, fn: Callable[[Trial], Result]) -> None:
+        self.fn = fn
+        self._done: list[tuple[int, Result]] = []
+
+    def submit(self, job: Any, report: Callable[[int, float], bool] | None = None) -> None:
+        start = time.perf_counter()
+        try:
+            result = self.fn(job)
+        except Exception as exc:  # a failing objective is a failed trial
+            result = Result(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        result.duration = result.duration or time.perf_counter() - start
+        self._done.append((job.id, result))
+
+    def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def running(self) -> int:
+        return len(self._done)
