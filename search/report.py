@@ -156,12 +156,12 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
         "exported": exported,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    _plots(finished, objectives, history, out)
+    _plots(finished, objectives, history, out, {t.trial.id for t in best})
     _print_summary(summary, finished, objectives, console)
     return summary
 
 
-def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list[float], out: Path) -> None:
+def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list[float], out: Path, front_ids: set[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,10 +172,13 @@ def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list
         return
     values = np.array([[t.result.values.get(o.metric, np.nan) for o in objectives] for t in ok], dtype=float)
     if len(objectives) >= 2:
-        costs = _costs(ok, objectives)[:, :2]
-        mask = pareto_mask(costs)
+        mask = np.array([t.trial.id in front_ids for t in ok])
+        top = max((t.trial.budget or 0) for t in ok)
+        final = np.array([(t.trial.budget or 0) == top for t in ok])
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        ax.scatter(values[~mask, 0], values[~mask, 1], s=18, c="#9aa5b1", label="trials")
+        ax.scatter(values[~mask & final, 0], values[~mask & final, 1], s=18, c="#5f6b7a", label="trials")
+        if (~final).any():
+            ax.scatter(values[~final, 0], values[~final, 1], s=12, c="#c9d1d9", label="lower-budget trials")
         front = values[mask][np.argsort(values[mask, 0])]
         ax.scatter(front[:, 0], front[:, 1], s=36, c="#d1495b", label="Pareto front", zorder=3)
         ax.step(front[:, 0], front[:, 1], where="post", ls="--", c="#d1495b")

@@ -140,8 +140,11 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
 
     start = time.time()
     config = job.write_config()
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
     args: list[str] = []
     for base in job.base_configs:
         args += ["--config", base]
@@ -153,14 +156,16 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
                            trainer_defaults={"enable_checkpointing": False})
         if reporter is not None:
             cli.trainer.callbacks.append(reporter)
+        fit_start = time.time()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        fit_seconds = time.time() - fit_start
         values = {o.metric: float(cli.trainer.callback_metrics[o.metric]) for o in job.objectives
                   if o.metric in cli.trainer.callback_metrics}
         _, history = read_metrics(metrics_file(job.run_dir), job.objectives)
         if reporter is not None and type(reporter).pruned:
-            return Result(Status.PRUNED, values, time.time() - start, None, job.run_dir, history)
+            return Result(Status.PRUNED, values, time.time() - start, None, job.run_dir, history, fit_seconds)
         status, error = _outcome(values, job.objectives)
-        return Result(status, values, time.time() - start, error, job.run_dir, history)
+        return Result(status, values, time.time() - start, error, job.run_dir, history, fit_seconds)
     except (Exception, SystemExit) as exc:  # a trial's failure is a result, never the study's end
         message = f"{type(exc).__name__}: {exc}".strip()
         last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []

@@ -55,6 +55,7 @@ class Result:
     error: str | None = None
     run_dir: str | None = None
     intermediate: list[tuple[int, float]] = field(default_factory=list)
+    train_seconds: float = 0.0  # time inside Trainer.fit (in-process trials; not stored)
 
     def costs(self, objectives: list[Objective]) -> list[float]:
         """Objective values as costs (minimised); failed trials cost +inf."""

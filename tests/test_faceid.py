@@ -277,3 +277,10 @@ def test_celeba_format_with_attribute_file(tmp_path):
     everything = [s for part in data.splits.values() for s in part]
     assert len(everything) == 600 and data.group_names == ["female", "male"]
     assert sum(s.attributes["gender"] is not None for s in everything) == 180
+
+
+def test_head_args_per_head_for_searches():
+    per_head = {"cosface": {"margin": 0.2}, "magface": {"l_m": 0.3}}
+    assert FaceID(head="magface", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.l_m == 0.3
+    assert FaceID(head="CosFace", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.margin == 0.2
+    assert FaceID(head="arcface", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.margin == 0.5

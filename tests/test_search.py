@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import yaml
 from ConfigSpace import ConfigurationSpace, Float
-from ConfigSpace.read_and_write import json as cs_json
 
 from search.backends import Budget, create_searcher
 from search.executors import DaskExecutor
@@ -180,7 +179,7 @@ def toy_space(tmp_path: Path) -> str:
     cs = ConfigurationSpace(name="toy", seed=0)
     cs.add([Float("x", (0.0, 1.0)), Float("y", (0.0, 1.0))])
     path = tmp_path / "toy_space.json"
-    path.write_text(cs_json.write(cs))
+    cs.to_json(path)
     return str(path)
 
 

@@ -129,9 +129,10 @@ class ToyFaceModule(pl.LightningModule):
 class ToySearchModule(pl.LightningModule):
     """A trial for search tests: logs ``val/score = (x - 0.3)^2 + y^2 + 1 / (epoch + 1)`` and
     ``val/other = (x - 0.8)^2 + 0.1 / (epoch + 1)`` each validation; can raise, diverge (NaN
-    loss), or take ``sleep`` seconds per training step."""
+    loss), sleep ``sleep`` seconds or compute for ``burn`` seconds per training step."""
 
-    def __init__(self, x: float = 0.5, y: float = 0.0, fail: bool = False, diverge: bool = False, sleep: float = 0.0) -> None:
+    def __init__(self, x: float = 0.5, y: float = 0.0, fail: bool = False, diverge: bool = False, sleep: float = 0.0,
+                 burn: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.w = torch.nn.Parameter(torch.tensor(1.0))
@@ -145,6 +146,9 @@ class ToySearchModule(pl.LightningModule):
             raise RuntimeError(f"boom in trial with x={self.hparams.x}")
         if self.hparams.sleep:
             time.sleep(self.hparams.sleep)
+        end = time.perf_counter() + self.hparams.burn  # CPU-bound work, for executor benchmarks
+        while time.perf_counter() < end:
+            torch.randn(96, 96) @ torch.randn(96, 96)
         loss = (self.w - 1.0) ** 2 + (float("nan") if self.hparams.diverge else 0.0)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}")

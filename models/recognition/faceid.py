@@ -34,7 +34,8 @@ class FaceID(pl.LightningModule):
         pretrained: local backbone weights (state dict file); nothing is downloaded.
         embedding_dim, dropout: the neck (BN -> dropout -> linear -> BN).
         head: ``arcface``, ``cosface`` or ``magface``; ``head_args`` override its defaults
-            (e.g. ``{"scale": 64, "margin": 0.35}``).
+            (e.g. ``{"scale": 64, "margin": 0.35}``, or per head:
+            ``{"cosface": {"margin": 0.35}, "arcface": {"margin": 0.5}}``).
         num_classes: training identities; default: the datamodule's ``num_classes``.
         loss: ``ce`` or ``focal`` (with ``focal_gamma``, 2 as FR-NAS).
         optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
@@ -56,7 +57,7 @@ class FaceID(pl.LightningModule):
         embedding_dim: int = 512,
         dropout: float = 0.0,
         head: str = "cosface",
-        head_args: dict[str, float] | None = None,
+        head_args: dict[str, Any] | None = None,
         num_classes: int | None = None,
         loss: str = "ce",
         focal_gamma: float = 2.0,
@@ -85,8 +86,18 @@ class FaceID(pl.LightningModule):
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def _build_head(self, num_classes: int) -> None:
-        self.head = create_head(self.hparams.head, self.hparams.embedding_dim, num_classes, **(self.hparams.head_args or {}))
+        self.head = create_head(self.hparams.head, self.hparams.embedding_dim, num_classes, **self._head_args())
         self.hparams.num_classes = num_classes
+
+    def _head_args(self) -> dict[str, Any]:
+        """``head_args`` for the chosen head: either the arguments themselves, or (for searches
+        over heads) a dict by head name, e.g. ``{cosface: {margin: 0.35}, arcface: {margin: 0.5}}``."""
+        from .heads import HEADS
+
+        args = dict(self.hparams.head_args or {})
+        if args and all(k.lower() in HEADS for k in args):
+            return dict(next((v for k, v in args.items() if k.lower() == self.hparams.head.lower()), None) or {})
+        return args
 
     def setup(self, stage: str) -> None:
         if self.head is None:
