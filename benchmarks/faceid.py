@@ -9,32 +9,21 @@ On CUDA the step runs under bf16 autocast with channels_last and peak memory is 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import median_time  # noqa: E402
 
 from models.recognition import FaceID, create_head  # noqa: E402
 
 BACKBONES = ("dpn_search_small_301", "dpn_search_68_301", "resnet50")
 HEADS = ("arcface", "cosface", "magface")
-
-
-def median_time(fn, repeat: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_step(model: FaceID, images: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer, device: str):

@@ -15,7 +15,6 @@ throughput, data-loading throughput, and inference latency.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,9 @@ import torch
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import median_time  # noqa: E402
 
 from models.detection import MultiBoxLoss, RetinaFace  # noqa: E402
 from models.detection.anchors import AnchorGrid, Matches, anchors_xyxy  # noqa: E402
@@ -67,18 +69,6 @@ def loop_match(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_image: torch.Te
         lab[(best_truth_overlap >= pos_iou) & ~ignore[best_truth_idx]] = 1
         labels[b], index[b] = lab, rows[best_truth_idx]
     return Matches(labels=labels, gt_index=index)
-
-
-def median_time(fn, repeat: int, sync=lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_matching(repeat: int) -> list[str]:

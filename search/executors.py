@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from .runner import TrialJob, run_in_process, run_subprocess
-from .trial import Result, Status
+from .trial import Result, Status, Trial
 
 
 class Executor(ABC):
@@ -37,17 +38,19 @@ class Executor(ABC):
         """Release workers."""
 
 
-class InProcess(Executor):
-    """Trials one after another in the study's own process (the fastest for small trials, and
-    the one that lets pruners stop trials on intermediate validation reports)."""
+class _Synchronous(Executor):
+    """Runs each job to completion inside ``submit``; ``collect`` hands the results over."""
 
     capacity = 1
 
     def __init__(self) -> None:
         self._done: list[tuple[int, Result]] = []
 
-    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        self._done.append((job.trial_id, run_in_process(job, report)))
+    def _run(self, job: Any, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
+        raise NotImplementedError
+
+    def submit(self, job: Any, report: Callable[[int, float], bool] | None = None) -> None:
+        self._done.append(self._run(job, report))
 
     def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
         done, self._done = self._done, []
@@ -56,6 +59,31 @@ class InProcess(Executor):
     @property
     def running(self) -> int:
         return len(self._done)
+
+
+class InProcess(_Synchronous):
+    """Trials one after another in the study's own process (the fastest for small trials, and
+    the one that lets pruners stop trials on intermediate validation reports)."""
+
+    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
+        return job.trial_id, run_in_process(job, report)
+
+
+class FunctionExecutor(_Synchronous):
+    """Evaluates trials with a plain function ``Trial -> Result`` (tabular benchmarks)."""
+
+    def __init__(self, fn: Callable[[Trial], Result]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def _run(self, job: Trial, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
+        start = time.perf_counter()
+        try:
+            result = self.fn(job)
+        except Exception as exc:  # a failing objective is a failed trial
+            result = Result(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        result.duration = result.duration or time.perf_counter() - start
+        return job.id, result
 
 
 class _FutureExecutor(Executor):

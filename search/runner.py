@@ -132,11 +132,11 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
     """Train a trial in this process (fastest for small trials; intermediate reports reach the
     backend, so Optuna's pruners work). Exceptions, out-of-memory errors and non-finite losses
     become a failed result; the study goes on."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
     import logging
     import warnings
+
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
 
     start = time.time()
     config = job.write_config()

@@ -15,11 +15,11 @@ from typing import Any
 from rich.console import Console
 
 from .backends import Budget, Searcher, create_searcher
-from .executors import Executor, create_executor
+from .executors import Executor, FunctionExecutor, create_executor
 from .runner import TrialJob, csv_logger
 from .spaces import apply_mapping, load_space
 from .store import StudyStore
-from .trial import Objective, Result, Status, Trial
+from .trial import Objective, Result, Trial
 
 # settings that define a study: resuming with different values would mix incompatible trials
 _IDENTITY = ("space", "objectives", "mapping", "base", "budget", "backend", "seed")
@@ -139,7 +139,7 @@ class Study:
         if stored and not self.quiet:
             self.console.print(f"[bold]{s.name}[/]: resuming with {finished} finished trial(s); {len(pending)} interrupted "
                                "trial(s) run again")
-        executor: Executor = _FunctionExecutor(self.objective) if self.objective is not None else create_executor(s.executor)
+        executor: Executor = FunctionExecutor(self.objective) if self.objective is not None else create_executor(s.executor)
         live: dict[int, Trial] = {}
         started = time.monotonic()
         try:
@@ -208,30 +208,3 @@ class Study:
         run.log({"trials": wandb.Table(columns=columns, data=rows),
                  "pareto": wandb.Table(columns=columns, data=[r for r in rows if r[0] in best])})
         run.finish()
-
-
-class _FunctionExecutor(Executor):
-    """Evaluates trials with a plain function (tabular benchmarks), in the calling process."""
-
-    capacity = 1
-
-    def __init__(self, fn: Callable[[Trial], Result]) -> None:
-        self.fn = fn
-        self._done: list[tuple[int, Result]] = []
-
-    def submit(self, job: Any, report: Callable[[int, float], bool] | None = None) -> None:
-        start = time.perf_counter()
-        try:
-            result = self.fn(job)
-        except Exception as exc:  # a failing objective is a failed trial
-            result = Result(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        result.duration = result.duration or time.perf_counter() - start
-        self._done.append((job.id, result))
-
-    def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
-        done, self._done = self._done, []
-        return done
-
-    @property
-    def running(self) -> int:
-        return len(self._done)

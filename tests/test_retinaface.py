@@ -12,8 +12,18 @@ import torch
 from PIL import Image
 
 from datamodules import DetectionSample
-from datamodules.detection import DetectionDataset, FaceDetectionDataModule, collate_train
-from datamodules.detection.transforms import FLIP_ORDER, Faces, TrainTransform, horizontal_flip, random_square_crop
+from datamodules.detection import (
+    DetectionDataset,
+    FaceDetectionDataModule,
+    collate_train,
+)
+from datamodules.detection.transforms import (
+    FLIP_ORDER,
+    Faces,
+    TrainTransform,
+    horizontal_flip,
+    random_square_crop,
+)
 from models import NonFiniteLossError
 from models.detection import (
     MultiBoxLoss,

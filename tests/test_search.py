@@ -18,10 +18,10 @@ import pytest
 import yaml
 from ConfigSpace import ConfigurationSpace, Float
 
-from search.backends import Budget, create_searcher
+from search.backends import create_searcher
 from search.executors import DaskExecutor
 from search.replay import FRNASTable
-from search.report import hypervolume, pareto_mask, write_report
+from search.report import hypervolume, pareto_mask
 from search.spaces import apply_mapping, load_space, nested
 from search.store import StudyStore
 from search.study import Study, StudySettings

@@ -3,7 +3,6 @@ W&B logger offline, and a real 2-process CPU DDP run whose metrics are synchroni
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest

@@ -2,7 +2,12 @@
 WIDER prediction writer, and the synthetic face generator."""
 from __future__ import annotations
 
-from .datamodule import DetectionDataset, FaceDetectionDataModule, collate_eval, collate_train
+from .datamodule import (
+    DetectionDataset,
+    FaceDetectionDataModule,
+    collate_eval,
+    collate_train,
+)
 from .formats import (
     DETECTION_FORMATS,
     attach_box_attributes,

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ..base import SplitDataModule
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
 from .formats import attach_box_attributes, read_detection
@@ -92,7 +92,7 @@ def collate_eval(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     return {"images": images, "meta": [i["meta"] for i in items]}
 
 
-class FaceDetectionDataModule(pl.LightningDataModule):
+class FaceDetectionDataModule(SplitDataModule):
     """Face-detection data from any reader format, or the seeded synthetic set by default.
 
     Sources: with ``train_annotations`` the training data is read in ``format``; without it a
@@ -206,23 +206,11 @@ class FaceDetectionDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, part: str, train: bool) -> DataLoader:
+    def _dataset(self, part: str, train: bool) -> DetectionDataset:
         h = self.hparams
         transform = (TrainTransform(h.image_size, h.min_crop_ratio) if train
                      else EvalTransform(h.eval_short_side, h.eval_max_side))
-        return DataLoader(DetectionDataset(self.splits[part], transform), batch_size=h.batch_size if train else h.eval_batch_size,
-                          shuffle=train, drop_last=train and len(self.splits[part]) > h.batch_size,
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
-                          collate_fn=collate_train if train else collate_eval, pin_memory=torch.cuda.is_available())
+        return DetectionDataset(self.splits[part], transform)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def _collate(self, train: bool):
+        return collate_train if train else collate_eval

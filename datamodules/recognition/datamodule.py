@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
+from ..base import SplitDataModule
 from ..records import DataError, DataReport, IdentitySample
 from ..splits import DEFAULT_RATIOS, split_identities
 from .formats import read_identities
@@ -76,7 +76,7 @@ class IdentityDataset(Dataset):
         raise DataError("no readable image in the data set")
 
 
-class FaceIDDataModule(pl.LightningDataModule):
+class FaceIDDataModule(SplitDataModule):
     """Face-identification data from any identification format, or synthetic identities by
     default.
 
@@ -196,25 +196,13 @@ class FaceIDDataModule(pl.LightningDataModule):
         if not self.num_classes:
             raise DataError("the training split has no identities", h.annotations or h.images)
 
-    def _loader(self, part: str, train: bool) -> DataLoader:
+    def _dataset(self, part: str, train: bool) -> IdentityDataset:
         h = self.hparams
         index = {g: i for i, g in enumerate(self.group_names)}
         samples = self.splits[part]
         groups = [index.get(s.attributes.get(h.group_column), -1) for s in samples]
         transform = train_transform(h.image_size) if train and h.augment else eval_transform(h.image_size)
-        dataset = IdentityDataset(samples, transform, self._labels, self._identities, groups, h.crop_margin)
-        return DataLoader(dataset, batch_size=h.batch_size if train else h.eval_batch_size, shuffle=train,
-                          drop_last=train and len(samples) > h.batch_size, num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0, collate_fn=default_collate, pin_memory=torch.cuda.is_available())
+        return IdentityDataset(samples, transform, self._labels, self._identities, groups, h.crop_margin)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def _collate(self, train: bool):
+        return default_collate

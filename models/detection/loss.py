@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .anchors import DEFAULT_VARIANCES, AnchorGrid, encode_boxes, encode_landmarks, match_anchors
+from .anchors import (
+    DEFAULT_VARIANCES,
+    AnchorGrid,
+    encode_boxes,
+    encode_landmarks,
+    match_anchors,
+)
 
 
 class MultiBoxLoss(nn.Module):

@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 from .backbones import create_backbone
-from .dpn import OPERATION_NAMES, SearchableDPN, dpn_search, parse_dpn_name, searchable_op
+from .dpn import (
+    OPERATION_NAMES,
+    SearchableDPN,
+    dpn_search,
+    parse_dpn_name,
+    searchable_op,
+)
 from .faceid import EmbeddingNeck, FaceID
-from .heads import HEADS, ArcFace, CosFace, MagFace, additive_angular, create_head, focal_loss, register_head
+from .heads import (
+    HEADS,
+    ArcFace,
+    CosFace,
+    MagFace,
+    additive_angular,
+    create_head,
+    focal_loss,
+    register_head,
+)
 
 __all__ = [
     "HEADS",

@@ -41,10 +41,17 @@ class _CosineHead(nn.Module):
     def cosine(self, embeddings: Tensor) -> Tensor:
         return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1, 1)
 
-    @staticmethod
-    def _with_target(cos: Tensor, labels: Tensor, target: Tensor) -> Tensor:
-        """``cos`` with each row's label column replaced by ``target`` (B,)."""
-        return cos.scatter(1, labels[:, None], target[:, None])
+    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The label column's margin-adjusted cosine (B,) and the regulariser, from
+        ``cos_y = cos(theta_y)``; each head defines its margin here."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos, None
+        target, regularizer = self.target(cos.gather(1, labels[:, None])[:, 0], embeddings)
+        return self.scale * cos.scatter(1, labels[:, None], target[:, None]), regularizer
 
 
 @register_head("cosface")
@@ -56,12 +63,8 @@ class CosFace(_CosineHead):
         super().__init__(embedding_dim, num_classes, scale)
         self.margin = margin
 
-    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos, None
-        target = cos.gather(1, labels[:, None])[:, 0] - self.margin
-        return self.scale * self._with_target(cos, labels, target), None
+    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+        return cos_y - self.margin, None
 
 
 @register_head("arcface")
@@ -74,11 +77,8 @@ class ArcFace(_CosineHead):
         super().__init__(embedding_dim, num_classes, scale)
         self.margin = margin
 
-    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos, None
-        return self.scale * self._with_target(cos, labels, additive_angular(cos.gather(1, labels[:, None])[:, 0], self.margin)), None
+    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+        return additive_angular(cos_y, self.margin), None
 
 
 def additive_angular(cos: Tensor, margin: Tensor | float) -> Tensor:
@@ -107,13 +107,9 @@ class MagFace(_CosineHead):
     def regularizer(self, magnitude: Tensor) -> Tensor:
         return magnitude / self.u_a ** 2 + 1.0 / magnitude
 
-    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos, None
+    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
         magnitude = embeddings.float().norm(dim=1).clamp(self.l_a, self.u_a)
-        target = additive_angular(cos.gather(1, labels[:, None])[:, 0], self.margin(magnitude))
-        return self.scale * self._with_target(cos, labels, target), self.lambda_g * self.regularizer(magnitude).mean()
+        return additive_angular(cos_y, self.margin(magnitude)), self.lambda_g * self.regularizer(magnitude).mean()
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:

@@ -71,7 +71,13 @@ class SMACSearcher(Searcher):
 
     def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int) -> None:
         super().setup(space, objectives, budget, seed, n_trials)
-        from smac import HyperbandFacade, HyperparameterOptimizationFacade, MultiFidelityFacade, RandomFacade, Scenario
+        from smac import (
+            HyperbandFacade,
+            HyperparameterOptimizationFacade,
+            MultiFidelityFacade,
+            RandomFacade,
+            Scenario,
+        )
         from smac.multi_objective.parego import ParEGO
 
         multi = len(objectives) > 1

@@ -1,0 +1,44 @@
+"""What the task data modules share: train/val/test/predict loaders over named splits."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """A data module whose ``splits`` hold train / val / test samples; subclasses build a
+    split's dataset (``_dataset``) and collate function (``_collate``). Predictions run on the
+    test split. Hyper-parameters ``batch_size``, ``eval_batch_size`` and ``num_workers`` size
+    the loaders."""
+
+    splits: dict[str, list[Any]]
+
+    def _dataset(self, part: str, train: bool) -> Dataset:
+        raise NotImplementedError
+
+    def _collate(self, train: bool) -> Callable | None:
+        return None
+
+    def _loader(self, part: str, train: bool) -> DataLoader:
+        h = self.hparams
+        size = len(self.splits[part])
+        return DataLoader(self._dataset(part, train), batch_size=h.batch_size if train else h.eval_batch_size, shuffle=train,
+                          drop_last=train and size > h.batch_size, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0, collate_fn=self._collate(train),
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
