@@ -142,7 +142,9 @@ def _lightning_cli(argv: Sequence[str]) -> int:
         parser_kwargs={"prog": "facenas", "exit_on_error": False,
                        "description": "Train and evaluate facenas models with YAML configs."},
     )
-    _finish_loggers(cli.trainer)
+    from callbacks.loggers import finish_loggers
+
+    finish_loggers(cli.trainer)
     return 0
 
 
@@ -186,15 +188,6 @@ def _print_metrics(trainer, title: str) -> None:
     for key, value in sorted(trainer.callback_metrics.items()):
         table.add_row(key, f"{float(value):.4f}")
     Console().print(table)
-
-
-def _finish_loggers(trainer) -> None:
-    if trainer is None:
-        return
-    for logger in trainer.loggers:
-        finish = getattr(logger, "finish", None)
-        if callable(finish):
-            finish()
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,3 +39,13 @@ class WandbLogger(_LightningWandbLogger):
         """End the W&B run (no-op when it never started)."""
         if self._experiment is not None:
             self._experiment.finish()
+
+
+def finish_loggers(trainer) -> None:
+    """Close the runs of a trainer's loggers that keep one open (W&B): one training, one run."""
+    if trainer is None:
+        return
+    for logger in trainer.loggers:
+        finish = getattr(logger, "finish", None)
+        if callable(finish):
+            finish()

@@ -150,6 +150,7 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
         args += ["--config", base]
     args += ["--config", str(config)]
     reporter = _Reporter(job.objectives[0].metric, report) if report is not None else None
+    cli = None
     try:
         cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                            args=args, save_config_callback=None, parser_kwargs={"exit_on_error": False},
@@ -172,6 +173,10 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
         where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
         return Result(Status.FAILED, {}, time.time() - start, (message + where)[:2000], job.run_dir)
     finally:
+        if cli is not None:
+            from callbacks.loggers import finish_loggers
+
+            finish_loggers(cli.trainer)  # each trial its own W&B run
         cli = None
         gc.collect()
         try:

@@ -333,3 +333,31 @@ def test_frnas_replay_table_and_short_replays():
                                  backend=spec, n_trials=30, storage=":memory:", runs_dir="runs/unused", report=False)
         trials = Study(settings, objective=table, quiet=True).run().trials()
         assert len(trials) == 30 and any(t.status == Status.SUCCESS for t in trials)
+
+
+def test_subprocess_pool_runs_trials_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    settings = toy_settings(tmp_path, n_trials=3, base=[toy_base(tmp_path, sleep=0.2)],
+                            executor={"class_path": "subprocess", "init_args": {"workers": 2}})
+    trials = Study(settings, quiet=True).run().trials()
+    assert [t.status for t in trials] == [Status.SUCCESS] * 3, [t.result.error for t in trials]
+    assert all((Path(t.result.run_dir) / "train.log").is_file() for t in trials)
+    spans = sorted((t.started, t.finished) for t in trials)
+    assert any(b[0] < a[1] for a, b in itertools.combinations(spans, 2))
+
+
+def test_wandb_run_per_trial_and_a_study_summary(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / "wb").mkdir()
+    settings = toy_settings(tmp_path, n_trials=2, wandb={"project": "facenas-test"})
+    trials = Study(settings, quiet=True).run().trials()
+    assert [t.status for t in trials] == [Status.SUCCESS] * 2
+    runs = list(Path(tmp_path).rglob("offline-run-*"))
+    assert len(runs) == 3  # two trials and the study summary
+    records = b"".join(p.read_bytes() for run in runs for p in run.glob("*.wandb"))
+    assert b"toy-trial-0" in records and b"toy-summary" in records and b"study-summary" in records
