@@ -643,8 +643,25 @@ def _data_synth(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the process that started it dies, if that is a search
+    runner (it sets ``FACENAS_PARENT_PID``): a trial whose Dask worker or study driver was killed
+    must not go on writing into the folder where its re-run starts. Elsewhere: nothing."""
+    parent = os.environ.pop("FACENAS_PARENT_PID", None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != int(parent):  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``facenas`` console script and ``python -m facenas``."""
+    _die_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -94,7 +94,9 @@ def run_subprocess(job: TrialJob) -> Result:
     kill or a diverged loss cannot take the caller down."""
     start = time.time()
     job.write_config()
-    env = {**os.environ, **job.env}
+    # the child dies with this process (facenas.py reads the variable), so that a trial re-run
+    # after a lost worker or a killed study never races an orphan writing into the same folder
+    env = {**os.environ, **job.env, "FACENAS_PARENT_PID": str(os.getpid())}
     log = Path(job.run_dir) / "train.log"
     with open(log, "w") as out:
         proc = subprocess.run(job.command(), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())

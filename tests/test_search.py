@@ -291,6 +291,38 @@ def test_dask_executor_reports_a_lost_job(tmp_path, monkeypatch):
         executor.close()
 
 
+def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch):
+    import psutil
+
+    from search.runner import TrialJob
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("FACENAS_PROGRESS", "0")
+    job = TrialJob(3, [toy_base(tmp_path, sleep=2.0)], {"model.init_args.x": 0.1}, str(tmp_path / "trial"),
+                   [Objective("val/score", "min")])
+    executor = DaskExecutor(workers=2)
+    try:
+        executor.submit(job)
+        deadline, trainers = time.time() + 120, []
+        while not trainers and time.time() < deadline:  # wait for the trial's `facenas fit` to start
+            time.sleep(0.2)
+            busy = [w for w, keys in executor.client.processing().items() if keys]
+            if busy:
+                worker = psutil.Process(executor.client.run(os.getpid, workers=busy)[busy[0]])
+                trainers = worker.children()
+        assert trainers, "the trial never started"
+        worker.kill()  # the worker dies mid-trial (SIGKILL)
+        gone, alive = psutil.wait_procs(trainers, timeout=5)  # it had 8 s of training left
+        assert not alive  # its training process died with it instead of running on as an orphan
+        ((trial_id, result),) = executor.collect(timeout=300)
+        assert trial_id == 3 and result.status == Status.SUCCESS, result.error
+        assert result.values["val/score"] == pytest.approx((0.1 - 0.3) ** 2 + 0.5)
+        assert busy[0] not in executor.client.scheduler_info()["workers"]  # it ran again elsewhere
+    finally:
+        executor.close()
+
+
 def test_search_cli_report_and_exported_yaml(tmp_path):
     settings = toy_settings(tmp_path, n_trials=3).as_dict()
     settings["objectives"] = [{"metric": "val/score", "mode": "min"}, {"metric": "val/other", "mode": "min"}]
