@@ -499,9 +499,7 @@ def _probe(argv: Sequence[str]) -> int:
         model._build_head(int(state["hyper_parameters"]["num_classes"]))
     model.load_state_dict(state["state_dict"])
     model.eval()
-    loader = {"train": data.train_dataloader, "val": data.val_dataloader, "test": data.test_dataloader}[cfg.split]()
-    if cfg.split == "train":  # the evaluation transform, not the augmented one
-        loader = data._loader("train", False)
+    loader = data._loader(cfg.split, False)  # the evaluation transform, in order (also for the train split)
     pooled, embedded, labels, identities = [], [], [], []
     from datamodules.progress import track
 

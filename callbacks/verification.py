@@ -48,14 +48,12 @@ class VerificationAccuracy(Callback):
 
     def _load(self, name: str) -> tuple[torch.Tensor, np.ndarray]:
         if name not in self._cache:
-            from torchvision.transforms.v2 import functional as TF
-
+            from datamodules.recognition.datamodule import eval_transform
             from datamodules.recognition.formats import read_verification_bin
 
             pairs = read_verification_bin(Path(self.sets[name]))
-            images = [TF.resize(TF.pil_to_tensor(pairs.decode(i)), [self.image_size, self.image_size], antialias=True)
-                      for i in range(len(pairs.images))]
-            batch = (torch.stack(images).float() / 255 - 0.5) / 0.5
+            transform = eval_transform(self.image_size)  # the identification data's evaluation input
+            batch = torch.stack([transform(pairs.decode(i)) for i in range(len(pairs.images))])
             self._cache[name] = (batch, pairs.issame)
         return self._cache[name]
 

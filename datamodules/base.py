@@ -1,7 +1,10 @@
 """What the task data modules share: train/val/test/predict loaders over named splits."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +19,12 @@ class SplitDataModule(pl.LightningDataModule):
     the loaders."""
 
     splits: dict[str, list[Any]]
+
+    def _synthetic_folder(self, *settings: Any) -> Path:
+        """The cache folder of the synthetic data these settings generate, under
+        ``synthetic_root``: one folder per distinct setting, reused by later runs."""
+        key = json.dumps(list(settings))
+        return Path(self.hparams.synthetic_root) / hashlib.sha1(key.encode()).hexdigest()[:10]
 
     def _dataset(self, part: str, train: bool) -> Dataset:
         raise NotImplementedError

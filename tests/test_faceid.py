@@ -3,6 +3,7 @@ FaceID module and data module, verification accuracy, and a real short fit with 
 metrics."""
 from __future__ import annotations
 
+import io
 import math
 import random
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from callbacks import verification_accuracy
 from datamodules.recognition import FaceIDDataModule
+from datamodules.recognition.formats import write_verification_bin
 from models.recognition import (
     OPERATION_NAMES,
     ArcFace,
@@ -189,7 +192,14 @@ def test_faceid_trains_and_logs_fairness(tmp_path):
     data = FaceIDDataModule(synthetic_identities=24, synthetic_images_per_identity=8, synthetic_size=32, image_size=32,
                             synthetic_root=str(tmp_path / "ids"), split_file=str(tmp_path / "split.json"), split_by="image",
                             split_ratios=[2, 1, 1], batch_size=16, eval_batch_size=32, num_workers=0)
-    model = FaceID(backbone="dpn_search_small_301", embedding_dim=32, head="magface", optimizer="adamw", lr=3e-3)
+    blobs, rng = [], np.random.default_rng(0)
+    for _ in range(20):  # ten pairs of random images: one per fold
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        blobs.append(buf.getvalue())
+    pair_set = write_verification_bin(tmp_path / "pairs.bin", blobs, [True, False] * 5)
+    model = FaceID(backbone="dpn_search_small_301", embedding_dim=32, head="magface", optimizer="adamw", lr=3e-3,
+                   verification={"pairs": str(pair_set)})
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(model, data)
@@ -203,6 +213,8 @@ def test_faceid_trains_and_logs_fairness(tmp_path):
     assert m["val/probes"].item() == 24 * 2  # two held-out images of every identity
     assert m["val/n_female"].item() + m["val/n_male"].item() == 48
     assert data.group_names == ["female", "male"]
+    accuracy = m["val/pairs_accuracy"].item()  # 10-fold verification accuracy, logged each validation
+    assert 0.0 <= accuracy <= 1.0 and round(accuracy * 10, 4) == round(accuracy * 10)
 
 
 @pytest.mark.parametrize("loss", ["ce", "focal"])

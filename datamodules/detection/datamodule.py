@@ -2,8 +2,6 @@
 RetinaFace training and AP evaluation."""
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,8 +164,7 @@ class FaceDetectionDataModule(SplitDataModule):
 
     def _synthetic(self) -> tuple[Path, Path]:
         h = self.hparams
-        key = json.dumps([h.synthetic_images, list(h.synthetic_domains), list(h.synthetic_size), h.synthetic_seed])
-        root = Path(h.synthetic_root) / hashlib.sha1(key.encode()).hexdigest()[:10]
+        root = self._synthetic_folder(h.synthetic_images, list(h.synthetic_domains), list(h.synthetic_size), h.synthetic_seed)
         generate_detection_dataset(root, h.synthetic_images, domains=list(h.synthetic_domains),
                                    size=tuple(h.synthetic_size), seed=h.synthetic_seed)
         return root / "label.txt", root / "images"

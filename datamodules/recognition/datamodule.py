@@ -2,8 +2,6 @@
 identity labels, and evaluation batches with identities and demographic groups."""
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -143,8 +141,7 @@ class FaceIDDataModule(SplitDataModule):
 
     def _synthetic(self) -> Path:
         h = self.hparams
-        key = json.dumps([h.synthetic_identities, h.synthetic_images_per_identity, h.synthetic_size, h.synthetic_seed])
-        root = Path(h.synthetic_root) / hashlib.sha1(key.encode()).hexdigest()[:10]
+        root = self._synthetic_folder(h.synthetic_identities, h.synthetic_images_per_identity, h.synthetic_size, h.synthetic_seed)
         return generate_identity_dataset(root, h.synthetic_identities, h.synthetic_images_per_identity,
                                          size=h.synthetic_size, seed=h.synthetic_seed)
 

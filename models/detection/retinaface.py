@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, batched_nms
 
-from ..errors import NonFiniteLossError
+from ..errors import check_finite_loss
+from ..optim import build_optimizer
 from .anchors import (
     DEFAULT_SIZES,
     DEFAULT_STRIDES,
@@ -240,10 +241,8 @@ class RetinaFace(pl.LightningModule):
         size = images.shape[-2:]
         losses = self.criterion(scores, boxes, marks, self.anchors(*size), batch["targets"], self.anchor_grid(*size))
         if not torch.isfinite(losses["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx} "
-                f"(box {losses['loc'].item():.4g}, score {losses['conf'].item():.4g}, landmarks {losses['landmarks'].item():.4g}); "
-                "lower the learning rate or check the data")
+            check_finite_loss(self, losses["loss"], batch_idx, f" (box {losses['loc'].item():.4g}, score {losses['conf'].item():.4g}, "
+                                                                f"landmarks {losses['landmarks'].item():.4g})")
         n = images.shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         self.log_dict({"train/loss_box": losses["loc"], "train/loss_score": losses["conf"],
@@ -277,10 +276,7 @@ class RetinaFace(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        if h.optimizer.lower() == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
-        else:
-            opt = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        opt = build_optimizer(h.optimizer, self.parameters(), h.lr, h.momentum, h.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=h.lr_factor, patience=h.lr_patience)
         every = (self.trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
         # stepped only on epochs that validate, so patience counts validations

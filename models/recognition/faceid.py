@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import NonFiniteLossError
+from ..errors import check_finite_loss
+from ..optim import build_optimizer
 from .backbones import create_backbone
 from .heads import create_head, focal_loss
 
@@ -134,9 +135,7 @@ class FaceID(pl.LightningModule):
         loss = focal_loss(logits, labels, self.hparams.focal_gamma) if self.hparams.loss == "focal" else F.cross_entropy(logits, labels)
         if regularizer is not None:
             loss = loss + regularizer
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}, "
-                                     f"batch {batch_idx}; lower the learning rate or check the data")
+        check_finite_loss(self, loss, batch_idx)
         n = len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=n)
@@ -158,13 +157,7 @@ class FaceID(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        name = h.optimizer.lower()
-        if name == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
-        elif name == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        opt = build_optimizer(h.optimizer, self.parameters(), h.lr, h.momentum, h.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(round(h.warmup_epochs * total / epochs)))

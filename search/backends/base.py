@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ConfigSpace import Configuration, ConfigurationSpace
 
-from ..trial import Objective, Result, Status, Trial
+from ..trial import Objective, Result, Trial
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class Budget:
         if out[-1] < self.max:
             out.append(float(self.max))
         return out
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class Searcher(ABC):
@@ -69,8 +74,7 @@ class Searcher(ABC):
 
     def config_dict(self, config: Configuration | dict[str, Any]) -> dict[str, Any]:
         """A configuration as plain Python values (no numpy scalars)."""
-        items = dict(config).items()
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in items}
+        return {k: plain(v) for k, v in dict(config).items()}
 
     def configuration(self, values: dict[str, Any]) -> Configuration:
         """Stored values back into a ConfigSpace Configuration of this space."""
@@ -79,10 +83,6 @@ class Searcher(ABC):
     def costs(self, result: Result) -> list[float]:
         return result.costs(self.objectives)
 
-    @staticmethod
-    def finite(costs: list[float], worst: list[float]) -> list[float]:
-        """Replace non-finite costs (failed trials) by the worst finite cost seen so far."""
-        return [c if math.isfinite(c) else w for c, w in zip(costs, worst)]
 
 
 class WorstCosts:
@@ -100,7 +100,3 @@ class WorstCosts:
 
     def fill(self, costs: list[float]) -> list[float]:
         return [c if math.isfinite(c) else (w if s else 1.0) for c, w, s in zip(costs, self.values, self.seen)]
-
-
-def is_success(result: Result) -> bool:
-    return result.status == Status.SUCCESS

@@ -16,14 +16,10 @@ from ConfigSpace import (
 )
 
 from ..trial import Objective, Result, Status, Trial
-from .base import Budget, Searcher
+from .base import Budget, Searcher, plain
 
 SAMPLERS = ("tpe", "motpe", "nsga2", "random")
 PRUNERS = (None, "hyperband", "asha", "median")
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def distribution(hp) -> Any:
@@ -31,9 +27,9 @@ def distribution(hp) -> Any:
     import optuna.distributions as od
 
     if isinstance(hp, CategoricalHyperparameter):
-        return od.CategoricalDistribution([_plain(c) for c in hp.choices])
+        return od.CategoricalDistribution([plain(c) for c in hp.choices])
     if isinstance(hp, OrdinalHyperparameter):
-        return od.CategoricalDistribution([_plain(c) for c in hp.sequence])
+        return od.CategoricalDistribution([plain(c) for c in hp.sequence])
     if isinstance(hp, UniformFloatHyperparameter):
         return od.FloatDistribution(float(hp.lower), float(hp.upper), log=bool(hp.log))
     if isinstance(hp, UniformIntegerHyperparameter):
@@ -58,9 +54,9 @@ def active(space: ConfigurationSpace, name: str, values: dict[str, Any]) -> bool
         if getattr(cond, "child", None) is None or cond.child.name != name:
             continue
         parent = values.get(cond.parent.name)
-        if isinstance(cond, EqualsCondition) and parent != _plain(cond.value):
+        if isinstance(cond, EqualsCondition) and parent != plain(cond.value):
             return False
-        if isinstance(cond, InCondition) and parent not in [_plain(v) for v in cond.values]:
+        if isinstance(cond, InCondition) and parent not in [plain(v) for v in cond.values]:
             return False
     return True
 
@@ -124,7 +120,7 @@ class OptunaSearcher(Searcher):
             if active(self.space, hp.name, values):
                 values[hp.name] = suggest(trial, hp.name, self.distributions[hp.name])
         budget = self.budget.max if self.budget is not None else None
-        return Trial(id=-1, config={k: _plain(v) for k, v in values.items()}, budget=budget, seed=self.seed, info=trial)
+        return Trial(id=-1, config={k: plain(v) for k, v in values.items()}, budget=budget, seed=self.seed, info=trial)
 
     def report(self, trial: Trial, step: int, value: float) -> bool:
         if trial.info is None or self.pruner_name is None:
