@@ -8,6 +8,7 @@ AP50 (COCO protocol: 101-point interpolation, crowd regions) on the same input.
 
     python benchmarks/ap_eval.py [--images 3226] [--dets 1000] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.detection_ap import evaluate_detections  # noqa: E402
+from callbacks.detection_ap import evaluate_detections
 
 
 def make_input(num_images: int, dets_per_image: int, seed: int = 0):
@@ -67,10 +68,20 @@ def time_faster_coco_eval(preds, gts, repeat: int):
         images.append({"id": i, "width": 1024, "height": 1400})
         for b, crowd in zip(gt, ignore):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": [float(b[0]), float(b[1]), w, h],
-                         "area": w * h, "iscrowd": int(crowd)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": w * h,
+                    "iscrowd": int(crowd),
+                }
+            )
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
-        dets.extend({"image_id": i, "category_id": 1, "bbox": bb.tolist(), "score": float(s)} for bb, s in zip(xywh, scores))
+        dets.extend(
+            {"image_id": i, "category_id": 1, "bbox": bb.tolist(), "score": float(s)} for bb, s in zip(xywh, scores)
+        )
     dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "face"}]}
     totals, evals, ap = [], [], None
     for _ in range(repeat):
@@ -100,7 +111,9 @@ def main() -> None:
     preds, gts = make_input(args.images, args.dets)
     n_det = sum(len(s) for _, s in preds)
     n_gt = sum(len(g) for g, _ in gts)
-    print(f"input: {args.images} images, {n_det:,} detections, {n_gt:,} faces ({torch.get_num_threads()} torch threads)")
+    print(
+        f"input: {args.images} images, {n_det:,} detections, {n_gt:,} faces ({torch.get_num_threads()} torch threads)"
+    )
     ours, result = time_facenas(preds, gts, args.repeat)
     theirs, theirs_eval, coco_ap = time_faster_coco_eval(preds, gts, args.repeat)
     print()
@@ -109,7 +122,10 @@ def main() -> None:
     print(f"| facenas `evaluate_detections` | MMDetection VOC, all-point | {result.ap50:.4f} | {ours:.2f} |")
     print(f"| faster-coco-eval, load + evaluate | COCO, 101-point, crowd | {coco_ap:.4f} | {theirs:.2f} |")
     print(f"| faster-coco-eval, evaluate only | COCO, 101-point, crowd | {coco_ap:.4f} | {theirs_eval:.2f} |")
-    print(f"\nfacenas time / faster-coco-eval time: {ours / theirs:.2f} (load + evaluate), {ours / theirs_eval:.2f} (evaluate only)")
+    print(
+        f"\nfacenas time / faster-coco-eval time: {ours / theirs:.2f} (load + evaluate), "
+        f"{ours / theirs_eval:.2f} (evaluate only)"
+    )
 
 
 if __name__ == "__main__":

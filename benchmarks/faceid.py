@@ -6,6 +6,7 @@ identities.
 
 On CUDA the step runs under bf16 autocast with channels_last and peak memory is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import median_time  # noqa: E402
+from timing import median_time
 
-from models.recognition import FaceID, create_head  # noqa: E402
+from models.recognition import FaceID, create_head
 
 BACKBONES = ("dpn_search_small_301", "dpn_search_68_301", "resnet50")
 HEADS = ("arcface", "cosface", "magface")
@@ -55,11 +56,16 @@ def main() -> None:
     images = torch.randn(args.batch, 3, 112, 112, device=device)
     labels = torch.randint(0, args.identities, (args.batch,), device=device)
     print(f"{device}, batch {args.batch} at 112x112, {args.identities:,} identities, {torch.get_num_threads()} threads")
-    print("| backbone | head | images/s | step (ms) | head + loss (ms) | head share |" + (" peak GiB |" if device == "cuda" else ""))
+    print(
+        "| backbone | head | images/s | step (ms) | head + loss (ms) | head share |"
+        + (" peak GiB |" if device == "cuda" else "")
+    )
     print("|---|---|---|---|---|---|" + ("---|" if device == "cuda" else ""))
     for backbone in args.backbones:
         for head in HEADS:
-            model = FaceID(backbone=backbone, head=head, num_classes=args.identities, channels_last=device == "cuda").to(device)
+            model = FaceID(
+                backbone=backbone, head=head, num_classes=args.identities, channels_last=device == "cuda"
+            ).to(device)
             model.train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             if device == "cuda":
@@ -69,14 +75,16 @@ def main() -> None:
             emb = torch.randn(args.batch, 512, device=device, requires_grad=True)
             lone = create_head(head, 512, args.identities).to(device)
 
-            def head_step() -> None:
+            def head_step(lone=lone, emb=emb) -> None:
                 logits, reg = lone(emb, labels)
                 loss = F.cross_entropy(logits, labels) + (reg if reg is not None else 0.0)
                 loss.backward()
 
             t_head = median_time(head_step, max(args.repeat, 10), sync)
-            row = (f"| {backbone} | {head} | {args.batch / t_step:.1f} | {1e3 * t_step:.0f} | {1e3 * t_head:.1f} | "
-                   f"{100 * t_head / t_step:.1f}% |")
+            row = (
+                f"| {backbone} | {head} | {args.batch / t_step:.1f} | {1e3 * t_step:.0f} | {1e3 * t_head:.1f} | "
+                f"{100 * t_head / t_step:.1f}% |"
+            )
             if device == "cuda":
                 row += f" {torch.cuda.max_memory_allocated() / 2**30:.2f} |"
             print(row, flush=True)

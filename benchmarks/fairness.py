@@ -10,6 +10,7 @@ own; the table shows the peak and the increase over the process after loading it
 
     python benchmarks/fairness.py [--n 50000] [--identities 5000] [--dim 512] [--baseline-n 10000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,12 +64,21 @@ def _child(kind: str, n: int, identities: int, dim: int) -> None:
         ranks = identification_ranks(emb, ids)
         result = fairness_metrics(ranks, group, ["a", "b"], "a")
         elapsed = time.perf_counter() - start
-        out = {"rank": ranks.rank.tolist(), "rank_id": ranks.rank_by_identity.tolist(), "error": result.error,
-               "rank_disparity": result.rank_disparity}
+        out = {
+            "rank": ranks.rank.tolist(),
+            "rank_id": ranks.rank_by_identity.tolist(),
+            "error": result.error,
+            "rank_disparity": result.rank_disparity,
+        }
     else:
         _, rank, rank_id = full_matrix_ranks(emb, ids)
         elapsed = time.perf_counter() - start
-        out = {"rank": rank.tolist(), "rank_id": rank_id.tolist(), "error": float((rank > 0).mean()), "rank_disparity": None}
+        out = {
+            "rank": rank.tolist(),
+            "rank_id": rank_id.tolist(),
+            "error": float((rank > 0).mean()),
+            "rank_disparity": None,
+        }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": elapsed, "peak_mib": peak / 1024, "delta_mib": (peak - base) / 1024, **out}))
 
@@ -97,16 +107,23 @@ def main() -> None:
     small_ids = max(2, args.identities * args.baseline_n // args.n)
     ours = measure("facenas", args.baseline_n, small_ids, args.dim)
     ref = measure("full", args.baseline_n, small_ids, args.dim)
-    assert ours["rank"] == ref["rank"] and ours["rank_id"] == ref["rank_id"], "facenas and the full-matrix reference disagree"
+    assert ours["rank"] == ref["rank"] and ours["rank_id"] == ref["rank_id"], (
+        "facenas and the full-matrix reference disagree"
+    )
     rows += [("facenas chunked", args.baseline_n, ours), ("full matrix + argsort (FR-NAS style)", args.baseline_n, ref)]
     print()
     print("| implementation | N | identities | error | time (s) | peak RSS (MiB) | increase (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for name, n, r in rows:
         ids = args.identities if n == args.n else small_ids
-        print(f"| {name} | {n:,} | {ids:,} | {r['error']:.4f} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['delta_mib']:.0f} |")
-    print(f"\nat N={args.baseline_n:,}: facenas is {ref['seconds'] / ours['seconds']:.1f}x faster and uses "
-          f"a {ref['delta_mib'] / max(ours['delta_mib'], 1):.1f}x smaller memory increase; ranks identical")
+        print(
+            f"| {name} | {n:,} | {ids:,} | {r['error']:.4f} | {r['seconds']:.2f} | "
+            f"{r['peak_mib']:.0f} | {r['delta_mib']:.0f} |"
+        )
+    print(
+        f"\nat N={args.baseline_n:,}: facenas is {ref['seconds'] / ours['seconds']:.1f}x faster and uses "
+        f"a {ref['delta_mib'] / max(ours['delta_mib'], 1):.1f}x smaller memory increase; ranks identical"
+    )
     print(f"at N={args.n:,}: rank_disparity {big['rank_disparity']:.3f}, error {big['error']:.4f}")
 
 

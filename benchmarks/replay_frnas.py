@@ -9,6 +9,7 @@ non-diverged configuration counts; the best reachable hypervolume is printed for
 
     python benchmarks/replay_frnas.py [--seeds 10] [--trials 100] [--table PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.replay import OBJECTIVES, FRNASTable  # noqa: E402
-from search.report import hypervolume, hypervolume_history  # noqa: E402
-from search.study import Study, StudySettings  # noqa: E402
-from search.trial import Objective, Status  # noqa: E402
+from search.replay import OBJECTIVES, FRNASTable
+from search.report import hypervolume, hypervolume_history
+from search.study import Study, StudySettings
+from search.trial import Objective, Status
 
 BACKENDS = {
     "random": "random",
@@ -37,12 +38,27 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / 
 
 
 def replay(backend, table: FRNASTable, seed: int, trials: int, reference: list[float], workdir: Path) -> list[float]:
-    settings = StudySettings(name=f"replay-{seed}", space="frnas_phase1", objectives=[Objective(**o) for o in OBJECTIVES],
-                             backend=backend, n_trials=trials, seed=seed, storage=":memory:", runs_dir=str(workdir),
-                             report=False)
+    settings = StudySettings(
+        name=f"replay-{seed}",
+        space="frnas_phase1",
+        objectives=[Objective(**o) for o in OBJECTIVES],
+        backend=backend,
+        n_trials=trials,
+        seed=seed,
+        storage=":memory:",
+        runs_dir=str(workdir),
+        report=False,
+    )
     store = Study(settings, objective=table, quiet=True).run()
-    costs = np.array([[t.result.values.get("Error", np.inf), t.result.values.get("Rank Disparity", np.inf)]
-                      if t.status == Status.SUCCESS else [np.inf, np.inf] for t in store.trials()], dtype=float)
+    costs = np.array(
+        [
+            [t.result.values.get("Error", np.inf), t.result.values.get("Rank Disparity", np.inf)]
+            if t.status == Status.SUCCESS
+            else [np.inf, np.inf]
+            for t in store.trials()
+        ],
+        dtype=float,
+    )
     store.close()
     return hypervolume_history(costs, reference)
 
@@ -59,7 +75,10 @@ def main() -> None:
     everything = np.array([[v["Error"], v["Rank Disparity"]] for v in table.rows.values()], dtype=float)
     best = hypervolume(everything, reference)
     checkpoints = [k for k in (25, 50, 100) if k <= args.trials]
-    print(f"{len(table.rows)} reachable configurations; reference point {reference}; best reachable hypervolume {best:.4f}")
+    print(
+        f"{len(table.rows)} reachable configurations; reference point {reference}; "
+        f"best reachable hypervolume {best:.4f}"
+    )
     print()
     print("| backend | " + " | ".join(f"HV after {k}" for k in checkpoints) + " | seconds |")
     print("|---|" + "---|" * (len(checkpoints) + 1))
@@ -67,14 +86,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backends:
             start = time.perf_counter()
-            histories = [replay(BACKENDS[name], table, seed, args.trials, reference, Path(tmp) / f"{name}-{seed}")
-                         for seed in range(args.seeds)]
+            histories = [
+                replay(BACKENDS[name], table, seed, args.trials, reference, Path(tmp) / f"{name}-{seed}")
+                for seed in range(args.seeds)
+            ]
             cells = []
             for k in checkpoints:
                 values = [h[k - 1] for h in histories]
                 cells.append(f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}")
             print(f"| {name} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.1f} |", flush=True)
-    print(f"\ntotal {time.perf_counter() - total:.1f} s for {len(args.backends)} backends x {args.seeds} seeds x {args.trials} evaluations")
+    print(
+        f"\ntotal {time.perf_counter() - total:.1f} s for {len(args.backends)} backends x {args.seeds} seeds "
+        f"x {args.trials} evaluations"
+    )
 
 
 if __name__ == "__main__":

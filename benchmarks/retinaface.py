@@ -12,6 +12,7 @@ throughput, data-loading throughput, and inference latency.
 3. Data loading throughput of the training loader (crop, jitter, flip, resize to 640).
 4. Inference latency, 640 x 480, batch 1: network + decoding + NMS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ from torchvision.ops import box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import median_time  # noqa: E402
+from timing import median_time
 
-from models.detection import MultiBoxLoss, RetinaFace  # noqa: E402
-from models.detection.anchors import AnchorGrid, Matches, anchors_xyxy  # noqa: E402
+from models.detection import MultiBoxLoss, RetinaFace
+from models.detection.anchors import AnchorGrid, Matches, anchors_xyxy
 
 
 def wider_like_batch(batch: int, size: int, faces_per_image: float, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -39,13 +40,24 @@ def wider_like_batch(batch: int, size: int, faces_per_image: float, seed: int = 
     side = torch.exp(torch.empty(total).uniform_(2.3, 5.5, generator=g))  # 10 .. 245 px
     xy = torch.rand(total, 2, generator=g) * (size - side[:, None])
     boxes = torch.cat([xy, xy + side[:, None] * torch.tensor([1.0, 1.2])], 1).clamp(max=size)
-    marks = (xy[:, None, :] + torch.rand(total, 5, 2, generator=g) * side[:, None, None])
-    return {"boxes": boxes, "image": torch.repeat_interleave(torch.arange(batch), counts),
-            "ignore": torch.zeros(total, dtype=torch.bool), "landmarks": marks}
+    marks = xy[:, None, :] + torch.rand(total, 5, 2, generator=g) * side[:, None, None]
+    return {
+        "boxes": boxes,
+        "image": torch.repeat_interleave(torch.arange(batch), counts),
+        "ignore": torch.zeros(total, dtype=torch.bool),
+        "landmarks": marks,
+    }
 
 
-def loop_match(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_image: torch.Tensor, batch_size: int,
-               gt_ignore: torch.Tensor | None = None, pos_iou: float = 0.5, neg_iou: float | None = None) -> Matches:
+def loop_match(
+    anchors: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_image: torch.Tensor,
+    batch_size: int,
+    gt_ignore: torch.Tensor | None = None,
+    pos_iou: float = 0.5,
+    neg_iou: float | None = None,
+) -> Matches:
     """RetinaFace's reference matching, one image at a time (the baseline)."""
     neg_iou = pos_iou / 2 + 0.05 if neg_iou is None else neg_iou
     labels = torch.zeros(batch_size, anchors.shape[0], dtype=torch.long)
@@ -78,8 +90,11 @@ def bench_matching(repeat: int) -> list[str]:
     anchors = grid.anchors()
     targets = wider_like_batch(32, 640, 12)
     g = torch.Generator().manual_seed(1)
-    preds = (torch.randn(32, len(anchors), 2, generator=g), torch.randn(32, len(anchors), 4, generator=g),
-             torch.randn(32, len(anchors), 10, generator=g))
+    preds = (
+        torch.randn(32, len(anchors), 2, generator=g),
+        torch.randn(32, len(anchors), 4, generator=g),
+        torch.randn(32, len(anchors), 10, generator=g),
+    )
     batched = loss_module.match_anchors(anchors, targets["boxes"], targets["image"], 32, targets["ignore"], grid=grid)
     looped = loop_match(anchors, targets["boxes"], targets["image"], 32, targets["ignore"])
     assert torch.equal(batched.labels, looped.labels), "batched and looped matching disagree"
@@ -87,9 +102,15 @@ def bench_matching(repeat: int) -> list[str]:
     assert torch.equal(batched.gt_index[pos], looped.gt_index[pos])
 
     criterion = MultiBoxLoss()
-    t_match = median_time(lambda: loss_module.match_anchors(anchors, targets["boxes"], targets["image"], 32, targets["ignore"],
-                                                            grid=grid), repeat)
-    t_match_loop = median_time(lambda: loop_match(anchors, targets["boxes"], targets["image"], 32, targets["ignore"]), repeat)
+    t_match = median_time(
+        lambda: loss_module.match_anchors(
+            anchors, targets["boxes"], targets["image"], 32, targets["ignore"], grid=grid
+        ),
+        repeat,
+    )
+    t_match_loop = median_time(
+        lambda: loop_match(anchors, targets["boxes"], targets["image"], 32, targets["ignore"]), repeat
+    )
     t_loss = median_time(lambda: criterion(*preds, anchors, targets, grid), repeat)
     original = loss_module.match_anchors
     loss_module.match_anchors = lambda *a, grid=None, **k: loop_match(*a, **k)
@@ -114,7 +135,11 @@ def bench_training(device: str, repeat: int, batch: int = 32, size: int = 640) -
     images = torch.randn(batch, 3, size, size, device=device)
     targets = {k: v.to(device) for k, v in wider_like_batch(batch, size, 12).items()}
     anchors, grid = model.anchors(size, size), model.anchor_grid(size, size)
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step() -> None:
@@ -128,7 +153,9 @@ def bench_training(device: str, repeat: int, batch: int = 32, size: int = 640) -
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = median_time(step, repeat, sync)
-    line = f"| training step, batch {batch} at {size}^2 ({device}{', bf16 + channels_last' if device == 'cuda' else ', fp32'}) | {batch / t:.1f} images/s | {1e3 * t:.0f} ms/step |"
+    precision = ", bf16 + channels_last" if device == "cuda" else ", fp32"
+    line = f"| training step, batch {batch} at {size}^2 ({device}{precision}) | {batch / t:.1f} images/s | "
+    line += f"{1e3 * t:.0f} ms/step |"
     if device == "cuda":
         line += f" peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB |"
     return [line]
@@ -138,8 +165,15 @@ def bench_loader(batches: int, workers: int) -> list[str]:
     from datamodules.detection import FaceDetectionDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = FaceDetectionDataModule(synthetic_images=200, synthetic_size=(1024, 768), synthetic_root=f"{tmp}/syn",
-                                       split_file=f"{tmp}/split.json", image_size=640, batch_size=32, num_workers=workers)
+        data = FaceDetectionDataModule(
+            synthetic_images=200,
+            synthetic_size=(1024, 768),
+            synthetic_root=f"{tmp}/syn",
+            split_file=f"{tmp}/split.json",
+            image_size=640,
+            batch_size=32,
+            num_workers=workers,
+        )
         data.prepare_data()
         data.setup()
         loader = data.train_dataloader()
@@ -160,7 +194,9 @@ def bench_latency(repeat: int) -> list[str]:
     model = RetinaFace().eval()
     image = torch.randn(1, 3, 480, 640)
     t = median_time(lambda: model.detect(image), repeat)
-    return [f"| inference, 640x480, batch 1 (cpu, fp32, network + decode + NMS) | {1e3 * t:.1f} ms | {1 / t:.1f} images/s |"]
+    return [
+        f"| inference, 640x480, batch 1 (cpu, fp32, network + decode + NMS) | {1e3 * t:.1f} ms | {1 / t:.1f} images/s |"
+    ]
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 
 1. Backend ask + tell time per trial once 200 trials are finished (a cheap two-objective
    function of the ``frnas_joint`` space; median over trials 201-220), for every backend.
-2. Driver overhead per in-process trial: study wall time per trial minus the time inside
-   ``Trainer.fit`` (LightningCLI parsing and instantiation, store writes, ask and tell).
+2. Driver overhead per in-process trial: study wall time per trial minus the time of the
+   training command itself (store writes, ask and tell, the trial's files).
 3. Dask: trials per hour with 1 and 2 workers of a ``LocalCluster`` on CPU-bound trials
    (``facenas fit`` subprocesses, one thread each).
 
     python benchmarks/search.py [--skip-dask]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,8 @@ def ask_tell(name: str, spec, warm: int = 200, timed: int = 20) -> float:
     times = []
     for i in range(warm + timed):
         start = time.perf_counter()
-        trial = searcher.ask()
-        trial.id = i
+        proposal = searcher.ask()
+        trial = Trial(i, proposal.config, proposal.budget, i, proposal.info, proposal.backend_seed)
         result = quadratic(trial)
         searcher.tell(trial, result)
         if i >= warm:
@@ -77,13 +78,33 @@ def toy_settings(tmp: Path, name: str, n_trials: int, executor, burn: float = 0.
     space = tmp / "space.json"
     cs.to_json(space)
     base = tmp / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "model": {"class_path": "tests.toy.ToySearchModule", "init_args": {"burn": burn}},
-        "data": {"class_path": "tests.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 8}},
-        "trainer": {"accelerator": "cpu", "max_epochs": epochs, "enable_checkpointing": False, "limit_train_batches": 1}}))
-    return StudySettings(name=name, space=str(space), base=[str(base)], mapping={"model.init_args.x": "x", "model.init_args.y": "y"},
-                         objectives=[Objective("val/score")], backend="random", executor=executor, n_trials=n_trials,
-                         storage=str(tmp / f"{name}.sqlite"), runs_dir=str(tmp / name), report=False)
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"class_path": "demos.toy.ToySearchModule", "init_args": {"burn": burn}},
+                "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 8}},
+                "trainer": {
+                    "accelerator": "cpu",
+                    "max_epochs": epochs,
+                    "enable_checkpointing": False,
+                    "limit_train_batches": 1,
+                },
+            }
+        )
+    )
+    return StudySettings(
+        name=name,
+        space=str(space),
+        base=[str(base)],
+        mapping={"model.init_args.x": "x", "model.init_args.y": "y"},
+        objectives=[Objective("val/score")],
+        backend="random",
+        executor=executor,
+        n_trials=n_trials,
+        storage=str(tmp / f"{name}.sqlite"),
+        runs_dir=str(tmp / name),
+        report=False,
+    )
 
 
 def driver_overhead(n_trials: int = 20) -> tuple[float, float]:
@@ -114,8 +135,9 @@ def driver_overhead(n_trials: int = 20) -> tuple[float, float]:
 
 def dask_rate(workers: int, n_trials: int, burn: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = toy_settings(Path(tmp), f"dask{workers}", n_trials, {"class_path": "dask", "init_args": {"workers": workers}},
-                                burn=burn)
+        settings = toy_settings(
+            Path(tmp), f"dask{workers}", n_trials, {"class_path": "dask", "init_args": {"workers": workers}}, burn=burn
+        )
         start = time.perf_counter()
         store = Study(settings, quiet=True).run()
         elapsed = time.perf_counter() - start
@@ -137,7 +159,10 @@ def main() -> None:
     for name, spec in BACKENDS.items():
         print(f"| {name} | {1e3 * ask_tell(name, spec):.1f} |", flush=True)
     per_trial, overhead = driver_overhead()
-    print(f"\nin-process trial (toy model, 1 epoch): {per_trial:.2f} s per trial, of which {overhead:.2f} s outside Trainer.fit")
+    print(
+        f"\nin-process trial (toy model, 1 epoch): {per_trial:.2f} s per trial, "
+        f"of which {overhead:.2f} s outside the training command"
+    )
     if not args.skip_dask:
         os.environ["OMP_NUM_THREADS"] = "1"  # one core per trial, so workers do not share threads
         one = dask_rate(1, args.dask_trials, args.burn)
@@ -146,7 +171,10 @@ def main() -> None:
         print("|---|---|")
         print(f"| 1 worker | {one:.0f} |")
         print(f"| 2 workers | {two:.0f} |")
-        print(f"\n2 workers / 1 worker: {two / one:.2f}x ({args.dask_trials} CPU-bound trials of ~{args.burn:.0f} s of work each)")
+        print(
+            f"\n2 workers / 1 worker: {two / one:.2f}x "
+            f"({args.dask_trials} CPU-bound trials of ~{args.burn:.0f} s of work each)"
+        )
 
 
 if __name__ == "__main__":

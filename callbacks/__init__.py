@@ -3,6 +3,7 @@
 Names are imported on first use, so that the command-line tools that need only the pure metric
 cores do not pay for importing Lightning and torchmetrics.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,9 +25,15 @@ _EXPORTS = {
     "FairnessMetrics": "evaluation",
     "WandbLogger": "loggers",
     "WiderPredictionWriter": "writers",
+    "EmbeddingWriter": "writers",
+    "MetricCallback": "evaluation",
     "VerificationAccuracy": "verification",
     "ProbeResult": "probes",
     "probe_layers": "probes",
+    "extract_layers": "probes",
+    "evaluate_detection_files": "from_files",
+    "evaluate_embedding_files": "from_files",
+    "group_ignores": "detection_ap",
     "verification_accuracy": "verification",
 }
 

@@ -18,36 +18,20 @@ The matching is vectorised over all images at once: since every detection's targ
 argmax, "already matched" only means "an earlier detection of the same image has the same
 target", which a scatter-min over ranks answers without a loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from core.boxes import box_sizes, paired_iou
+
 # pairs (detection, ground truth of its image) evaluated at once; bounds memory to ~100 MB
 _PAIR_CHUNK = 4_000_000
-
-
-def paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of box ``a[i]`` with box ``b[i]`` (both (P, 4) xyxy) -> (P,).
-
-    torchvision.ops.box_iou computes all N x M pairs; here only matched rows are needed.
-    """
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
-    union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
-
-
-def box_sizes(boxes: Tensor) -> Tensor:
-    """``sqrt(w * h)`` of (N, 4) xyxy boxes -> (N,)."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-    return (wh[:, 0] * wh[:, 1]).sqrt()
 
 
 @dataclass
@@ -96,9 +80,19 @@ def match_detections(
     det_scores = det_scores.reshape(-1).to(device)
     det_image = det_image.reshape(-1).to(device).long()
     gt_image = gt_image.reshape(-1).to(device).long()
-    gt_ignore = torch.zeros(len(gt_boxes), dtype=torch.bool, device=device) if gt_ignore is None else gt_ignore.reshape(-1).to(device).bool()
-    num_images = int(max(det_image.max().item() if len(det_image) else -1, gt_image.max().item() if len(gt_image) else -1)) + 1
-    scale = torch.ones(num_images, dtype=torch.float64, device=device) if image_scale is None else image_scale.to(device).double()
+    gt_ignore = (
+        torch.zeros(len(gt_boxes), dtype=torch.bool, device=device)
+        if gt_ignore is None
+        else gt_ignore.reshape(-1).to(device).bool()
+    )
+    num_images = (
+        int(max(det_image.max().item() if len(det_image) else -1, gt_image.max().item() if len(gt_image) else -1)) + 1
+    )
+    scale = (
+        torch.ones(num_images, dtype=torch.float64, device=device)
+        if image_scale is None
+        else image_scale.to(device).double()
+    )
 
     # ground truths grouped by image
     gt_order = torch.sort(gt_image, stable=True).indices
@@ -172,29 +166,66 @@ def average_precision(scores: Tensor, tp: Tensor, num_gt: int) -> tuple[float, f
 
 @dataclass
 class DetectionResult:
-    """AP@IoU of a detection evaluation."""
+    """AP@IoU of a detection evaluation; ``groups`` holds the result of each attribute group
+    (``"perceived_gender=female"``), see :func:`group_ignores`."""
 
     ap50: float
     num_gt: int
     num_det: int
     recall: float
+    groups: dict[str, DetectionResult] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"ap50": self.ap50, "num_gt": self.num_gt, "num_det": self.num_det, "recall": self.recall}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ap50": self.ap50, "num_gt": self.num_gt, "num_det": self.num_det, "recall": self.recall}
+        if self.groups:
+            out["attributes"] = {}
+            for key, result in self.groups.items():
+                column, _, value = key.partition("=")
+                out["attributes"].setdefault(column, {})[value] = result.as_dict()
+        return out
 
 
-def flatten_per_image(preds: Sequence[tuple[Tensor, Tensor]], gts: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
+def group_ignores(
+    ignore: Tensor, labels: dict[str, Sequence[str | None]], groups: Sequence[tuple[str, str]]
+) -> list[tuple[str, Tensor]]:
+    """The ignore flags of the whole set (key ``""``) and of each attribute group (key
+    ``"<attribute>=<value>"``): a group's AP treats the ground truths outside the group, or
+    without a label, as ignore regions, as WIDER's easy/medium/hard subsets do.
+
+    Args:
+        ignore: (G,) bool ignore flags of all ground truths.
+        labels: per attribute, one label per ground truth (G,).
+        groups: the (attribute, value) pairs to evaluate.
+    """
+    out = [("", ignore)]
+    for name, value in groups:
+        column = labels.get(name, [None] * len(ignore))
+        outside = torch.tensor([label != value for label in column], dtype=torch.bool, device=ignore.device).reshape(-1)
+        out.append((f"{name}={value}", ignore | outside))
+    return out
+
+
+def flatten_per_image(
+    preds: Sequence[tuple[Tensor, Tensor]], gts: Sequence[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, ...]:
     """Per-image ``(boxes, scores)`` and ``(boxes, ignore)`` lists -> the flat tensors of
     :func:`match_detections`: det boxes, scores, image index, gt boxes, image index, ignore."""
+
     def as_tensor(x) -> Tensor:
         return torch.as_tensor(x)
 
     det_boxes = torch.cat([as_tensor(b).reshape(-1, 4).double() for b, _ in preds]) if preds else torch.zeros(0, 4)
     det_scores = torch.cat([as_tensor(s).reshape(-1).double() for _, s in preds]) if preds else torch.zeros(0)
-    det_image = torch.repeat_interleave(torch.arange(len(preds)), torch.tensor([len(as_tensor(s).reshape(-1)) for _, s in preds], dtype=torch.long))
+    det_image = torch.repeat_interleave(
+        torch.arange(len(preds)), torch.tensor([len(as_tensor(s).reshape(-1)) for _, s in preds], dtype=torch.long)
+    )
     gt_boxes = torch.cat([as_tensor(b).reshape(-1, 4).double() for b, _ in gts]) if gts else torch.zeros(0, 4)
-    gt_ignore = torch.cat([as_tensor(i).reshape(-1).bool() for _, i in gts]) if gts else torch.zeros(0, dtype=torch.bool)
-    gt_image = torch.repeat_interleave(torch.arange(len(gts)), torch.tensor([len(as_tensor(i).reshape(-1)) for _, i in gts], dtype=torch.long))
+    gt_ignore = (
+        torch.cat([as_tensor(i).reshape(-1).bool() for _, i in gts]) if gts else torch.zeros(0, dtype=torch.bool)
+    )
+    gt_image = torch.repeat_interleave(
+        torch.arange(len(gts)), torch.tensor([len(as_tensor(i).reshape(-1)) for _, i in gts], dtype=torch.long)
+    )
     return det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore
 
 
@@ -206,6 +237,8 @@ def evaluate_detections(
     short_side: float | None = None,
     iou_threshold: float = 0.5,
     min_size: float = 0.0,
+    attributes: Sequence[dict[str, Sequence[str | None]]] | None = None,
+    groups: Sequence[tuple[str, str]] = (),
 ) -> DetectionResult:
     """AP of per-image detections against per-image ground truths.
 
@@ -215,18 +248,45 @@ def evaluate_detections(
         image_sizes: per image ``(height, width)``; needed with ``short_side``.
         short_side: measure sizes after scaling each image so its shorter side is this long.
         iou_threshold, min_size: see :func:`match_detections`.
+        attributes: per image, ``{attribute: [label per ground truth]}``; with ``groups``
+            (``[("perceived_gender", "female"), ...]``) each group's AP is in ``groups`` of
+            the result (see :func:`group_ignores`).
     """
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truths)} images")
     scale = image_scales(image_sizes, short_side, len(ground_truths))
     det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore = flatten_per_image(predictions, ground_truths)
-    result = match_detections(det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore,
-                              image_scale=scale, iou_threshold=iou_threshold, min_size=min_size)
-    ap, recall = average_precision(result.scores, result.tp, result.num_gt)
-    return DetectionResult(ap50=ap, num_gt=result.num_gt, num_det=len(result.scores), recall=recall)
+    labels = {
+        name: [
+            label
+            for i, (boxes, _) in enumerate(ground_truths)
+            for label in (attributes[i].get(name) if attributes else None) or [None] * len(boxes)
+        ]
+        for name in {name for name, _ in groups}
+    }
+    results = {}
+    for key, ignore in group_ignores(gt_ignore, labels, groups):
+        matched = match_detections(
+            det_boxes,
+            det_scores,
+            det_image,
+            gt_boxes,
+            gt_image,
+            ignore,
+            image_scale=scale,
+            iou_threshold=iou_threshold,
+            min_size=min_size,
+        )
+        ap, recall = average_precision(matched.scores, matched.tp, matched.num_gt)
+        results[key] = DetectionResult(ap50=ap, num_gt=matched.num_gt, num_det=len(matched.scores), recall=recall)
+    overall = results.pop("")
+    overall.groups = results
+    return overall
 
 
-def image_scales(image_sizes: Sequence[tuple[int, int]] | Tensor | None, short_side: float | None, num_images: int) -> Tensor | None:
+def image_scales(
+    image_sizes: Sequence[tuple[int, int]] | Tensor | None, short_side: float | None, num_images: int
+) -> Tensor | None:
     """Per-image factor ``short_side / min(h, w)`` (None without ``short_side``)."""
     if short_side is None:
         return None

@@ -10,6 +10,7 @@ A LightningModule opts in by returning, from ``validation_step`` / ``test_step``
 
 States are torchmetrics states, so the logged values are computed over all DDP ranks' data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ from .metrics import DetectionAveragePrecision, IdentificationFairness
 _STAGES = {"validate": "val", "test": "test"}
 
 
-class _MetricCallback(Callback):
-    """Shared plumbing: one metric per stage, reset at epoch start, updated per batch, computed,
+class MetricCallback(Callback):
+    """Base of the evaluation callbacks (the CLI keeps a best checkpoint when one is configured):
+    one metric per stage, reset at epoch start, updated per batch, computed,
     synchronised and logged as ``<stage>/<key>`` at epoch end."""
 
     def _make_metric(self) -> Any:
@@ -62,8 +64,15 @@ class _MetricCallback(Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module, "val")
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._batch(outputs, "val")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -72,15 +81,22 @@ class _MetricCallback(Callback):
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module, "test")
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._batch(outputs, "test")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(trainer, pl_module, "test")
 
 
-class DetectionAP(_MetricCallback):
+class DetectionAP(MetricCallback):
     """Logs ``val/ap50`` and ``test/ap50`` (MMDetection VOC semantics; see
     :mod:`callbacks.detection_ap`), plus ``<stage>/ap50_<attr>_<value>`` per attribute group.
 
@@ -93,16 +109,25 @@ class DetectionAP(_MetricCallback):
         attributes: per-box attribute groups to report AP for, e.g. ``{"gender": ["female", "male"]}``.
     """
 
-    def __init__(self, iou_threshold: float = 0.5, min_size: float = 36.0, short_side: float | None = 720.0,
-                 attributes: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        iou_threshold: float = 0.5,
+        min_size: float = 36.0,
+        short_side: float | None = 720.0,
+        attributes: dict[str, list[str]] | None = None,
+    ) -> None:
         self.iou_threshold = iou_threshold
         self.min_size = min_size
         self.short_side = short_side
         self.attributes = attributes
 
     def _make_metric(self) -> DetectionAveragePrecision:
-        return DetectionAveragePrecision(iou_threshold=self.iou_threshold, min_size=self.min_size,
-                                         short_side=self.short_side, attributes=self.attributes)
+        return DetectionAveragePrecision(
+            iou_threshold=self.iou_threshold,
+            min_size=self.min_size,
+            short_side=self.short_side,
+            attributes=self.attributes,
+        )
 
     def _wants(self, outputs: Any) -> bool:
         return isinstance(outputs, dict) and "preds" in outputs and "targets" in outputs
@@ -116,7 +141,7 @@ class DetectionAP(_MetricCallback):
         return out
 
 
-class FairnessMetrics(_MetricCallback):
+class FairnessMetrics(MetricCallback):
     """Logs FR-NAS identification error and fairness each validation and test:
     ``<stage>/error``, ``accuracy``, ``rank``, ``disparity``, ``ratio``, ``rank_disparity``,
     ``rank_ratio``, ``error_ratio``, ``probes`` and per group ``<metric>_<group>``.

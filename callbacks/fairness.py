@@ -18,6 +18,7 @@ The N x N distance matrix is never materialised: probes are processed in chunks 
 all embeddings (on the embeddings' device). For unit vectors ``|x - y|^2 = 2 - 2 x.y``, so
 "strictly closer" is "strictly larger cosine similarity", which a matrix product gives.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,9 @@ class ProbeRanks:
     rank_by_identity: Tensor
 
 
-def identification_ranks(embeddings: Tensor, identities: Tensor, *, chunk_elements: int = _CHUNK_ELEMENTS,
-                         progress: bool = False) -> ProbeRanks:
+def identification_ranks(
+    embeddings: Tensor, identities: Tensor, *, chunk_elements: int = _CHUNK_ELEMENTS, progress: bool = False
+) -> ProbeRanks:
     """Rank of every probe (an image whose identity has another image in the set).
 
     Args:
@@ -76,25 +78,25 @@ def identification_ranks(embeddings: Tensor, identities: Tensor, *, chunk_elemen
     offsets = torch.arange(max_count, device=emb.device)
     chunks = range(0, len(probes), rows)
     if progress:
-        from datamodules.progress import track
+        from core.progress import track
 
         chunks = track(chunks, "ranking probes")
     for lo in chunks:
-        idx = probes[lo: lo + rows]
+        idx = probes[lo : lo + rows]
         b = len(idx)
-        sim = torch.matmul(emb[idx], emb_sorted_t, out=sim_buf[:b])     # (b, N)
+        sim = torch.matmul(emb[idx], emb_sorted_t, out=sim_buf[:b])  # (b, N)
         probe_id = inverse[idx]
         sim[torch.arange(b, device=sim.device), column_of[idx]] = -math.inf  # not the probe itself
         # nearest other image of the same identity: gather its block (padded to the largest block)
         span = starts[probe_id][:, None] + offsets[None, :]
         valid = span <= ends[probe_id][:, None]
         s_same = sim.gather(1, span.clamp(max=n - 1)).masked_fill_(~valid, -math.inf).max(dim=1).values
-        closer = torch.gt(sim, s_same[:, None], out=closer_buf[:b])    # only other identities can be
-        rank[lo: lo + b] = closer.sum(dim=1)
+        closer = torch.gt(sim, s_same[:, None], out=closer_buf[:b])  # only other identities can be
+        rank[lo : lo + b] = closer.sum(dim=1)
         # distinct identities with a closer image: closer-counts per block via a prefix sum
         prefix = torch.cumsum(closer, dim=1, dtype=torch.int32, out=prefix_buf[:b])
         per_block = prefix[:, ends] - torch.where(starts > 0, prefix[:, (starts - 1).clamp(min=0)], 0)
-        rank_id[lo: lo + b] = (per_block > 0).sum(dim=1)
+        rank_id[lo : lo + b] = (per_block > 0).sum(dim=1)
     return ProbeRanks(index=probes, rank=rank, rank_by_identity=rank_id)
 
 
@@ -130,7 +132,10 @@ class FairnessResult:
     groups: dict[str, GroupStats] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("probes", "error", "rank", "disparity", "ratio", "rank_disparity", "rank_ratio", "error_ratio")}
+        out = {
+            k: getattr(self, k)
+            for k in ("probes", "error", "rank", "disparity", "ratio", "rank_disparity", "rank_ratio", "error_ratio")
+        }
         out["accuracy"] = 1.0 - self.error if self.probes else math.nan
         out["groups"] = {g: vars(s).copy() for g, s in self.groups.items()}
         return out
@@ -143,8 +148,9 @@ def _relative(a: float, ref: float) -> float:
     return abs(1.0 - a / ref)
 
 
-def fairness_metrics(ranks: ProbeRanks, groups: Tensor, group_names: Sequence[str] | None = None,
-                     reference_group: str | None = None) -> FairnessResult:
+def fairness_metrics(
+    ranks: ProbeRanks, groups: Tensor, group_names: Sequence[str] | None = None, reference_group: str | None = None
+) -> FairnessResult:
     """Summarise probe ranks overall and per group.
 
     Args:
@@ -169,8 +175,13 @@ def fairness_metrics(ranks: ProbeRanks, groups: Tensor, group_names: Sequence[st
     for g in present:
         m = probe_groups == g
         err = error[m].mean().item()
-        stats[name(g)] = GroupStats(accuracy=1.0 - err, error=err, rank=rank[m].mean().item(),
-                                    rank_by_identity=rank_id[m].mean().item(), n=int(m.sum().item()))
+        stats[name(g)] = GroupStats(
+            accuracy=1.0 - err,
+            error=err,
+            rank=rank[m].mean().item(),
+            rank_by_identity=rank_id[m].mean().item(),
+            n=int(m.sum().item()),
+        )
     names = list(stats)
     if reference_group is not None and reference_group in stats:
         pairs = [(a, reference_group) for a in names if a != reference_group]
@@ -194,9 +205,16 @@ def fairness_metrics(ranks: ProbeRanks, groups: Tensor, group_names: Sequence[st
     )
 
 
-def evaluate_fairness(embeddings: Tensor, identities: Tensor, groups: Tensor, group_names: Sequence[str] | None = None,
-                      reference_group: str | None = None, *, chunk_elements: int = _CHUNK_ELEMENTS,
-                      progress: bool = False) -> FairnessResult:
+def evaluate_fairness(
+    embeddings: Tensor,
+    identities: Tensor,
+    groups: Tensor,
+    group_names: Sequence[str] | None = None,
+    reference_group: str | None = None,
+    *,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+    progress: bool = False,
+) -> FairnessResult:
     """Ranks and fairness metrics of a set of embeddings in one call."""
     ranks = identification_ranks(embeddings, identities, chunk_elements=chunk_elements, progress=progress)
     return fairness_metrics(ranks, groups, group_names, reference_group)

@@ -1,4 +1,5 @@
 """Loggers with facenas's defaults."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,16 @@ class WandbLogger(_LightningWandbLogger):
     so one training command is one W&B run.
     """
 
-    def __init__(self, name: str | None = None, save_dir: str = ".", project: str | None = "facenas",
-                 offline: bool | None = None, log_model: bool | str = False, init_timeout: float = 60.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        save_dir: str = ".",
+        project: str | None = "facenas",
+        offline: bool | None = None,
+        log_model: bool | str = False,
+        init_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         offline = not wandb_online_requested() if offline is None else offline
         if not offline:
             import wandb
@@ -39,13 +47,3 @@ class WandbLogger(_LightningWandbLogger):
         """End the W&B run (no-op when it never started)."""
         if self._experiment is not None:
             self._experiment.finish()
-
-
-def finish_loggers(trainer) -> None:
-    """Close the runs of a trainer's loggers that keep one open (W&B): one training, one run."""
-    if trainer is None:
-        return
-    for logger in trainer.loggers:
-        finish = getattr(logger, "finish", None)
-        if callable(finish):
-            finish()

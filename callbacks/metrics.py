@@ -1,5 +1,6 @@
 """The metric cores as torchmetrics Metrics: states that synchronise across DDP ranks, fed by
 the Lightning callbacks during validation and test."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from torchmetrics import Metric
 from .detection_ap import (
     average_precision,
     flatten_per_image,
+    group_ignores,
     image_scales,
     match_detections,
 )
@@ -30,8 +32,14 @@ class DetectionAveragePrecision(Metric):
 
     full_state_update = False
 
-    def __init__(self, iou_threshold: float = 0.5, min_size: float = 0.0, short_side: float | None = None,
-                 attributes: dict[str, list[str]] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        iou_threshold: float = 0.5,
+        min_size: float = 0.0,
+        short_side: float | None = None,
+        attributes: dict[str, list[str]] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.iou_threshold = iou_threshold
         self.min_size = min_size
@@ -52,25 +60,45 @@ class DetectionAveragePrecision(Metric):
         """
         pairs = [(p["boxes"], p["scores"]) for p in preds]
         gts = [(t["boxes"], t.get("ignore", torch.zeros(len(t["boxes"]), dtype=torch.bool))) for t in targets]
-        det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore = (x.to(self.device) for x in flatten_per_image(pairs, gts))
-        sizes = [tuple(torch.as_tensor(t["image_size"]).tolist()) for t in targets] if self.short_side is not None else None
+        det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore = (
+            x.to(self.device) for x in flatten_per_image(pairs, gts)
+        )
+        sizes = (
+            [tuple(torch.as_tensor(t["image_size"]).tolist()) for t in targets] if self.short_side is not None else None
+        )
         scale = image_scales(sizes, self.short_side, len(targets))
-        variants: list[tuple[str, Tensor]] = [("", gt_ignore)]
-        for name, value in self.groups:
-            labels = [label for t in targets for label in t.get("attributes", {}).get(name, [None] * len(t["boxes"]))]
-            outside = torch.tensor([label != value for label in labels], dtype=torch.bool, device=self.device).reshape(-1)
-            variants.append((f"{name}={value}", gt_ignore | outside))
-        for key, ignore in variants:
-            result = match_detections(det_boxes, det_scores, det_image, gt_boxes, gt_image, ignore, image_scale=scale,
-                                      iou_threshold=self.iou_threshold, min_size=self.min_size)
+        labels = {
+            name: [label for t in targets for label in t.get("attributes", {}).get(name) or [None] * len(t["boxes"])]
+            for name in {name for name, _ in self.groups}
+        }
+        for key, ignore in group_ignores(gt_ignore, labels, self.groups):
+            result = match_detections(
+                det_boxes,
+                det_scores,
+                det_image,
+                gt_boxes,
+                gt_image,
+                ignore,
+                image_scale=scale,
+                iou_threshold=self.iou_threshold,
+                min_size=self.min_size,
+            )
             getattr(self, f"scores{key}").append(result.scores.float())
             getattr(self, f"tp{key}").append(result.tp)
             setattr(self, f"num_gt{key}", getattr(self, f"num_gt{key}") + result.num_gt)
 
     def _ap(self, key: str) -> tuple[float, float, int]:
         scores, tp = getattr(self, f"scores{key}"), getattr(self, f"tp{key}")
-        scores = torch.cat(scores) if isinstance(scores, list) and scores else (scores if isinstance(scores, Tensor) else torch.zeros(0))
-        tp = torch.cat(tp) if isinstance(tp, list) and tp else (tp if isinstance(tp, Tensor) else torch.zeros(0, dtype=torch.bool))
+        scores = (
+            torch.cat(scores)
+            if isinstance(scores, list) and scores
+            else (scores if isinstance(scores, Tensor) else torch.zeros(0))
+        )
+        tp = (
+            torch.cat(tp)
+            if isinstance(tp, list) and tp
+            else (tp if isinstance(tp, Tensor) else torch.zeros(0, dtype=torch.bool))
+        )
         num_gt = int(getattr(self, f"num_gt{key}").item())
         ap, recall = average_precision(scores, tp.bool(), num_gt)
         return ap, recall, num_gt
@@ -112,13 +140,20 @@ class IdentificationFairness(Metric):
 
     def compute_result(self) -> FairnessResult:
         """The full :class:`FairnessResult` (``compute`` returns its flat dict of tensors)."""
+
         def cat(x) -> Tensor:
             return torch.cat(x) if isinstance(x, list) else x
 
         if isinstance(self.embeddings, list) and not self.embeddings:
-            return fairness_metrics(ProbeRanks(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)),
-                                    torch.zeros(0, dtype=torch.long), self.group_names, self.reference_group)
-        return evaluate_fairness(cat(self.embeddings), cat(self.identities), cat(self.groups), self.group_names, self.reference_group)
+            return fairness_metrics(
+                ProbeRanks(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)),
+                torch.zeros(0, dtype=torch.long),
+                self.group_names,
+                self.reference_group,
+            )
+        return evaluate_fairness(
+            cat(self.embeddings), cat(self.identities), cat(self.groups), self.group_names, self.reference_group
+        )
 
     def compute(self) -> dict[str, Tensor]:
         result = self.compute_result()

@@ -1,4 +1,5 @@
 """Face verification accuracy on insightface pair sets (LFW, CFP-FP, AgeDB-30 ``.bin``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from sklearn.model_selection import KFold
 
 
-def verification_accuracy(distances: np.ndarray, issame: np.ndarray, folds: int = 10,
-                          thresholds: np.ndarray | None = None) -> tuple[float, float]:
+def verification_accuracy(
+    distances: np.ndarray, issame: np.ndarray, folds: int = 10, thresholds: np.ndarray | None = None
+) -> tuple[float, float]:
     """Insightface's protocol: in each of ``folds`` folds, the distance threshold that is most
     accurate on the other folds is applied to the held-out fold. Returns (mean, std) accuracy.
 
@@ -21,7 +23,7 @@ def verification_accuracy(distances: np.ndarray, issame: np.ndarray, folds: int 
     """
     thresholds = np.arange(0, 4, 0.01) if thresholds is None else thresholds
     issame = np.asarray(issame, dtype=bool)
-    predicted = distances[None, :] < thresholds[:, None]                          # (thresholds, P)
+    predicted = distances[None, :] < thresholds[:, None]  # (thresholds, P)
     correct = predicted == issame[None, :]
     accuracies = []
     for train, test in KFold(n_splits=folds, shuffle=False).split(distances):
@@ -62,8 +64,12 @@ class VerificationAccuracy(Callback):
             return
         for name in self.sets:
             images, issame = self._load(name)
-            emb = torch.cat([pl_module.embed(images[i: i + self.batch_size].to(pl_module.device)).cpu()
-                             for i in range(0, len(images), self.batch_size)])
+            emb = torch.cat(
+                [
+                    pl_module.embed(images[i : i + self.batch_size].to(pl_module.device)).cpu()
+                    for i in range(0, len(images), self.batch_size)
+                ]
+            )
             distances = (emb[0::2] - emb[1::2]).norm(dim=1).numpy()
             accuracy, _ = verification_accuracy(distances, issame)
             pl_module.log(f"val/{name}_accuracy", accuracy, sync_dist=True)

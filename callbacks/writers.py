@@ -1,4 +1,5 @@
 """Prediction writers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,14 +28,81 @@ class WiderPredictionWriter(BasePredictionWriter):
             return Path(self.output_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
-                           batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         if not isinstance(prediction, dict) or "names" not in prediction:
             return
         out = self._target(trainer)
         for name, pred in zip(prediction["names"], prediction["preds"]):
-            write_wider_predictions(out, name, pred["boxes"].float().cpu().numpy(), pred["scores"].float().cpu().numpy())
+            write_wider_predictions(
+                out, name, pred["boxes"].float().cpu().numpy(), pred["scores"].float().cpu().numpy()
+            )
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             print(f"facenas: predictions written to {self._target(trainer)}")
+
+
+class EmbeddingWriter(BasePredictionWriter):
+    """Writes the evaluation embeddings of every predicted image to ``<out>/embeddings.npy``
+    (N, D) and one row per embedding to ``<out>/meta.csv`` (``image``, ``identity`` and the
+    data's group column, e.g. ``gender``): the inputs of ``facenas fairness-report``.
+
+    Under DDP each rank writes its own pair, ``embeddings.rank<r>.npy`` / ``meta.rank<r>.csv``.
+
+    Args:
+        output_dir: where to write; default ``<run folder>/embeddings``.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+
+    def _target(self, trainer: pl.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "embeddings"
+
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
+        import csv
+
+        import numpy as np
+        import torch
+
+        batches = [
+            p
+            for p in (predictions[0] if predictions and isinstance(predictions[0], list) else predictions)
+            if isinstance(p, dict) and "embeddings" in p
+        ]
+        if not batches:
+            return
+        data = trainer.datamodule
+        column = getattr(getattr(data, "hparams", None), "group_column", None) or "group"
+        names = list(getattr(data, "group_names", []) or [])
+        out = self._target(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        embeddings = torch.cat([b["embeddings"].float().cpu() for b in batches]).numpy()
+        np.save(out / f"embeddings{suffix}.npy", embeddings)
+        with open(out / f"meta{suffix}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "identity", column])
+            for b in batches:
+                paths = b.get("paths") or [""] * len(b["embeddings"])
+                ids = b.get("identity_names") or [str(int(i)) for i in b["identities"]]
+                for path, identity, group in zip(paths, ids, b["groups"].tolist()):
+                    writer.writerow([path, identity, names[group] if 0 <= group < len(names) else ""])
+        print(
+            f"facenas: {len(embeddings)} embeddings written to {out / f'embeddings{suffix}.npy'} "
+            f"(rows described in {out / f'meta{suffix}.csv'})"
+        )

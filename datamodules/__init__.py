@@ -3,6 +3,7 @@
 Every reader produces one record type per task (:class:`DetectionSample`,
 :class:`IdentitySample`) and a :class:`DataReport` of what it dropped or repaired.
 """
+
 from __future__ import annotations
 
 from .records import DataError, DataReport, DetectionSample, IdentitySample

@@ -1,4 +1,5 @@
 """What the task data modules share: train/val/test/predict loaders over named splits."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,26 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _loader(self, part: str, train: bool) -> DataLoader:
         h = self.hparams
+        if part not in self.splits:
+            raise ValueError(
+                f"unknown split {part!r}; the splits are {', '.join(self.splits) or 'not set up yet (call setup)'}"
+            )
         size = len(self.splits[part])
-        return DataLoader(self._dataset(part, train), batch_size=h.batch_size if train else h.eval_batch_size, shuffle=train,
-                          drop_last=train and size > h.batch_size, num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0, collate_fn=self._collate(train),
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            self._dataset(part, train),
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            drop_last=train and size > h.batch_size,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+            collate_fn=self._collate(train),
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split (``train``, ``val``, ``test``) in order with the evaluation transform, e.g.
+        to extract features of the training images."""
+        return self._loader(split, False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

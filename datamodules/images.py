@@ -1,4 +1,5 @@
 """Image probing and the box hygiene every detection reader applies."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .progress import tick
+from core.progress import tick
+
 from .records import DataReport, DetectionSample
 
 VERIFY_MODES = ("none", "header", "full")
@@ -36,7 +38,9 @@ def probe_image(path: str | Path, verify: str = "header") -> tuple[int, int] | N
         raise OSError(f"malformed image: {exc}") from exc
 
 
-def verify_sample_image(sample: DetectionSample, verify: str, report: DataReport, file: str | Path, line: int | None) -> bool:
+def verify_sample_image(
+    sample: DetectionSample, verify: str, report: DataReport, file: str | Path, line: int | None
+) -> bool:
     """Probe ``sample.image``, fill its size, and report it when unreadable. Returns False to skip it."""
     tick()
     try:
@@ -71,7 +75,12 @@ def sanitize_boxes(sample: DetectionSample, report: DataReport, file: str | Path
         clipped = np.clip(boxes, 0, limit)
         inside = keep & ((clipped[:, 2:] - clipped[:, :2]) > 0).all(axis=1)
         for i in np.flatnonzero(keep & ~inside):
-            report.add(file, line_of(i), "outside_image", f"{sample.name}: {boxes[i].tolist()} in {sample.width}x{sample.height}")
+            report.add(
+                file,
+                line_of(i),
+                "outside_image",
+                f"{sample.name}: {boxes[i].tolist()} in {sample.width}x{sample.height}",
+            )
         changed = inside & (clipped != boxes).any(axis=1)
         for i in np.flatnonzero(changed):
             report.add(file, line_of(i), "clipped", f"{sample.name}: {boxes[i].tolist()}", bad=False)

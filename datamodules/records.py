@@ -1,4 +1,5 @@
 """The two sample records every reader produces, and the report that counts what readers drop."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -7,12 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data problem a user must fix (missing file, malformed structure); names the culprit."""
 
     def __init__(self, message: str, file: str | Path | None = None, line: int | None = None) -> None:
-        where = f"{file}:{line}: " if file is not None and line is not None else (f"{file}: " if file is not None else "")
+        where = (
+            f"{file}:{line}: " if file is not None and line is not None else (f"{file}: " if file is not None else "")
+        )
         super().__init__(f"{where}{message}")
         self.file = None if file is None else str(file)
         self.line = line

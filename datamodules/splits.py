@@ -5,6 +5,7 @@ where a key is an image name (detection, or identification split per image) or a
 (identification split per identity). Once written it is the truth: every later run (every trial
 of a study) reads it back instead of drawing again, so all of them see the same split.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,19 @@ def _assign(keys: Sequence[str], ratios: Sequence[float], rng: np.random.Generat
     order = rng.permutation(n)
     out, start = {}, 0
     for split, count in zip(SPLITS, counts):
-        for i in order[start: start + count]:
+        for i in order[start : start + count]:
             out[keys[i]] = split
         start += count
     return out
 
 
-def make_split(keys: Sequence[str], *, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0,
-               strata: Sequence[Hashable] | None = None) -> dict[str, str]:
+def make_split(
+    keys: Sequence[str],
+    *,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+    strata: Sequence[Hashable] | None = None,
+) -> dict[str, str]:
     """Assign every key to train/val/test.
 
     Args:
@@ -74,12 +80,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create_split(path: str | Path | None, keys: Sequence[str], *, ratios: Sequence[float] = DEFAULT_RATIOS,
-                         seed: int = 0, unit: str = "image", strata: Sequence[Hashable] | None = None) -> dict[str, str]:
+def load_or_create_split(
+    path: str | Path | None,
+    keys: Sequence[str],
+    *,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+    unit: str = "image",
+    strata: Sequence[Hashable] | None = None,
+) -> dict[str, str]:
     """Read the split file at ``path`` if it exists, else draw a split and write it there.
 
-    A key missing from an existing file is an error (the data changed under the split); keys
-    in the file but not in ``keys`` are ignored (samples that were dropped as bad).
+    A file drawn with another seed or other ratios is an error (reusing it would silently give
+    another split than the one asked for), and so is a key missing from it (the data changed
+    under the split); keys in the file but not in ``keys`` are ignored (samples that were
+    dropped as bad).
     """
     if path is not None and Path(path).is_file():
         try:
@@ -87,10 +102,20 @@ def load_or_create_split(path: str | Path | None, keys: Sequence[str], *, ratios
             assignments = data["assignments"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"not a facenas split file ({exc})", path) from None
+        drawn = (data.get("seed"), [float(r) for r in data.get("ratios") or []])
+        if drawn != (seed, [float(r) for r in ratios]):
+            raise DataError(
+                f"the split file was drawn with seed {drawn[0]} and ratios {drawn[1]}, not seed {seed} and "
+                f"ratios {[float(r) for r in ratios]}; delete it, or give another split_file",
+                path,
+            )
         missing = [k for k in keys if k not in assignments]
         if missing:
-            raise DataError(f"{len(missing)} samples are not in the split file (first: {missing[0]!r}); "
-                            "delete it to draw a new split", path)
+            raise DataError(
+                f"{len(missing)} samples are not in the split file (first: {missing[0]!r}); "
+                "delete it to draw a new split",
+                path,
+            )
         return {k: assignments[k] for k in keys}
     assignments = make_split(keys, ratios=ratios, seed=seed, strata=strata)
     if path is not None:
@@ -99,8 +124,13 @@ def load_or_create_split(path: str | Path | None, keys: Sequence[str], *, ratios
     return assignments
 
 
-def split_detection(samples: Sequence[DetectionSample], path: str | Path | None = None, *,
-                    ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> dict[str, list[DetectionSample]]:
+def split_detection(
+    samples: Sequence[DetectionSample],
+    path: str | Path | None = None,
+    *,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+) -> dict[str, list[DetectionSample]]:
     """Split detection samples by image name (see :func:`load_or_create_split`)."""
     assignments = load_or_create_split(path, [s.name for s in samples], ratios=ratios, seed=seed, unit="image")
     out: dict[str, list[DetectionSample]] = {k: [] for k in SPLITS}
@@ -109,8 +139,14 @@ def split_detection(samples: Sequence[DetectionSample], path: str | Path | None 
     return out
 
 
-def split_identities(samples: Sequence[IdentitySample], path: str | Path | None = None, *, by: str = "identity",
-                     ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> dict[str, list[IdentitySample]]:
+def split_identities(
+    samples: Sequence[IdentitySample],
+    path: str | Path | None = None,
+    *,
+    by: str = "identity",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+) -> dict[str, list[IdentitySample]]:
     """Split identification samples.
 
     Args:
@@ -127,8 +163,14 @@ def split_identities(samples: Sequence[IdentitySample], path: str | Path | None 
     else:
         # keyed by identity/file name, so that moving the data folder keeps the split valid
         key = lambda s: f"{s.identity}/{Path(s.image).name}"  # noqa: E731
-        assignments = load_or_create_split(path, [key(s) for s in samples], ratios=ratios, seed=seed, unit="image",
-                                           strata=[s.identity for s in samples])
+        assignments = load_or_create_split(
+            path,
+            [key(s) for s in samples],
+            ratios=ratios,
+            seed=seed,
+            unit="image",
+            strata=[s.identity for s in samples],
+        )
     out: dict[str, list[IdentitySample]] = {k: [] for k in SPLITS}
     for sample in samples:
         out[assignments[key(sample)]].append(sample)

@@ -1,4 +1,5 @@
 """LightningModules (face detection, face identification) and the nn.Modules they are made of."""
+
 from __future__ import annotations
 
 from .errors import NonFiniteLossError

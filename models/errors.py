@@ -1,4 +1,5 @@
 """Errors models raise for the training loop and the search driver to act on."""
+
 from __future__ import annotations
 
 import torch
@@ -16,5 +17,7 @@ def check_finite_loss(module: LightningModule, loss: torch.Tensor, batch_idx: in
     """Raise :class:`NonFiniteLossError` naming the epoch, step and batch (and ``detail``, e.g.
     the loss terms) when ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"non-finite training loss at epoch {module.current_epoch}, global step {module.global_step}, "
-                                 f"batch {batch_idx}{detail}; lower the learning rate or check the data")
+        raise NonFiniteLossError(
+            f"non-finite training loss at epoch {module.current_epoch}, global step {module.global_step}, "
+            f"batch {batch_idx}{detail}; lower the learning rate or check the data"
+        )

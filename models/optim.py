@@ -1,4 +1,5 @@
 """Optimisers by name, shared by the LightningModules."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -6,8 +7,9 @@ from collections.abc import Iterable
 import torch
 
 
-def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
-                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """``sgd`` (with ``momentum``), ``adam`` or ``adamw`` (case-insensitive)."""
     key = name.lower()
     if key == "sgd":

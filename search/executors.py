@@ -1,6 +1,7 @@
 """Where trials run: in this process, in a pool of local subprocesses, or on the workers of a
 Dask cluster. The study submits jobs and collects finished results; executors never decide
 what to run."""
+
 from __future__ import annotations
 
 import queue
@@ -11,8 +12,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
+from core.registry import Registry
+
 from .runner import TrialJob, run_in_process, run_subprocess
-from .trial import Result, Status, Trial
+from .trial import Result, Trial, crashed
 
 
 class Executor(ABC):
@@ -46,11 +49,11 @@ class _Synchronous(Executor):
     def __init__(self) -> None:
         self._done: list[tuple[int, Result]] = []
 
-    def _run(self, job: Any, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
+    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
         raise NotImplementedError
 
-    def submit(self, job: Any, report: Callable[[int, float], bool] | None = None) -> None:
-        self._done.append(self._run(job, report))
+    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
+        self._done.append((job.trial.id, self._run(job, report)))
 
     def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
         done, self._done = self._done, []
@@ -65,8 +68,8 @@ class InProcess(_Synchronous):
     """Trials one after another in the study's own process (the fastest for small trials, and
     the one that lets pruners stop trials on intermediate validation reports)."""
 
-    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
-        return job.trial_id, run_in_process(job, report)
+    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
+        return run_in_process(job, report)
 
 
 class FunctionExecutor(_Synchronous):
@@ -76,14 +79,14 @@ class FunctionExecutor(_Synchronous):
         super().__init__()
         self.fn = fn
 
-    def _run(self, job: Trial, report: Callable[[int, float], bool] | None) -> tuple[int, Result]:
+    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
         start = time.perf_counter()
         try:
-            result = self.fn(job)
+            result = self.fn(job.trial)
         except Exception as exc:  # a failing objective is a failed trial
-            result = Result(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            result = crashed(exc)
         result.duration = result.duration or time.perf_counter() - start
-        return job.id, result
+        return result
 
 
 class _FutureExecutor(Executor):
@@ -109,7 +112,7 @@ class _FutureExecutor(Executor):
             try:
                 result = future.result()
             except Exception as exc:  # the job itself failed outside the trial (a lost worker, ...)
-                result = Result(Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+                result = crashed(exc)
             out.append((trial_id, result))
         return out
 
@@ -143,7 +146,7 @@ class SubprocessPool(_FutureExecutor):
             self._slots.put(slot)
 
     def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        self._futures[self._pool.submit(self._run, job)] = job.trial_id
+        self._futures[self._pool.submit(self._run, job)] = job.trial.id
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -168,8 +171,9 @@ class DaskExecutor(_FutureExecutor):
         from distributed import Client, LocalCluster
 
         if scheduler is None:
-            self._cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
+            self._cluster = LocalCluster(
+                n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             self.client = Client(self._cluster)
         else:
             self._cluster = None
@@ -187,8 +191,8 @@ class DaskExecutor(_FutureExecutor):
         return set(done)
 
     def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        future = self.client.submit(run_subprocess, job, pure=False, key=f"trial-{job.trial_id}-{id(job)}")
-        self._futures[future] = job.trial_id
+        future = self.client.submit(run_subprocess, job, pure=False, key=f"trial-{job.trial.id}-{id(job)}")
+        self._futures[future] = job.trial.id
 
     def close(self) -> None:
         self.client.close()
@@ -196,20 +200,12 @@ class DaskExecutor(_FutureExecutor):
             self._cluster.close()
 
 
-EXECUTORS: dict[str, type[Executor]] = {"inprocess": InProcess, "subprocess": SubprocessPool, "dask": DaskExecutor}
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
+EXECUTORS.register("inprocess", InProcess)
+EXECUTORS.register("subprocess", SubprocessPool)
+EXECUTORS.register("dask", DaskExecutor)
 
 
 def create_executor(spec: str | dict[str, Any] | None) -> Executor:
     """An executor from ``"inprocess"`` / ``{"class_path": "dask", "init_args": {...}}``."""
-    if spec is None:
-        return InProcess()
-    if isinstance(spec, str):
-        spec = {"class_path": spec}
-    path = spec.get("class_path")
-    cls = EXECUTORS.get(path) or {c.__name__: c for c in EXECUTORS.values()}.get(str(path).rpartition(".")[2])
-    if cls is None:
-        raise ValueError(f"unknown executor {path!r}; choose from {', '.join(EXECUTORS)}")
-    try:
-        return cls(**dict(spec.get("init_args") or {}))
-    except TypeError as exc:
-        raise ValueError(f"executor {path!r}: {exc}") from None
+    return EXECUTORS.instantiate("inprocess" if spec is None else spec, Executor)

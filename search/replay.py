@@ -5,6 +5,7 @@ Disparity), so backends can be compared in seconds instead of GPU-days.
 Diverged runs (Error 1.0) are real outcomes and are returned as such; the all-NaN row and
 configurations the study never trained come back as failed trials.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,11 @@ class FRNASTable:
                 key = self.parse(row["index"])
                 if key is None or key in self.rows:
                     continue
-                self.rows[key] = {k: float(v) if v not in ("", None) else math.nan for k, v in row.items() if k not in ("index", "epoch")}
+                self.rows[key] = {
+                    k: float(v) if v not in ("", None) else math.nan
+                    for k, v in row.items()
+                    if k not in ("index", "epoch")
+                }
 
     @staticmethod
     def parse(index: str) -> tuple[str, str, str, str] | None:

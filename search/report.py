@@ -1,77 +1,33 @@
 """Study reports: the trials table, the best configuration or the Pareto front, hypervolume
 against the number of evaluations, PNG plots, and the best configuration as a training YAML."""
+
 from __future__ import annotations
 
 import csv
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from .backends.moasha import non_dominated_sort
+from core.pareto import hypervolume_history, pareto_mask, reference_point
+
 from .spaces import apply_mapping, nested
 from .store import StoredTrial, StudyStore
 from .trial import Objective, Status
 
 
-def pareto_mask(costs: np.ndarray) -> np.ndarray:
-    """Which rows of costs (N, M), all minimised, are not dominated by another row."""
-    if len(costs) == 0:
-        return np.zeros(0, dtype=bool)
-    return non_dominated_sort(costs) == 0
-
-
-def hypervolume(costs: np.ndarray, reference: Sequence[float]) -> float:
-    """Volume dominated by the points (minimised costs) and bounded by ``reference``.
-
-    Exact, by slicing along the last objective (fine for the few objectives and hundreds of
-    points of a study; points not strictly better than the reference add nothing).
-    """
-    ref = np.asarray(reference, dtype=float)
-    pts = np.asarray(costs, dtype=float).reshape(-1, len(ref))
-    pts = pts[np.all(np.isfinite(pts), axis=1) & np.all(pts < ref, axis=1)]
-    if len(pts) == 0:
-        return 0.0
-    pts = pts[pareto_mask(pts)]
-    if pts.shape[1] == 1:
-        return float(ref[0] - pts[:, 0].min())
-    if pts.shape[1] == 2:
-        order = np.argsort(pts[:, 0])
-        x, y = pts[order, 0], pts[order, 1]
-        widths = np.diff(np.append(x, ref[0]))
-        return float(np.sum(widths * (ref[1] - np.minimum.accumulate(y))))
-    order = np.argsort(pts[:, -1])
-    pts = pts[order]
-    volume = 0.0
-    for i in range(len(pts)):
-        upper = pts[i + 1, -1] if i + 1 < len(pts) else ref[-1]
-        if upper > pts[i, -1]:
-            volume += hypervolume(pts[: i + 1, :-1], ref[:-1]) * (upper - pts[i, -1])
-    return volume
-
-
-def hypervolume_history(costs: np.ndarray, reference: Sequence[float]) -> list[float]:
-    """Hypervolume after each of the first 1, 2, ..., N evaluations."""
-    return [hypervolume(costs[: k + 1], reference) for k in range(len(costs))]
-
-
-def reference_point(costs: np.ndarray) -> list[float]:
-    """A default reference: each objective's worst finite cost plus 10% of its range."""
-    finite = np.where(np.isfinite(costs), costs, np.nan)
-    worst, best = np.nanmax(finite, axis=0), np.nanmin(finite, axis=0)
-    return [float(w + 0.1 * max(w - b, 1e-12)) for w, b in zip(worst, best)]
-
-
 def _costs(trials: list[StoredTrial], objectives: list[Objective]) -> np.ndarray:
-    return np.array([t.result.costs(objectives) if t.result else [math.inf] * len(objectives) for t in trials],
-                    dtype=float).reshape(-1, len(objectives))
+    return np.array(
+        [t.result.costs(objectives) if t.result else [math.inf] * len(objectives) for t in trials], dtype=float
+    ).reshape(-1, len(objectives))
 
 
-def best_trials(trials: list[StoredTrial], objectives: list[Objective], final_budget_only: bool = True) -> list[StoredTrial]:
+def best_trials(
+    trials: list[StoredTrial], objectives: list[Objective], final_budget_only: bool = True
+) -> list[StoredTrial]:
     """The best successful trial (one objective) or the Pareto-optimal ones (several), among
     the trials at the highest budget reached when ``final_budget_only``."""
     ok = [t for t in trials if t.status == Status.SUCCESS]
@@ -88,8 +44,8 @@ def best_trials(trials: list[StoredTrial], objectives: list[Objective], final_bu
 
 
 def export_training_yaml(trial: StoredTrial, settings: dict[str, Any], path: Path) -> Path:
-    """The base training YAML(s) merged with a trial's overrides and budget, ready for
-    ``facenas fit --config <path>``."""
+    """The base training YAML(s) merged with a trial's overrides, budget and seed, ready for
+    ``facenas fit --config <path>``: it trains the trial again as it was measured."""
     merged: dict[str, Any] = {}
     for base in settings["base"]:
         _merge(merged, yaml.safe_load(Path(base).read_text()) or {})
@@ -97,10 +53,16 @@ def export_training_yaml(trial: StoredTrial, settings: dict[str, Any], path: Pat
     overrides.update(apply_mapping(trial.trial.config, settings["mapping"]))
     if trial.trial.budget is not None and settings.get("budget_key"):
         overrides[settings["budget_key"]] = int(round(trial.trial.budget))
+    overrides["seed_everything"] = trial.trial.seed
     _merge(merged, nested(overrides))
-    header = (f"# trial {trial.trial.id} of study {settings['name']}: "
-              + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in (trial.result.values if trial.result else {}).items())
-              + f"\n# configuration: {json.dumps(trial.trial.config, sort_keys=True)}\n")
+    header = (
+        f"# trial {trial.trial.id} of study {settings['name']}: "
+        + ", ".join(
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in (trial.result.values if trial.result else {}).items()
+        )
+        + f"\n# configuration: {json.dumps(trial.trial.config, sort_keys=True)}\n"
+    )
     path.write_text(header + yaml.safe_dump(merged, sort_keys=False))
     return path
 
@@ -134,9 +96,17 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
         writer.writerow(["id", "status", "budget", *names, "duration_s", *params, "error"])
         for t in trials:
             values = t.result.values if t.result else {}
-            writer.writerow([t.trial.id, t.status.value, t.trial.budget, *[values.get(n, "") for n in names],
-                             round(t.result.duration, 2) if t.result else "", *[t.trial.config.get(p, "") for p in params],
-                             (t.result.error or "") if t.result else ""])
+            writer.writerow(
+                [
+                    t.trial.id,
+                    t.status.value,
+                    t.trial.budget,
+                    *[values.get(n, "") for n in names],
+                    round(t.result.duration, 2) if t.result else "",
+                    *[t.trial.config.get(p, "") for p in params],
+                    (t.result.error or "") if t.result else "",
+                ]
+            )
     costs = _costs(finished, objectives)
     reference = settings.get("reference_point") or (reference_point(costs) if np.isfinite(costs).any() else None)
     history = hypervolume_history(costs, reference) if reference is not None and len(objectives) > 1 else []
@@ -146,13 +116,21 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
         name = "best.yaml" if len(objectives) == 1 else f"pareto_{t.trial.id}.yaml"
         exported.append(str(export_training_yaml(t, settings, out / name)))
     summary = {
-        "study": settings["name"], "backend": settings.get("backend_name"), "trials": len(trials),
-        "finished": len(finished), "succeeded": sum(t.status == Status.SUCCESS for t in trials),
-        "failed": sum(t.status == Status.FAILED for t in trials), "pruned": sum(t.status == Status.PRUNED for t in trials),
+        "study": settings["name"],
+        "backend": settings.get("backend_name"),
+        "trials": len(trials),
+        "finished": len(finished),
+        "succeeded": sum(t.status == Status.SUCCESS for t in trials),
+        "failed": sum(t.status == Status.FAILED for t in trials),
+        "pruned": sum(t.status == Status.PRUNED for t in trials),
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
         "best" if len(objectives) == 1 else "pareto": [
-            {"id": t.trial.id, "config": t.trial.config, "budget": t.trial.budget, "values": t.result.values} for t in best],
-        "reference_point": reference, "hypervolume": history[-1] if history else None, "hypervolume_history": history,
+            {"id": t.trial.id, "config": t.trial.config, "budget": t.trial.budget, "values": t.result.values}
+            for t in best
+        ],
+        "reference_point": reference,
+        "hypervolume": history[-1] if history else None,
+        "hypervolume_history": history,
         "exported": exported,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -161,11 +139,11 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
     return summary
 
 
-def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list[float], out: Path, front_ids: set[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plots(
+    trials: list[StoredTrial], objectives: list[Objective], history: list[float], out: Path, front_ids: set[int]
+) -> None:
+    # matplotlib's object API: no pyplot state, no process-wide backend choice
+    from matplotlib.figure import Figure
 
     ok = [t for t in trials if t.status == Status.SUCCESS]
     if not ok:
@@ -175,7 +153,8 @@ def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list
         mask = np.array([t.trial.id in front_ids for t in ok])
         top = max((t.trial.budget or 0) for t in ok)
         final = np.array([(t.trial.budget or 0) == top for t in ok])
-        fig, ax = plt.subplots(figsize=(6, 4.5))
+        fig = Figure(figsize=(6, 4.5))
+        ax = fig.subplots()
         ax.scatter(values[~mask & final, 0], values[~mask & final, 1], s=18, c="#5f6b7a", label="trials")
         if (~final).any():
             ax.scatter(values[~final, 0], values[~final, 1], s=12, c="#c9d1d9", label="lower-budget trials")
@@ -188,8 +167,8 @@ def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list
         ax.set_title("all trials, Pareto front highlighted")
         fig.tight_layout()
         fig.savefig(out / "pareto.png", dpi=120)
-        plt.close(fig)
-    fig, axes = plt.subplots(1, 2 if history else 1, figsize=(10 if history else 6, 4), squeeze=False)
+    fig = Figure(figsize=(10 if history else 6, 4))
+    axes = fig.subplots(1, 2 if history else 1, squeeze=False)
     ax = axes[0, 0]
     first = values[:, 0]
     order = np.arange(1, len(first) + 1)
@@ -207,16 +186,19 @@ def _plots(trials: list[StoredTrial], objectives: list[Objective], history: list
         axes[0, 1].set_title("hypervolume")
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=120)
-    plt.close(fig)
 
 
-def _print_summary(summary: dict[str, Any], trials: list[StoredTrial], objectives: list[Objective], console: Any) -> None:
+def _print_summary(
+    summary: dict[str, Any], trials: list[StoredTrial], objectives: list[Objective], console: Any
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"study {summary['study']}: {summary['finished']} finished "
-                        f"({summary['succeeded']} ok, {summary['failed']} failed, {summary['pruned']} pruned)")
+    table = Table(
+        title=f"study {summary['study']}: {summary['finished']} finished "
+        f"({summary['succeeded']} ok, {summary['failed']} failed, {summary['pruned']} pruned)"
+    )
     table.add_column("id", justify="right")
     table.add_column("status")
     table.add_column("budget", justify="right")
@@ -229,9 +211,30 @@ def _print_summary(summary: dict[str, Any], trials: list[StoredTrial], objective
         cells = [f"{values[o.metric]:.4f}" if o.metric in values else "-" for o in objectives]
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.trial.config.items())
         style = "bold" if t.trial.id in marked else None
-        table.add_row(str(t.trial.id), t.status.value, f"{t.trial.budget:g}" if t.trial.budget else "-", *cells, config, style=style)
+        table.add_row(
+            str(t.trial.id),
+            t.status.value,
+            f"{t.trial.budget:g}" if t.trial.budget else "-",
+            *cells,
+            config,
+            style=style,
+        )
     console.print(table)
     label = "best configuration" if len(objectives) == 1 else "Pareto front"
-    console.print(f"{label} (bold above): trials {sorted(marked)}; training YAML: {', '.join(summary['exported']) or '-'}")
+    console.print(
+        f"{label} (bold above): trials {sorted(marked)}; training YAML: {', '.join(summary['exported']) or '-'}"
+    )
     if summary.get("hypervolume") is not None:
         console.print(f"hypervolume {summary['hypervolume']:.4f} (reference point {summary['reference_point']})")
+
+
+def find_study(study: str | Path, runs: str | Path = "runs/search") -> Path:
+    """A study's SQLite store from its name (``runs/search/<name>/study.sqlite``), folder or file."""
+    path = Path(study)
+    if path.is_dir():
+        path = path / "study.sqlite"
+    elif not path.exists():
+        path = Path(runs) / str(study) / "study.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(2, f"no study found at {study}", str(path))
+    return path

@@ -1,35 +1,37 @@
-"""Running one trial: the base training YAML plus the trial's overrides, trained by Lightning
-(in this process, or as a ``facenas fit`` subprocess), objectives read from the logged metrics."""
+"""Running one trial: the base training YAML plus the trial's overrides, trained by the same
+``facenas fit`` command in this process or in a child process, objectives read from the logged
+metrics."""
+
 from __future__ import annotations
 
 import csv
 import gc
-import math
 import os
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch import Callback
 
 from .spaces import nested
-from .trial import Objective, Result, Status
+from .trial import Objective, Result, Status, Trial, crashed, outcome
 
 
 @dataclass
 class TrialJob:
-    """Everything needed to train one trial, picklable (it travels to Dask workers)."""
+    """Everything needed to run one trial, picklable (it travels to Dask workers)."""
 
-    trial_id: int
-    base_configs: list[str]
-    overrides: dict[str, Any]
-    run_dir: str
+    trial: Trial
     objectives: list[Objective]
+    base_configs: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     def write_config(self) -> Path:
@@ -45,16 +47,27 @@ class TrialJob:
         path.write_text(yaml.safe_dump(nested(overrides), sort_keys=True))
         return path
 
-    def command(self) -> list[str]:
-        args = [sys.executable, "-m", "facenas", "fit"]
+    def args(self) -> list[str]:
+        """The ``facenas`` arguments that train this trial (after :meth:`write_config`)."""
+        args = ["fit"]
         for base in self.base_configs:
             args += ["--config", base]
-        return args + ["--config", str(Path(self.run_dir) / "trial.yaml"), "--test_after_fit", "false"]
+        return args + [
+            "--config",
+            str(Path(self.run_dir) / "trial.yaml"),
+            "--test_after_fit",
+            "false",
+            "--metrics_table",
+            "false",
+        ]
 
 
 def csv_logger(run_dir: str | Path) -> dict[str, Any]:
     """The CSV logger of a trial: ``<run_dir>/logs/metrics.csv``."""
-    return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "", "version": "logs"}}
+    return {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "", "version": "logs"},
+    }
 
 
 def metrics_file(run_dir: str | Path) -> Path:
@@ -79,14 +92,11 @@ def read_metrics(metrics_csv: Path, objectives: list[Objective]) -> tuple[dict[s
     return values, history
 
 
-def _outcome(values: dict[str, float], objectives: list[Objective]) -> tuple[Status, str | None]:
-    missing = [o.metric for o in objectives if o.metric not in values]
-    if missing:
-        return Status.FAILED, f"objective(s) never logged: {', '.join(missing)}"
-    bad = [o.metric for o in objectives if not math.isfinite(values[o.metric]) and not o.metric.endswith("ratio")]
-    if bad:
-        return Status.FAILED, f"non-finite objective(s): {', '.join(bad)}"
-    return Status.SUCCESS, None
+def _finished(job: TrialJob, start: float, train_seconds: float = 0.0, pruned: bool = False) -> Result:
+    """The result of a training that ended (normally or pruned), from its metrics file."""
+    values, history = read_metrics(metrics_file(job.run_dir), job.objectives)
+    status, error = (Status.PRUNED, None) if pruned else outcome(values, job.objectives)
+    return Result(status, values, time.time() - start, error, job.run_dir, history, train_seconds)
 
 
 def run_subprocess(job: TrialJob) -> Result:
@@ -94,92 +104,62 @@ def run_subprocess(job: TrialJob) -> Result:
     kill or a diverged loss cannot take the caller down."""
     start = time.time()
     job.write_config()
-    # the child dies with this process (facenas.py reads the variable), so that a trial re-run
+    # the child dies with this process (the CLI reads the variable), so that a trial re-run
     # after a lost worker or a killed study never races an orphan writing into the same folder
     env = {**os.environ, **job.env, "FACENAS_PARENT_PID": str(os.getpid())}
     log = Path(job.run_dir) / "train.log"
     with open(log, "w") as out:
-        proc = subprocess.run(job.command(), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
-    values, history = read_metrics(metrics_file(job.run_dir), job.objectives)
-    duration = time.time() - start
+        proc = subprocess.run(
+            [sys.executable, "-m", "facenas", *job.args()],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=os.getcwd(),
+        )
     if proc.returncode != 0:
+        values, history = read_metrics(metrics_file(job.run_dir), job.objectives)
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
-        return Result(Status.FAILED, values, duration, f"{reason}: {tail[0][:500]}", job.run_dir, history)
-    status, error = _outcome(values, job.objectives)
-    return Result(status, values, duration, error, job.run_dir, history)
+        return Result(Status.FAILED, values, time.time() - start, f"{reason}: {tail[0][:500]}", job.run_dir, history)
+    return _finished(job, start)
 
 
-class _Reporter:
-    """A Lightning callback passing each validation's first-objective value to the backend, and
-    stopping the run when the backend prunes it."""
+class PruningReporter(Callback):
+    """Passes each validation's value of ``metric`` to ``report(epoch, value)`` and stops the
+    training when it returns True (the backend pruned the trial)."""
 
-    def __new__(cls, metric: str, report: Callable[[int, float], bool]):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, metric: str, report: Callable[[int, float], bool]) -> None:
+        self.metric = metric
+        self.report = report
+        self.pruned = False
 
-        class Reporter(Callback):
-            pruned = False
-
-            def on_validation_end(self, trainer, pl_module) -> None:
-                if trainer.sanity_checking or metric not in trainer.callback_metrics:
-                    return
-                if report(trainer.current_epoch, float(trainer.callback_metrics[metric])):
-                    Reporter.pruned = True
-                    trainer.should_stop = True
-
-        return Reporter()
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        if self.report(trainer.current_epoch, float(trainer.callback_metrics[self.metric])):
+            self.pruned = True
+            trainer.should_stop = True
 
 
 def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = None) -> Result:
-    """Train a trial in this process (fastest for small trials; intermediate reports reach the
-    backend, so Optuna's pruners work). Exceptions, out-of-memory errors and non-finite losses
-    become a failed result; the study goes on."""
-    import logging
-    import warnings
-
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    """Train a trial in this process with the same command a subprocess runs (fastest for small
+    trials; intermediate reports reach the backend, so pruners work). Its output goes to
+    ``<run_dir>/train.log``. Exceptions, out-of-memory errors and non-finite losses become a
+    failed result; the study goes on."""
+    from training import FaceNASCLI
 
     start = time.time()
-    config = job.write_config()
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
-    args: list[str] = []
-    for base in job.base_configs:
-        args += ["--config", base]
-    args += ["--config", str(config)]
-    reporter = _Reporter(job.objectives[0].metric, report) if report is not None else None
-    cli = None
+    job.write_config()
+    reporter = PruningReporter(job.objectives[0].metric, report) if report is not None else None
     try:
-        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                           args=args, save_config_callback=None, parser_kwargs={"exit_on_error": False},
-                           trainer_defaults={"enable_checkpointing": False})
-        if reporter is not None:
-            cli.trainer.callbacks.append(reporter)
-        fit_start = time.time()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        fit_seconds = time.time() - fit_start
-        values = {o.metric: float(cli.trainer.callback_metrics[o.metric]) for o in job.objectives
-                  if o.metric in cli.trainer.callback_metrics}
-        _, history = read_metrics(metrics_file(job.run_dir), job.objectives)
-        if reporter is not None and type(reporter).pruned:
-            return Result(Status.PRUNED, values, time.time() - start, None, job.run_dir, history, fit_seconds)
-        status, error = _outcome(values, job.objectives)
-        return Result(status, values, time.time() - start, error, job.run_dir, history, fit_seconds)
+        with open(Path(job.run_dir) / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
+            fit_start = time.time()
+            FaceNASCLI(job.args(), trainer_defaults={"callbacks": [reporter]} if reporter is not None else {})
+            fit_seconds = time.time() - fit_start
+        return _finished(job, start, fit_seconds, pruned=reporter is not None and reporter.pruned)
     except (Exception, SystemExit) as exc:  # a trial's failure is a result, never the study's end
-        message = f"{type(exc).__name__}: {exc}".strip()
-        last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
-        return Result(Status.FAILED, {}, time.time() - start, (message + where)[:2000], job.run_dir)
+        return crashed(exc, time.time() - start, job.run_dir)
     finally:
-        if cli is not None:
-            from callbacks.loggers import finish_loggers
-
-            finish_loggers(cli.trainer)  # each trial its own W&B run
-        cli = None
         gc.collect()
         try:
             import torch

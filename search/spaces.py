@@ -9,6 +9,7 @@
   schedule (the grid of ``analysis_vgg_val_phase1.csv``).
 * any ConfigSpace JSON file (``space: path/to/space.json``).
 """
+
 from __future__ import annotations
 
 import re
@@ -24,36 +25,61 @@ from ConfigSpace import (
     InCondition,
 )
 
-SPACES: dict[str, Callable[[int], ConfigurationSpace]] = {}
+from core.registry import Registry
+
+SPACES: Registry[Callable[[int], ConfigurationSpace]] = Registry("search space")
 
 FRNAS_BACKBONES = (  # the 29 timm models of analysis_vgg_val_phase1.csv
-    "coat_lite_small", "convit_base", "cspdarknet53", "dla102x2", "dpn107", "ese_vovnet39b", "fbnetv3_g", "ghostnet_100",
-    "gluon_inception_v3", "gluon_xception65", "hrnet_w64", "ig_resnext101_32x8d", "inception_resnet_v2", "inception_v4",
-    "jx_nest_base", "legacy_senet154", "mobilenetv3_large_100", "resnetrs101", "rexnet_200", "selecsls60b",
-    "swin_base_patch4_window7_224", "tf_efficientnet_b7_ns", "tnt_s_patch16_224", "twins_svt_large", "vgg19", "vgg19_bn",
-    "visformer_small", "xception", "xception65",
+    "coat_lite_small",
+    "convit_base",
+    "cspdarknet53",
+    "dla102x2",
+    "dpn107",
+    "ese_vovnet39b",
+    "fbnetv3_g",
+    "ghostnet_100",
+    "gluon_inception_v3",
+    "gluon_xception65",
+    "hrnet_w64",
+    "ig_resnext101_32x8d",
+    "inception_resnet_v2",
+    "inception_v4",
+    "jx_nest_base",
+    "legacy_senet154",
+    "mobilenetv3_large_100",
+    "resnetrs101",
+    "rexnet_200",
+    "selecsls60b",
+    "swin_base_patch4_window7_224",
+    "tf_efficientnet_b7_ns",
+    "tnt_s_patch16_224",
+    "twins_svt_large",
+    "vgg19",
+    "vgg19_bn",
+    "visformer_small",
+    "xception",
+    "xception65",
 )
 
 
-def register_space(name: str) -> Callable[[Callable[[int], ConfigurationSpace]], Callable[[int], ConfigurationSpace]]:
-    def wrap(fn: Callable[[int], ConfigurationSpace]) -> Callable[[int], ConfigurationSpace]:
-        SPACES[name] = fn
-        return fn
-    return wrap
+register_space = SPACES.register
 
 
 @register_space("hyperfd_hpo")
 def hyperfd_hpo(seed: int = 0) -> ConfigurationSpace:
-    """HyperFD Table 2: 2 x 3 x 2 x 3 x 3 x 2 = 216 configurations."""
+    """HyperFD Table 2: 2 x 3 x 2 x 3 x 3 x 2 = 216 configurations (optimizer names as the
+    models take them: ``sgd``, ``adam``)."""
     cs = ConfigurationSpace(name="hyperfd_hpo", seed=seed)
-    cs.add([
-        Categorical("optimizer", ["SGD", "Adam"]),
-        Categorical("lr", [3e-4, 1e-3, 3e-2], ordered=True),
-        Categorical("min_crop_ratio", [0.3, 0.55], ordered=True),
-        Categorical("pos_iou", [0.4, 0.5, 0.6], ordered=True),
-        Categorical("loc_weight", [2.0, 4.0, 8.0], ordered=True),
-        Categorical("neg_pos_ratio", [2.0, 7.0], ordered=True),
-    ])
+    cs.add(
+        [
+            Categorical("optimizer", ["sgd", "adam"]),
+            Categorical("lr", [3e-4, 1e-3, 3e-2], ordered=True),
+            Categorical("min_crop_ratio", [0.3, 0.55], ordered=True),
+            Categorical("pos_iou", [0.4, 0.5, 0.6], ordered=True),
+            Categorical("loc_weight", [2.0, 4.0, 8.0], ordered=True),
+            Categorical("neg_pos_ratio", [2.0, 7.0], ordered=True),
+        ]
+    )
     return cs
 
 
@@ -63,11 +89,20 @@ def frnas_joint(seed: int = 0) -> ConfigurationSpace:
     cs = ConfigurationSpace(name="frnas_joint", seed=seed)
     edges = [Categorical(f"edge{i}", [str(c) for c in range(9)]) for i in (1, 2, 3)]
     head = Categorical("head", ["CosFace", "ArcFace", "MagFace"])
-    optimizer = Categorical("optimizer", ["Adam", "AdamW", "SGD"])
+    optimizer = Categorical("optimizer", ["adam", "adamw", "sgd"])
     lr_adam = Float("lr_adam", (1e-4, 1e-2), log=True, default=1e-3)
     lr_sgd = Float("lr_sgd", (0.09, 0.8), log=True, default=0.1)
-    cs.add([*edges, head, optimizer, lr_adam, lr_sgd,
-            InCondition(lr_adam, optimizer, ["Adam", "AdamW"]), EqualsCondition(lr_sgd, optimizer, "SGD")])
+    cs.add(
+        [
+            *edges,
+            head,
+            optimizer,
+            lr_adam,
+            lr_sgd,
+            InCondition(lr_adam, optimizer, ["adam", "adamw"]),
+            EqualsCondition(lr_sgd, optimizer, "sgd"),
+        ]
+    )
     return cs
 
 
@@ -77,19 +112,21 @@ def frnas_phase1(seed: int = 0) -> ConfigurationSpace:
     (``default``: the optimizer's default learning rate; ``cosine``: 0.1 for SGD, 0.001 for
     AdamW with a cosine schedule)."""
     cs = ConfigurationSpace(name="frnas_phase1", seed=seed)
-    cs.add([
-        Categorical("backbone", list(FRNAS_BACKBONES)),
-        Categorical("head", ["ArcFace", "CosFace", "MagFace"]),
-        Categorical("optimizer", ["SGD", "AdamW"]),
-        Categorical("schedule", ["default", "cosine"]),
-    ])
+    cs.add(
+        [
+            Categorical("backbone", list(FRNAS_BACKBONES)),
+            Categorical("head", ["ArcFace", "CosFace", "MagFace"]),
+            Categorical("optimizer", ["SGD", "AdamW"]),
+            Categorical("schedule", ["default", "cosine"]),
+        ]
+    )
     return cs
 
 
 def load_space(space: str | Path, seed: int = 0) -> ConfigurationSpace:
     """A registered space by name, or a ConfigSpace JSON file."""
     if str(space) in SPACES:
-        return SPACES[str(space)](seed)
+        return SPACES.get(str(space))(seed)
     path = Path(space)
     if path.suffix == ".json" and path.is_file():
         import warnings

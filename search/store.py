@@ -4,6 +4,7 @@ Every change is one committed transaction (SQLite's journal makes it atomic), so
 at any instant keeps every finished trial; trials found ``running`` on resume were in flight
 and are run again.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS trials (
     config TEXT NOT NULL,
     budget REAL,
     seed INTEGER NOT NULL,
+    backend_seed INTEGER,
     status TEXT NOT NULL,
     objectives TEXT,
     intermediate TEXT,
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS trials (
 
 def _dumps(value: Any) -> str:
     """JSON that keeps non-finite floats (as strings SQLite and json both round-trip)."""
+
     def fix(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return repr(v)
@@ -48,6 +51,7 @@ def _dumps(value: Any) -> str:
         if isinstance(v, (list, tuple)):
             return [fix(x) for x in v]
         return v.item() if hasattr(v, "item") else v
+
     return json.dumps(fix(value), sort_keys=True)
 
 
@@ -60,6 +64,7 @@ def _loads(text: str | None) -> Any:
         if isinstance(v, list):
             return [fix(x) for x in v]
         return v
+
     return None if text is None else fix(json.loads(text))
 
 
@@ -109,27 +114,70 @@ class StudyStore:
 
     def start(self, trial: Trial) -> None:
         """Record a trial as running (replacing an interrupted row with the same id)."""
-        self._write("INSERT OR REPLACE INTO trials (id, config, budget, seed, status, started) VALUES (?, ?, ?, ?, ?, ?)",
-                    (trial.id, _dumps(trial.config), trial.budget, trial.seed, Status.RUNNING.value, time.time()))
+        self._write(
+            "INSERT OR REPLACE INTO trials (id, config, budget, seed, backend_seed, status, started) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                trial.id,
+                _dumps(trial.config),
+                trial.budget,
+                trial.seed,
+                trial.backend_seed,
+                Status.RUNNING.value,
+                time.time(),
+            ),
+        )
 
     def finish(self, trial: Trial, result: Result) -> None:
         """Record a trial's result."""
-        self._write("UPDATE trials SET status = ?, objectives = ?, intermediate = ?, error = ?, run_dir = ?, finished = ?, "
-                    "duration = ? WHERE id = ?",
-                    (result.status.value, _dumps(result.values), _dumps(result.intermediate), result.error, result.run_dir,
-                     time.time(), result.duration, trial.id))
+        self._write(
+            "UPDATE trials SET status = ?, objectives = ?, intermediate = ?, error = ?, run_dir = ?, finished = ?, "
+            "duration = ? WHERE id = ?",
+            (
+                result.status.value,
+                _dumps(result.values),
+                _dumps(result.intermediate),
+                result.error,
+                result.run_dir,
+                time.time(),
+                result.duration,
+                trial.id,
+            ),
+        )
 
     def trials(self) -> list[StoredTrial]:
         """Every trial in id order."""
-        rows = self._conn.execute("SELECT id, config, budget, seed, status, objectives, intermediate, error, run_dir, started, "
-                                  "finished, duration FROM trials ORDER BY id").fetchall()
+        rows = self._conn.execute(
+            "SELECT id, config, budget, seed, backend_seed, status, objectives, intermediate, error, "
+            "run_dir, started, finished, duration FROM trials ORDER BY id"
+        ).fetchall()
         out = []
-        for (tid, config, budget, seed, status, objectives, intermediate, error, run_dir, started, finished, duration) in rows:
-            trial = Trial(id=tid, config=_loads(config), budget=budget, seed=seed)
+        for (
+            tid,
+            config,
+            budget,
+            seed,
+            backend_seed,
+            status,
+            objectives,
+            intermediate,
+            error,
+            run_dir,
+            started,
+            finished,
+            duration,
+        ) in rows:
+            trial = Trial(id=tid, config=_loads(config), budget=budget, seed=seed, backend_seed=backend_seed)
             state = Status(status)
             result = None
             if state != Status.RUNNING:
-                result = Result(status=state, values=_loads(objectives) or {}, duration=duration or 0.0, error=error, run_dir=run_dir,
-                                intermediate=[tuple(x) for x in (_loads(intermediate) or [])])
+                result = Result(
+                    status=state,
+                    values=_loads(objectives) or {},
+                    duration=duration or 0.0,
+                    error=error,
+                    run_dir=run_dir,
+                    intermediate=[tuple(x) for x in (_loads(intermediate) or [])],
+                )
             out.append(StoredTrial(trial, state, result, started, finished))
         return out

@@ -4,6 +4,7 @@ The SQLite store is the truth. Starting a study whose store exists resumes it: a
 is told every finished trial again, trials that were in flight when the study stopped are run
 again under their own ids, and nothing finished is lost or repeated.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from .executors import Executor, FunctionExecutor, create_executor
 from .runner import TrialJob, csv_logger
 from .spaces import apply_mapping, load_space
 from .store import StudyStore
-from .trial import Objective, Result, Trial
+from .trial import Objective, Proposal, Result, Trial
 
 # settings that define a study: resuming with different values would mix incompatible trials
 _IDENTITY = ("space", "objectives", "mapping", "base", "budget", "backend", "seed")
@@ -84,8 +85,13 @@ class Study:
         console: where progress lines go (default: a rich console).
     """
 
-    def __init__(self, settings: StudySettings, objective: Callable[[Trial], Result] | None = None,
-                 console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        settings: StudySettings,
+        objective: Callable[[Trial], Result] | None = None,
+        console: Console | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.settings = settings
         self.objective = objective
         self.console = console or Console()
@@ -99,26 +105,45 @@ class Study:
             return
         changed = [k for k in _IDENTITY if saved.get(k) != mine.get(k)]
         if changed:
-            raise ValueError(f"{store.path} holds study {saved['name']!r} with different {', '.join(changed)}; "
-                             "resume it with the same settings or give the new study another name")
+            raise ValueError(
+                f"{store.path} holds study {saved['name']!r} with different {', '.join(changed)}; "
+                "resume it with the same settings or give the new study another name"
+            )
         store.set_meta("settings", mine)  # n_trials, walltime, executor may change between runs
+
+    def _trial(self, proposal: Proposal, trial_id: int) -> Trial:
+        """The trial of a proposal: its id, the study's budget when the backend gave none, and
+        the seed it trains with (``seed_everything`` from the overrides, else study seed + id)."""
+        s = self.settings
+        budget = proposal.budget if proposal.budget is not None else (s.budget.max if s.budget is not None else None)
+        seed = int(s.overrides.get("seed_everything", s.seed + trial_id))
+        return Trial(trial_id, proposal.config, budget, seed, proposal.info, proposal.backend_seed)
 
     def _job(self, trial: Trial, searcher: Searcher) -> TrialJob:
         s = self.settings
+        if self.objective is not None:
+            return TrialJob(trial, s.objectives)
         overrides = dict(s.overrides)
         overrides.update(apply_mapping(trial.config, s.mapping))
         if trial.budget is not None:
             overrides[s.budget_key] = int(round(trial.budget))
-        overrides.setdefault("seed_everything", s.seed + trial.id)
+        overrides["seed_everything"] = trial.seed
         run_dir = s.run_root / f"trial_{trial.id:04d}"
         if s.wandb is not None:
             overrides["trainer.logger"] = [
                 csv_logger(run_dir),
-                {"class_path": "callbacks.WandbLogger",
-                 "init_args": {**s.wandb, "save_dir": str(run_dir), "group": s.name, "name": f"{s.name}-trial-{trial.id}",
-                               "config": {**trial.config, "backend": searcher.name(), "budget": trial.budget}}},
+                {
+                    "class_path": "callbacks.WandbLogger",
+                    "init_args": {
+                        **s.wandb,
+                        "save_dir": str(run_dir),
+                        "group": s.name,
+                        "name": f"{s.name}-trial-{trial.id}",
+                        "config": {**trial.config, "backend": searcher.name(), "budget": trial.budget},
+                    },
+                },
             ]
-        return TrialJob(trial.id, list(s.base), overrides, str(run_dir), s.objectives)
+        return TrialJob(trial, s.objectives, list(s.base), overrides, str(run_dir))
 
     def run(self) -> StudyStore:
         """Run (or resume) the study; returns its store."""
@@ -137,11 +162,19 @@ class Study:
         finished = sum(st.result is not None for st in stored)
         pending = [st.trial for st in stored if st.result is None]
         if stored and not self.quiet:
-            self.console.print(f"[bold]{s.name}[/]: resuming with {finished} finished trial(s); {len(pending)} interrupted "
-                               "trial(s) run again")
-        executor: Executor = FunctionExecutor(self.objective) if self.objective is not None else create_executor(s.executor)
+            self.console.print(
+                f"[bold]{s.name}[/]: resuming with {finished} finished trial(s); {len(pending)} interrupted "
+                "trial(s) run again"
+            )
         live: dict[int, Trial] = {}
         started = time.monotonic()
+        try:
+            executor: Executor = (
+                FunctionExecutor(self.objective) if self.objective is not None else create_executor(s.executor)
+            )
+        except BaseException:
+            searcher.close()
+            raise
         try:
             while True:
                 out_of_time = s.walltime is not None and time.monotonic() - started > s.walltime
@@ -149,16 +182,15 @@ class Study:
                     if pending:
                         trial = pending.pop(0)
                     else:
-                        trial = searcher.ask()
-                        if trial is None:
+                        proposal = searcher.ask()
+                        if proposal is None:
                             break
-                        trial.id = store.next_id()  # running trials are already in the store
-                        if trial.budget is None and s.budget is not None:
-                            trial.budget = s.budget.max
+                        trial = self._trial(proposal, store.next_id())  # running trials are already in the store
                     store.start(trial)
                     live[trial.id] = trial
-                    executor.submit(self._job(trial, searcher) if self.objective is None else trial,  # type: ignore[arg-type]
-                                    report=lambda step, value, t=trial: searcher.report(t, step, value))
+                    executor.submit(
+                        self._job(trial, searcher), report=lambda step, value, t=trial: searcher.report(t, step, value)
+                    )
                 if executor.running == 0:
                     break
                 for trial_id, result in executor.collect(timeout=1.0):
@@ -170,6 +202,7 @@ class Study:
                         self._line(trial, result, finished)
         finally:
             executor.close()
+            searcher.close()
         if s.wandb is not None and self.objective is None:
             self._wandb_summary(store)
         if s.report and not self.quiet:
@@ -179,12 +212,17 @@ class Study:
         return store
 
     def _line(self, trial: Trial, result: Result, finished: int) -> None:
-        values = "  ".join(f"{o.metric}={result.values[o.metric]:.4f}" for o in self.settings.objectives if o.metric in result.values)
+        values = "  ".join(
+            f"{o.metric}={result.values[o.metric]:.4f}" for o in self.settings.objectives if o.metric in result.values
+        )
         budget = f" budget {trial.budget:g}" if trial.budget is not None else ""
         colour = {"success": "green", "failed": "red", "pruned": "yellow"}[result.status.value]
         error = f"  [red]{result.error}[/]" if result.error else ""
-        self.console.print(f"[{finished}/{self.settings.n_trials}] trial {trial.id} [{colour}]{result.status.value}[/]{budget} "
-                           f"{result.duration:.1f}s  {values}{error}", highlight=False)
+        self.console.print(
+            f"[{finished}/{self.settings.n_trials}] trial {trial.id} [{colour}]{result.status.value}[/]{budget} "
+            f"{result.duration:.1f}s  {values}{error}",
+            highlight=False,
+        )
 
     def _wandb_summary(self, store: StudyStore) -> None:
         """One study-level W&B run with the trials and the Pareto table (offline by default)."""
@@ -197,14 +235,32 @@ class Study:
         s = self.settings
         kwargs = {k: v for k, v in (s.wandb or {}).items() if k in ("project", "entity", "tags")}
         offline = s.wandb.get("offline") if s.wandb.get("offline") is not None else not wandb_online_requested()
-        run = wandb.init(group=s.name, name=f"{s.name}-summary", job_type="study-summary", dir=str(s.run_root),
-                         mode="offline" if offline else "online", config={"backend": store.get_meta("backend_name")}, **kwargs)
+        run = wandb.init(
+            group=s.name,
+            name=f"{s.name}-summary",
+            job_type="study-summary",
+            dir=str(s.run_root),
+            mode="offline" if offline else "online",
+            config={"backend": store.get_meta("backend_name")},
+            **kwargs,
+        )
         trials = store.trials()
         metrics = [o.metric for o in s.objectives]
         columns = ["id", "status", "budget", *metrics]
-        rows = [[t.trial.id, t.status.value, t.trial.budget, *[(t.result.values.get(m) if t.result else None) for m in metrics]]
-                for t in trials]
+        rows = [
+            [
+                t.trial.id,
+                t.status.value,
+                t.trial.budget,
+                *[(t.result.values.get(m) if t.result else None) for m in metrics],
+            ]
+            for t in trials
+        ]
         best = {t.trial.id for t in best_trials(trials, s.objectives)}
-        run.log({"trials": wandb.Table(columns=columns, data=rows),
-                 "pareto": wandb.Table(columns=columns, data=[r for r in rows if r[0] in best])})
+        run.log(
+            {
+                "trials": wandb.Table(columns=columns, data=rows),
+                "pareto": wandb.Table(columns=columns, data=[r for r in rows if r[0] in best]),
+            }
+        )
         run.finish()

@@ -1,7 +1,9 @@
-"""The small records a study passes around: objectives, trials and their results."""
+"""The small records a study passes around: objectives, proposals, trials and their results."""
+
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -12,16 +14,24 @@ class Status(str, Enum):
 
     RUNNING = "running"
     SUCCESS = "success"
-    FAILED = "failed"      # raised, ran out of memory, or diverged (non-finite loss)
-    PRUNED = "pruned"      # stopped early by the backend on an intermediate report
+    FAILED = "failed"  # raised, ran out of memory, or diverged (non-finite loss)
+    PRUNED = "pruned"  # stopped early by the backend on an intermediate report
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A logged metric to optimise: ``metric`` (e.g. ``val/ap50``) and ``mode`` (min or max)."""
+    """A logged metric to optimise.
+
+    Args:
+        metric: the logged name, e.g. ``val/ap50``.
+        mode: ``min`` or ``max``.
+        allow_nonfinite: whether an infinite or NaN value is a legitimate result (a fairness
+            ratio whose reference group is perfect is infinite) instead of a failed trial.
+    """
 
     metric: str
     mode: str = "min"
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
@@ -34,15 +44,28 @@ class Objective:
         return float(value) if self.mode == "min" else -float(value)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Proposal:
+    """What a backend asks to evaluate: a configuration at a budget (epochs; None: the
+    study's), and the backend's own handle to recognise it when told the result."""
+
+    config: dict[str, Any]
+    budget: float | None = None
+    info: Any = field(default=None, repr=False, compare=False)
+    backend_seed: int | None = None  # the backend's own seed of this evaluation (SMAC), kept for resume
+
+
+@dataclass(frozen=True)
 class Trial:
-    """One configuration to evaluate at one budget (epochs), as a backend asked for it."""
+    """One configuration evaluated at one budget, as the study runs it: its id in the store
+    and the seed it trains with (``seed_everything``)."""
 
     id: int
     config: dict[str, Any]
     budget: float | None = None
     seed: int = 0
-    info: Any = field(default=None, repr=False, compare=False)  # the backend's own handle
+    info: Any = field(default=None, repr=False, compare=False)  # the backend's handle (None after a resume)
+    backend_seed: int | None = None
 
 
 @dataclass
@@ -55,10 +78,30 @@ class Result:
     error: str | None = None
     run_dir: str | None = None
     intermediate: list[tuple[int, float]] = field(default_factory=list)
-    train_seconds: float = 0.0  # time inside Trainer.fit (in-process trials; not stored)
+    train_seconds: float = 0.0  # time inside the training command (in-process trials; not stored)
 
     def costs(self, objectives: list[Objective]) -> list[float]:
         """Objective values as costs (minimised); failed trials cost +inf."""
         if self.status != Status.SUCCESS:
             return [math.inf] * len(objectives)
         return [o.cost(self.values.get(o.metric)) for o in objectives]
+
+
+def outcome(values: dict[str, float], objectives: list[Objective]) -> tuple[Status, str | None]:
+    """A finished training's status from its objective values: failed when one was never
+    logged, or is non-finite where its objective does not allow that."""
+    missing = [o.metric for o in objectives if o.metric not in values]
+    if missing:
+        return Status.FAILED, f"objective(s) never logged: {', '.join(missing)}"
+    bad = [o.metric for o in objectives if not math.isfinite(values[o.metric]) and not o.allow_nonfinite]
+    if bad:
+        return Status.FAILED, f"non-finite objective(s): {', '.join(bad)}"
+    return Status.SUCCESS, None
+
+
+def crashed(exc: BaseException, duration: float = 0.0, run_dir: str | None = None) -> Result:
+    """The failed result of a trial that raised: the exception and where it was raised."""
+    message = f"{type(exc).__name__}: {exc}".strip()
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    return Result(Status.FAILED, {}, duration, (message + where)[:2000], run_dir)

@@ -1,4 +1,5 @@
 """Shared fixtures: where the real data lives, and a runner for the `facenas` command."""
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,30 @@ def data_path(*parts: str) -> Path:
 @pytest.fixture
 def wider_val() -> tuple[Path, Path]:
     """(gt txt, image folder) of the WIDER FACE validation subset."""
-    return (data_path("widerface", "wider_face_split", "wider_face_val_bbx_gt.txt"),
-            data_path("widerface", "WIDER_val", "images"))
+    return (
+        data_path("widerface", "wider_face_split", "wider_face_val_bbx_gt.txt"),
+        data_path("widerface", "WIDER_val", "images"),
+    )
 
 
-def run_facenas(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                timeout: float = 600) -> subprocess.CompletedProcess:
+def run_facenas(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m facenas ARGS`` in a fresh process, as a user would, and capture its output."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0", "WANDB_MODE": "offline",
-                "WANDB_SILENT": "true", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FACENAS_PROGRESS": "0",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **(env or {}),
+    }
     full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "facenas", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "facenas", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,5 +1,6 @@
 """The `facenas` tool verbs, run as a user runs them: eval-detections, fairness-report, data
 check, help, and one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import csv
@@ -16,17 +17,41 @@ from .conftest import data_path, run_facenas
 
 
 def test_top_level_help_lists_every_verb():
+    from facenas_cli import VERBS
+
     out = run_facenas("--help")
     assert out.returncode == 0
-    for verb in ("fit", "validate", "test", "predict", "eval-detections", "fairness-report", "data check"):
-        assert verb in out.stdout
+    listed = {
+        line.split("  ")[1].strip() for line in out.stdout.splitlines() if line.startswith("  ") and "  " in line[2:]
+    }
+    assert {v.words for v in VERBS} <= listed
+    assert {
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "probe",
+        "eval-detections",
+        "fairness-report",
+        "data check",
+        "data synth",
+        "search",
+        "search-report",
+    } == {v.words for v in VERBS}
 
 
-@pytest.mark.parametrize("verb", [["eval-detections"], ["fairness-report"], ["data", "check"]])
-def test_tool_help_explains_every_option(verb):
+@pytest.mark.parametrize("verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"]])
+def test_json_is_a_flag_everywhere(verb):
     out = run_facenas(*verb, "--help")
     assert out.returncode == 0
-    assert "--config" in out.stdout and "--json" in out.stdout
+    assert "--config" in out.stdout
+    assert "--json" in out.stdout and "--json JSON" not in out.stdout and "--json {true,false}" not in out.stdout
+
+
+@pytest.mark.parametrize("verb", [["fit"], ["search"], ["search-report"], ["data", "synth"], ["predict"]])
+def test_every_verb_explains_its_options(verb):
+    out = run_facenas(*verb, "--help")
+    assert out.returncode == 0 and "usage: facenas" in out.stdout and "--config" in out.stdout
 
 
 def noisy_predictions(samples, out_dir, seed=0):
@@ -58,9 +83,24 @@ def test_eval_detections_on_real_wider_val(wider_val, tmp_path):
     assert 0.5 < result["ap50"] < 0.95 and set(result) >= {"ap50", "num_gt", "num_det", "recall"}
 
     # HyperFD's protocol: faces under 36 px at short side 720 are ignored; per perceived gender
-    out = run_facenas("eval-detections", "--gt", str(gt), "--pred", str(tmp_path / "pred"), "--images", str(images),
-                      "--short-side", "720", "--min-size", "36", "--json",
-                      "--attributes", str(data_path("widerface", "demographics_val.csv")), "--attribute-columns", "[perceived_gender]")
+    out = run_facenas(
+        "eval-detections",
+        "--gt",
+        str(gt),
+        "--pred",
+        str(tmp_path / "pred"),
+        "--images",
+        str(images),
+        "--short_side",
+        "720",
+        "--min_size",
+        "36",
+        "--json",
+        "--attributes",
+        str(data_path("widerface", "demographics_val.csv")),
+        "--attribute_columns",
+        "[perceived_gender]",
+    )
     assert out.returncode == 0, out.stderr
     hyperfd = json.loads(out.stdout)
     assert hyperfd["num_gt"] < result["num_gt"]
@@ -102,27 +142,49 @@ def write_embeddings(tmp_path, n_ids=40, per=5, seed=0):
 
 def test_fairness_report(tmp_path):
     emb, ids, gender = write_embeddings(tmp_path)
-    out = run_facenas("fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv"),
-                      "--group-column", "gender", "--reference-group", "female", "--json")
+    out = run_facenas(
+        "fairness-report",
+        "--embeddings",
+        str(tmp_path / "emb.npy"),
+        "--meta",
+        str(tmp_path / "meta.csv"),
+        "--group_column",
+        "gender",
+        "--reference_group",
+        "female",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
-    want = evaluate_fairness(torch.tensor(emb), torch.tensor(ids), torch.tensor((gender == "Male").astype(int)),
-                             ["female", "male"], "female")
+    want = evaluate_fairness(
+        torch.tensor(emb), torch.tensor(ids), torch.tensor((gender == "Male").astype(int)), ["female", "male"], "female"
+    )
     for key in ("probes", "error", "disparity", "ratio", "rank_disparity", "rank_ratio", "error_ratio"):
         assert got[key] == pytest.approx(getattr(want, key), rel=1e-5)
     assert set(got["groups"]) == {"female", "male"}
     assert set(got["groups"]["female"]) == {"accuracy", "error", "rank", "rank_by_identity", "n"}
     assert got["groups"]["female"]["error"] > got["groups"]["male"]["error"]  # noisier group, more errors
-    table = run_facenas("fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv"))
+    table = run_facenas(
+        "fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv")
+    )
     assert table.returncode == 0 and "rank_disparity" in table.stdout and "female" in table.stdout
 
 
 def test_fairness_report_errors_are_one_line(tmp_path):
     write_embeddings(tmp_path)
-    out = run_facenas("fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv"),
-                      "--group-column", "race")
+    out = run_facenas(
+        "fairness-report",
+        "--embeddings",
+        str(tmp_path / "emb.npy"),
+        "--meta",
+        str(tmp_path / "meta.csv"),
+        "--group_column",
+        "race",
+    )
     assert out.returncode == 2 and "column 'race' missing" in out.stderr and "Traceback" not in out.stderr
-    out = run_facenas("fairness-report", "--embeddings", str(tmp_path / "nope.npy"), "--meta", str(tmp_path / "meta.csv"))
+    out = run_facenas(
+        "fairness-report", "--embeddings", str(tmp_path / "nope.npy"), "--meta", str(tmp_path / "meta.csv")
+    )
     assert out.returncode == 2 and "nope.npy" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -141,13 +203,25 @@ def test_data_check_fails_above_the_bad_fraction(tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff broken")
     gt = tmp_path / "gt.txt"
     gt.write_text("a.jpg\n2\n1 1 10 10 0 0 0 0 0 0\n5 5 -3 4 0 0 0 0 0 0\nb.jpg\n1\n1 1 5 5 0 0 0 0 0 0\n")
-    out = run_facenas("data", "check", "--format", "wider", "--annotations", str(gt), "--images", str(tmp_path), "--json")
+    out = run_facenas(
+        "data", "check", "--format", "wider", "--annotations", str(gt), "--images", str(tmp_path), "--json"
+    )
     assert out.returncode == 1
     report = json.loads(out.stdout)
     assert report["counts"] == {"empty_box": 1, "unreadable_image": 1} and not report["ok"]
     assert {i["line"] for i in report["issues"]} == {4, 5}  # the box line; the image's name line
-    lenient = run_facenas("data", "check", "--format", "wider", "--annotations", str(gt), "--images", str(tmp_path),
-                          "--max-bad-fraction", "0.5")
+    lenient = run_facenas(
+        "data",
+        "check",
+        "--format",
+        "wider",
+        "--annotations",
+        str(gt),
+        "--images",
+        str(tmp_path),
+        "--max_bad_fraction",
+        "0.5",
+    )
     assert lenient.returncode == 0 and "empty_box" in lenient.stdout
 
 
@@ -157,29 +231,68 @@ def test_data_check_identity_folders():
     assert json.loads(out.stdout)["identities"] == 5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["eval-detections", "--gt", "/nonexistent/gt.txt", "--pred", "/tmp"], "/nonexistent/gt.txt: annotation file not found"),
-    (["eval-detections", "--gt", "x", "--pred", "y", "--iou", "abc"], 'Parser key "iou"'),
-    (["eval-detections", "--gt", "x", "--pred", "y", "--no-such-option", "1"], "no-such-option"),
-    (["data", "check", "--format", "nope", "--annotations", "x"], "unknown format 'nope'"),
-    (["data", "frobnicate"], "unknown data verb 'frobnicate'"),
-    (["frobnicate"], "unknown verb 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["eval-detections", "--gt", "/nonexistent/gt.txt", "--pred", "/tmp"],
+            "/nonexistent/gt.txt: annotation file not found",
+        ),
+        (["eval-detections", "--gt", "x", "--pred", "y", "--iou", "abc"], "iou: "),
+        (["eval-detections", "--gt", "x", "--pred", "y", "--no-such-option", "1"], "no-such-option"),
+        (["data", "check", "--format", "nope", "--annotations", "x"], "unknown format 'nope'"),
+        (["data", "frobnicate"], "unknown data verb 'frobnicate'"),
+        (["frobnicate"], "unknown verb 'frobnicate'"),
+    ],
+)
 def test_user_errors_exit_2_with_one_message(args, message):
     out = run_facenas(*args)
     assert out.returncode == 2
-    assert message in out.stderr and "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_data_synth_writes_sets_the_readers_accept(tmp_path):
-    out = run_facenas("data", "synth", "--out", str(tmp_path / "det"), "--images", "4", "--domains", "[crowd,masked]",
-                      "--width", "160", "--height", "120")
+    out = run_facenas(
+        "data",
+        "synth",
+        "--out",
+        str(tmp_path / "det"),
+        "--images",
+        "4",
+        "--domains",
+        "[crowd,masked]",
+        "--width",
+        "160",
+        "--height",
+        "120",
+    )
     assert out.returncode == 0, out.stderr
-    check = run_facenas("data", "check", "--format", "retinaface", "--annotations", str(tmp_path / "det/label.txt"),
-                        "--images", str(tmp_path / "det/images"), "--json")
+    check = run_facenas(
+        "data",
+        "check",
+        "--format",
+        "retinaface",
+        "--annotations",
+        str(tmp_path / "det/label.txt"),
+        "--images",
+        str(tmp_path / "det/images"),
+        "--json",
+    )
     assert check.returncode == 0 and json.loads(check.stdout)["images"] == 4
-    out = run_facenas("data", "synth", "--task", "identities", "--out", str(tmp_path / "ids"), "--identities", "4",
-                      "--per-identity", "2", "--size", "48")
+    out = run_facenas(
+        "data",
+        "synth",
+        "--task",
+        "identities",
+        "--out",
+        str(tmp_path / "ids"),
+        "--identities",
+        "4",
+        "--per_identity",
+        "2",
+        "--size",
+        "48",
+    )
     assert out.returncode == 0, out.stderr
     check = run_facenas("data", "check", "--format", "csv", "--annotations", str(tmp_path / "ids/labels.csv"), "--json")
     assert json.loads(check.stdout)["identities"] == 4

@@ -1,5 +1,6 @@
 """AP@50 with MMDetection VOC semantics: the vectorised core against a direct per-detection
 loop, hand-worked cases, the torchmetrics Metric, and real WIDER FACE annotations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -117,8 +118,12 @@ def test_ignored_faces_neither_help_nor_hurt():
 def test_short_side_scaling_moves_the_size_threshold():
     gt = torch.tensor([[0, 0, 30, 30]], dtype=torch.float)
     det = (gt.clone(), torch.tensor([1.0]))
-    keep = evaluate_detections([det], [(gt, torch.tensor([False]))], min_size=36, image_sizes=[(360, 500)], short_side=720)
-    drop = evaluate_detections([det], [(gt, torch.tensor([False]))], min_size=36, image_sizes=[(1440, 2000)], short_side=720)
+    keep = evaluate_detections(
+        [det], [(gt, torch.tensor([False]))], min_size=36, image_sizes=[(360, 500)], short_side=720
+    )
+    drop = evaluate_detections(
+        [det], [(gt, torch.tensor([False]))], min_size=36, image_sizes=[(1440, 2000)], short_side=720
+    )
     assert keep.num_gt == 1 and drop.num_gt == 0  # 30 px -> 60 px at x2, -> 15 px at x0.5
 
 
@@ -132,9 +137,13 @@ def test_metric_accumulates_batches_like_one_evaluation():
     labels = [[["female", "male", None][int(k)] for k in rng.integers(0, 3, len(g[0]))] for g in gts]
     metric = DetectionAveragePrecision(min_size=0, attributes={"gender": ["female", "male"]})
     for lo in range(0, 20, 6):
-        metric.update([{"boxes": torch.tensor(p[0]), "scores": torch.tensor(p[1])} for p in preds[lo:lo + 6]],
-                      [{"boxes": torch.tensor(g[0]), "ignore": torch.tensor(g[1]), "attributes": {"gender": lab}}
-                       for g, lab in zip(gts[lo:lo + 6], labels[lo:lo + 6])])
+        metric.update(
+            [{"boxes": torch.tensor(p[0]), "scores": torch.tensor(p[1])} for p in preds[lo : lo + 6]],
+            [
+                {"boxes": torch.tensor(g[0]), "ignore": torch.tensor(g[1]), "attributes": {"gender": lab}}
+                for g, lab in zip(gts[lo : lo + 6], labels[lo : lo + 6])
+            ],
+        )
     out = metric.compute()
     assert out["ap50"].item() == pytest.approx(evaluate_detections(as_torch(preds), as_torch(gts)).ap50)
     for group in ("female", "male"):

@@ -1,9 +1,11 @@
 """Face identification: the searchable DPN space, margin heads against their formulas, the
 FaceID module and data module, verification accuracy, and a real short fit with fairness
 metrics."""
+
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from callbacks import verification_accuracy
+from callbacks import FairnessMetrics, VerificationAccuracy, extract_layers, probe_layers, verification_accuracy
 from datamodules.recognition import FaceIDDataModule
 from datamodules.recognition.formats import write_verification_bin
 from models.recognition import (
@@ -31,7 +33,7 @@ from models.recognition import (
     searchable_op,
 )
 
-from .conftest import data_path
+from .conftest import REPO, data_path
 
 # ----------------------------------------------------------------------------- searchable DPN
 
@@ -56,13 +58,18 @@ def test_middle_operation_keeps_groups_and_stride():
     assert first.groups == 1 and first.stride == (1, 1) and first.kernel_size == (3, 3)
 
 
-def test_architecture_030_is_timm_dpn68_and_dpn107():
+def test_architecture_030_matches_timm_dpn68_and_dpn107():
+    """030 puts DPN's own operations (1x1 BN-first, grouped 3x3 BN-first, 1x1 BN-first) in every
+    block: the same parameter count as timm's DPN-68 / DPN-107 and the same feature-map shape
+    (the stem's max-pool included)."""
     import timm
 
+    x = torch.randn(1, 3, 64, 64)
     for variant, name in (("68", "dpn68"), ("", "dpn107")):
-        ours = sum(p.numel() for p in dpn_search("030", variant).parameters())
-        theirs = sum(p.numel() for p in timm.create_model(name, num_classes=0).parameters())
-        assert ours == theirs
+        ours, theirs = dpn_search("030", variant).eval(), timm.create_model(name, num_classes=0).eval()
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+        with torch.no_grad():
+            assert ours.forward_features(x).shape == theirs.forward_features(x).shape
 
 
 def test_sampled_architectures_build_and_run():
@@ -75,16 +82,16 @@ def test_sampled_architectures_build_and_run():
         assert out.shape == (2, model.num_features) and torch.isfinite(out).all(), code
 
 
-def test_all_729_architectures_build_and_run():
-    x = torch.randn(1, 3, 32, 32)
+def test_all_729_architectures_build_with_consistent_shapes():
+    """Every architecture of the space builds and its shapes fit together: built and run on the
+    meta device (shapes only, no memory or arithmetic), which keeps this check cheap."""
+    x = torch.empty(1, 3, 32, 32, device="meta")
     built = 0
-    with torch.no_grad():
-        for a in range(9):
-            for b in range(9):
-                for c in range(9):
-                    model = dpn_search((a, b, c), "small").eval()
-                    assert model(x).shape == (1, model.num_features)
-                    built += 1
+    with torch.device("meta"), torch.no_grad():
+        for a, b, c in itertools.product(range(9), repeat=3):
+            model = dpn_search((a, b, c), "small").eval()
+            assert model(x).shape == (1, model.num_features), (a, b, c)
+            built += 1
     assert built == 729
 
 
@@ -150,13 +157,13 @@ def test_magface_margin_regulariser_and_gradient(head_inputs):
     theta = torch.acos(direct_cos(head, x.detach()).gather(1, y[:, None])[:, 0])
     target = torch.where(theta + m < math.pi, torch.cos(theta + m), torch.cos(theta) - m * torch.sin(m))
     torch.testing.assert_close(logits.gather(1, y[:, None])[:, 0].double(), 32 * target, rtol=1e-4, atol=1e-3)
-    g = a / 110 ** 2 + 1 / a
+    g = a / 110**2 + 1 / a
     assert reg.item() == pytest.approx(20 * g.mean().item(), rel=1e-5)
     # d(lambda_g * mean g(a)) / dx = lambda_g / B * g'(a) * x / |x| with g'(a) = 1/u_a^2 - 1/a^2 (inside the clamp)
     grad = torch.autograd.grad(reg, x)[0].double()
     raw = x.detach().double().norm(dim=1)
     inside = (raw > 10) & (raw < 110)
-    want = 20 / len(x) * (1 / 110 ** 2 - 1 / raw ** 2)[:, None] * x.detach().double() / raw[:, None]
+    want = 20 / len(x) * (1 / 110**2 - 1 / raw**2)[:, None] * x.detach().double() / raw[:, None]
     torch.testing.assert_close(grad[inside], want[inside], rtol=1e-4, atol=1e-7)
     assert inside.any()
 
@@ -168,7 +175,7 @@ def test_head_registry_and_focal_loss():
     logits, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     assert focal_loss(logits, labels, 0.0).item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     p = F.softmax(logits, 1).gather(1, labels[:, None])[:, 0]
-    assert focal_loss(logits, labels, 2.0).item() == pytest.approx((-(1 - p) ** 2 * p.log()).mean().item(), rel=1e-5)
+    assert focal_loss(logits, labels, 2.0).item() == pytest.approx((-((1 - p) ** 2) * p.log()).mean().item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -189,24 +196,48 @@ def test_verification_accuracy_ten_fold():
 
 def test_faceid_trains_and_logs_fairness(tmp_path):
     torch.manual_seed(0)
-    data = FaceIDDataModule(synthetic_identities=24, synthetic_images_per_identity=8, synthetic_size=32, image_size=32,
-                            synthetic_root=str(tmp_path / "ids"), split_file=str(tmp_path / "split.json"), split_by="image",
-                            split_ratios=[2, 1, 1], batch_size=16, eval_batch_size=32, num_workers=0)
+    data = FaceIDDataModule(
+        synthetic_identities=24,
+        synthetic_images_per_identity=8,
+        synthetic_size=32,
+        image_size=32,
+        synthetic_root=str(tmp_path / "ids"),
+        split_file=str(tmp_path / "split.json"),
+        split_by="image",
+        split_ratios=[2, 1, 1],
+        batch_size=16,
+        eval_batch_size=32,
+        num_workers=0,
+    )
     blobs, rng = [], np.random.default_rng(0)
     for _ in range(20):  # ten pairs of random images: one per fold
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="JPEG")
         blobs.append(buf.getvalue())
     pair_set = write_verification_bin(tmp_path / "pairs.bin", blobs, [True, False] * 5)
-    model = FaceID(backbone="dpn_search_small_301", embedding_dim=32, head="magface", optimizer="adamw", lr=3e-3,
-                   verification={"pairs": str(pair_set)})
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    model = FaceID(backbone="dpn_search_small_301", embedding_dim=32, head="magface", optimizer="adamw", lr=3e-3)
+    evaluation = [FairnessMetrics(reference_group="female"), VerificationAccuracy({"pairs": str(pair_set)})]
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=evaluation,
+    )
     trainer.fit(model, data)
     m = trainer.callback_metrics
     assert model.head.weight.shape[0] == data.num_classes == 24  # closed set: every identity is a class
-    for key in ("val/error", "val/rank", "val/rank_disparity", "val/disparity", "val/error_female", "val/error_male",
-                "val/rank_female", "val/rank_by_identity_male"):
+    for key in (
+        "val/error",
+        "val/rank",
+        "val/rank_disparity",
+        "val/disparity",
+        "val/error_female",
+        "val/error_male",
+        "val/rank_female",
+        "val/rank_by_identity_male",
+    ):
         assert math.isfinite(m[key].item()), key
     for key in ("val/ratio", "val/rank_ratio", "val/error_ratio"):
         assert key in m
@@ -227,19 +258,32 @@ def test_training_step_with_each_head_and_loss(head, loss):
     assert math.isfinite(value.item()) and model.head.weight.grad is not None
 
 
-def test_flip_test_embeddings_are_unit_length_and_flip_invariant():
+def test_flip_test_embeddings_add_the_mirror_image():
+    torch.manual_seed(0)
     model = FaceID(backbone="dpn_search_small_000", embedding_dim=16, num_classes=3).eval()
     x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(-1))
     emb = model.embed(x)
+    torch.testing.assert_close(emb, F.normalize(plain + mirrored, dim=1))  # FR-NAS: the sum of both views
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(model.embed(x.flip(-1)), emb, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(emb, F.normalize(plain, dim=1), atol=1e-3)  # the mirror really contributes
+    model.hparams.flip_test = False
+    torch.testing.assert_close(model.embed(x), F.normalize(plain, dim=1))
 
 
 def test_celeba_identities_datamodule_balanced_gender(tmp_path):
     root = data_path("celeba_identities")
-    data = FaceIDDataModule(format="csv", annotations=str(root / "labels.csv"), images=str(root / "img_celeba"),
-                            group_column="gender_from_celeba_Male_attr", balance_groups=True,
-                            split_file=str(tmp_path / "split.json"), num_workers=0, batch_size=8)
+    data = FaceIDDataModule(
+        format="csv",
+        annotations=str(root / "labels.csv"),
+        images=str(root / "img_celeba"),
+        group_column="gender_from_celeba_Male_attr",
+        balance_groups=True,
+        split_file=str(tmp_path / "split.json"),
+        num_workers=0,
+        batch_size=8,
+    )
     data.setup()
     assert data.group_names == ["female", "male"]
     assert data.num_classes == 36 and sum(len(v) for v in data.splits.values()) == 600
@@ -255,14 +299,33 @@ def test_quick_fit_then_probe_verb(tmp_path):
     from .conftest import run_facenas
 
     config = {
-        "model": {"class_path": "models.recognition.FaceID",
-                  "init_args": {"backbone": "dpn_search_small_301", "embedding_dim": 32, "optimizer": "adamw", "lr": 3e-3}},
-        "data": {"class_path": "datamodules.recognition.FaceIDDataModule",
-                 "init_args": {"synthetic_identities": 20, "synthetic_images_per_identity": 6, "synthetic_size": 32,
-                               "image_size": 32, "split_by": "image", "split_ratios": [2, 1, 1], "batch_size": 16,
-                               "num_workers": 0}},
-        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "accelerator": "cpu",
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "id"}}},
+        "model": {
+            "class_path": "models.recognition.FaceID",
+            "init_args": {"backbone": "dpn_search_small_301", "embedding_dim": 32, "optimizer": "adamw", "lr": 3e-3},
+        },
+        "data": {
+            "class_path": "datamodules.recognition.FaceIDDataModule",
+            "init_args": {
+                "synthetic_identities": 20,
+                "synthetic_images_per_identity": 6,
+                "synthetic_size": 32,
+                "image_size": 32,
+                "split_by": "image",
+                "split_ratios": [2, 1, 1],
+                "batch_size": 16,
+                "num_workers": 0,
+            },
+        },
+        "trainer": {
+            "max_epochs": 1,
+            "enable_progress_bar": False,
+            "accelerator": "cpu",
+            "callbacks": str(REPO / "configs/callbacks/recognition.yaml"),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs", "name": "id"},
+            },
+        },
     }
     path = tmp_path / "id.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -270,21 +333,70 @@ def test_quick_fit_then_probe_verb(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "val/rank_disparity" in fit.stdout and "test/error" in fit.stdout
     (ckpt,) = (tmp_path / "runs/id/version_0/checkpoints").glob("best-*.ckpt")
-    out = run_facenas("probe", "--config", str(path), "--ckpt", str(ckpt), "--attribute", "gender", "--json", "true", cwd=tmp_path)
+    out = run_facenas(
+        "probe", "--config", str(path), "--ckpt", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["groups"] == ["female", "male"] and set(report["layers"]) == {"N-1 (backbone)", "N (embedding)"}
-    for layer in report["layers"].values():
-        assert 0.0 <= layer["accuracy"] <= 1.0 and layer["test"] > 0 and layer["train"] > layer["test"]
+    # the same numbers from the library: the checkpoint's features of the test split, probed by identity
+    data = FaceIDDataModule(
+        **{
+            **config["data"]["init_args"],
+            "synthetic_root": str(tmp_path / "data/synthetic_ids"),
+            "split_file": str(next((tmp_path / "data/splits").glob("*.json"))),
+        }
+    )
+    data.setup("test")
+    model = FaceID.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
+    want = probe_layers(*extract_layers(model, data.eval_dataloader("test")))
+    for result in want:
+        got = report["layers"][result.layer]
+        assert got["accuracy"] == pytest.approx(result.accuracy) and got["majority"] == pytest.approx(result.majority)
+        assert got["test"] == result.test > 0 and got["train"] == result.train > result.test
+
+    # embeddings for fairness-report, written by `facenas predict` (the test split, one row per image)
+    predicted = run_facenas("predict", "--config", str(path), "--ckpt_path", "best", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (emb_file,) = (tmp_path / "runs/id").rglob("embeddings.npy")
+    emb = np.load(emb_file)
+    assert emb.shape == (len(data.splits["test"]), 32)
+    report = run_facenas(
+        "fairness-report",
+        "--embeddings",
+        str(emb_file),
+        "--meta",
+        str(emb_file.parent / "meta.csv"),
+        "--group_column",
+        "gender",
+        "--reference_group",
+        "female",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    tested = last_logged(tmp_path / "runs/id/version_0/metrics.csv")
+    assert json.loads(report.stdout)["error"] == pytest.approx(tested["test/error"], abs=1e-6)  # the logged test error
     missing = run_facenas("probe", "--config", str(path), "--ckpt", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
 
 
+def last_logged(metrics_csv):
+    import csv
+
+    return {k: float(v) for row in csv.DictReader(open(metrics_csv)) for k, v in row.items() if v}
+
+
 def test_celeba_format_with_attribute_file(tmp_path):
     root = data_path("celeba_identities")
-    data = FaceIDDataModule(format="celeba", annotations=str(root / "identity_subset.txt"), images=str(root / "img_celeba"),
-                            reader_args={"attributes_file": str(root / "list_attr_celeba_first20000_rows_subset.txt")},
-                            split_file=str(tmp_path / "split.json"), num_workers=0)
+    data = FaceIDDataModule(
+        format="celeba",
+        annotations=str(root / "identity_subset.txt"),
+        images=str(root / "img_celeba"),
+        reader_args={"attributes_file": str(root / "list_attr_celeba_first20000_rows_subset.txt")},
+        split_file=str(tmp_path / "split.json"),
+        num_workers=0,
+    )
     data.setup()
     everything = [s for part in data.splits.values() for s in part]
     assert len(everything) == 600 and data.group_names == ["female", "male"]

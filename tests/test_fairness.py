@@ -1,5 +1,6 @@
 """Identification error and FR-NAS fairness metrics: chunked core against the full distance
 matrix, hand-worked cases, group formulas, and the torchmetrics Metric."""
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def test_hand_worked_ranks():
 
 
 def test_group_metrics_follow_the_frnas_formulas():
-    ranks = ProbeRanks(index=torch.arange(6), rank=torch.tensor([0, 2, 0, 0, 4, 1]),
-                       rank_by_identity=torch.tensor([0, 1, 0, 0, 2, 1]))
+    ranks = ProbeRanks(
+        index=torch.arange(6), rank=torch.tensor([0, 2, 0, 0, 4, 1]), rank_by_identity=torch.tensor([0, 1, 0, 0, 2, 1])
+    )
     groups = torch.tensor([0, 0, 0, 1, 1, 1])  # female: acc 2/3, rank 2/3; male: acc 1/3, rank 5/3
     res = fairness_metrics(ranks, groups, ["female", "male"], reference_group="female")
     f, m = res.groups["female"], res.groups["male"]
@@ -83,13 +85,14 @@ def test_group_metrics_follow_the_frnas_formulas():
 
 
 def test_more_than_two_groups_take_the_maximum_over_pairs():
-    ranks = ProbeRanks(index=torch.arange(6), rank=torch.tensor([0, 0, 1, 0, 3, 3]),
-                       rank_by_identity=torch.tensor([0, 0, 1, 0, 1, 1]))
+    ranks = ProbeRanks(
+        index=torch.arange(6), rank=torch.tensor([0, 0, 1, 0, 3, 3]), rank_by_identity=torch.tensor([0, 0, 1, 0, 1, 1])
+    )
     res = fairness_metrics(ranks, torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"])
-    assert res.rank_disparity == pytest.approx(3.0)   # c (3) vs a (0)
-    assert res.disparity == pytest.approx(1.0)         # a (1) vs c (0)
-    assert res.ratio == math.inf                       # |1 - 1/0|: c has accuracy 0
-    assert res.error_ratio == math.inf                 # |1 - 0.5/0|: a has error 0
+    assert res.rank_disparity == pytest.approx(3.0)  # c (3) vs a (0)
+    assert res.disparity == pytest.approx(1.0)  # a (1) vs c (0)
+    assert res.ratio == math.inf  # |1 - 1/0|: c has accuracy 0
+    assert res.error_ratio == math.inf  # |1 - 0.5/0|: a has error 0
     assert res.groups["b"].rank == pytest.approx(0.5) and res.groups["c"].rank_by_identity == pytest.approx(1.0)
 
 
@@ -107,7 +110,7 @@ def test_metric_accumulates_batches_like_one_evaluation():
     groups = torch.tensor(ids % 2)
     metric = IdentificationFairness(group_names=["female", "male"], reference_group="female")
     for lo in range(0, 90, 25):
-        metric.update(emb[lo:lo + 25], torch.tensor(ids[lo:lo + 25]), groups[lo:lo + 25])
+        metric.update(emb[lo : lo + 25], torch.tensor(ids[lo : lo + 25]), groups[lo : lo + 25])
     out = metric.compute()
     want = evaluate_fairness(emb, torch.tensor(ids), groups, ["female", "male"], "female")
     for key in ("error", "rank_disparity", "disparity", "ratio", "rank_ratio", "error_ratio"):

@@ -1,5 +1,6 @@
 """Dataset readers and writers: real WIDER FACE, dlib PASCAL faces, CelebA and identity folders
 from ../shared/data, and small files written here for the formats that have no real data."""
+
 from __future__ import annotations
 
 import csv
@@ -62,10 +63,18 @@ def test_wider_val_subset(wider_val):
 
 
 def test_wider_train_subset():
-    samples = read_wider(data_path("widerface", "wider_face_split", "wider_face_train_bbx_gt.txt"),
-                         data_path("widerface", "WIDER_train", "images"))
+    samples = read_wider(
+        data_path("widerface", "wider_face_split", "wider_face_train_bbx_gt.txt"),
+        data_path("widerface", "WIDER_train", "images"),
+    )
     assert len(samples) == 1239
-    assert {s.name.split("/")[0] for s in samples} == {"1--Handshaking", "4--Dancing", "13--Interview", "19--Couple", "20--Family_Group"}
+    assert {s.name.split("/")[0] for s in samples} == {
+        "1--Handshaking",
+        "4--Dancing",
+        "13--Interview",
+        "19--Couple",
+        "20--Family_Group",
+    }
 
 
 def test_wider_demographics_attach_by_face_index(wider_val):
@@ -101,8 +110,11 @@ def test_dlib_pascal_faces():
 
 def test_celeba_identities():
     root = data_path("celeba_identities")
-    samples = read_celeba(root / "identity_subset.txt", root / "img_celeba",
-                          attributes_file=root / "list_attr_celeba_first20000_rows_subset.txt")
+    samples = read_celeba(
+        root / "identity_subset.txt",
+        root / "img_celeba",
+        attributes_file=root / "list_attr_celeba_first20000_rows_subset.txt",
+    )
     assert len(samples) == 600 and len({s.identity for s in samples}) == 60
     with_gender = [s for s in samples if s.attributes["gender"] is not None]
     assert len(with_gender) == 180
@@ -140,11 +152,11 @@ def test_wider_hygiene_counts_and_skips_bad_input(tmp_path):
     gt = tmp_path / "gt.txt"
     gt.write_text(
         "0--a/ok.jpg\n5\n"
-        "10 10 20 20 0 0 0 0 0 0\n"       # fine
-        "nan 10 20 20 0 0 0 0 0 0\n"      # NaN -> dropped
-        "30 30 0 10 0 0 0 0 0 0\n"        # zero width -> dropped
-        "90 70 30 30 0 0 0 1 0 0\n"       # partly outside -> clipped, invalid -> ignore
-        "500 500 10 10 0 0 0 0 0 0\n"     # wholly outside -> dropped
+        "10 10 20 20 0 0 0 0 0 0\n"  # fine
+        "nan 10 20 20 0 0 0 0 0 0\n"  # NaN -> dropped
+        "30 30 0 10 0 0 0 0 0 0\n"  # zero width -> dropped
+        "90 70 30 30 0 0 0 1 0 0\n"  # partly outside -> clipped, invalid -> ignore
+        "500 500 10 10 0 0 0 0 0 0\n"  # wholly outside -> dropped
         "0--a/empty.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n"
         "0--a/truncated.jpg\n1\n1 1 5 5 0 0 0 0 0 0\n"
         "0--a/missing.jpg\n1\n1 1 5 5 0 0 0 0 0 0\n"
@@ -278,7 +290,9 @@ def test_vggface2_layout(tmp_path):
 def test_generic_csv_with_race_and_age_bins(tmp_path):
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         write_image(tmp_path / name)
-    (tmp_path / "faces.csv").write_text("image,identity,race,age\na.jpg,p1,African,23\nb.jpg,p1,African,26\nc.jpg,p2,Asian,80\n")
+    (tmp_path / "faces.csv").write_text(
+        "image,identity,race,age\na.jpg,p1,African,23\nb.jpg,p1,African,26\nc.jpg,p2,Asian,80\n"
+    )
     samples, report = read_identities("csv", tmp_path / "faces.csv")
     assert [s.attributes["race"] for s in samples] == ["african", "african", "asian"]
     assert [s.attributes["age_bin"] for s in samples] == ["1-25", "26-50", "76-110"]
@@ -317,13 +331,21 @@ def test_celeba_crop_boxes_and_landmarks(tmp_path):
     write_image(tmp_path / "img/000001.jpg", size=(178, 218))
     write_image(tmp_path / "img/000002.jpg", size=(178, 218))
     (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 9\n")
-    (tmp_path / "list_bbox_celeba.txt").write_text("2\nimage_id x_1 y_1 width height\n000001.jpg 95 71 226 313\n000002.jpg 72 94 221 306\n")
+    (tmp_path / "list_bbox_celeba.txt").write_text(
+        "2\nimage_id x_1 y_1 width height\n000001.jpg 95 71 226 313\n000002.jpg 72 94 221 306\n"
+    )
     (tmp_path / "list_landmarks_celeba.txt").write_text(
         "2\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
-        "000001.jpg 69 109 106 113 77 142 73 152 108 154\n000002.jpg 69 110 107 112 81 135 70 151 108 153\n")
+        "000001.jpg 69 109 106 113 77 142 73 152 108 154\n000002.jpg 69 110 107 112 81 135 70 151 108 153\n"
+    )
     (tmp_path / "attrs.txt").write_text("2\nMale Young\n000001.jpg -1 1\n000002.jpg 1 1\n")
-    a, b = read_celeba(tmp_path / "identity_CelebA.txt", tmp_path / "img", attributes_file=tmp_path / "attrs.txt",
-                       bbox_file=tmp_path / "list_bbox_celeba.txt", landmarks_file=tmp_path / "list_landmarks_celeba.txt")
+    a, b = read_celeba(
+        tmp_path / "identity_CelebA.txt",
+        tmp_path / "img",
+        attributes_file=tmp_path / "attrs.txt",
+        bbox_file=tmp_path / "list_bbox_celeba.txt",
+        landmarks_file=tmp_path / "list_landmarks_celeba.txt",
+    )
     assert (a.identity, a.attributes["gender"], b.attributes["gender"]) == ("7", "female", "male")
     assert a.bbox == (95, 71, 321, 384)
     np.testing.assert_allclose(b.landmarks, [[69, 110], [107, 112], [81, 135], [70, 151], [108, 153]])

@@ -1,9 +1,11 @@
 """RetinaFace: anchors and coding, matching bands, hard negative mining, transforms, decoding,
 bad input, and real training steps on WIDER FACE."""
+
 from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from callbacks import DetectionAP
 from datamodules import DetectionSample
 from datamodules.detection import (
     DetectionDataset,
@@ -77,11 +80,14 @@ def iou_shift(iou: float) -> float:
     return 10 * (1 - iou) / (1 + iou)
 
 
-@pytest.mark.parametrize("pos_iou, expected", [
-    (0.4, [1, 1, 1, -1, 0]),    # neg < 0.25: 0.32 ignored
-    (0.5, [1, 1, -1, -1, 0]),   # neg < 0.30: 0.45 and 0.32 ignored
-    (0.6, [1, 1, -1, 0, 0]),    # neg < 0.35: 0.32 now background
-])
+@pytest.mark.parametrize(
+    "pos_iou, expected",
+    [
+        (0.4, [1, 1, 1, -1, 0]),  # neg < 0.25: 0.32 ignored
+        (0.5, [1, 1, -1, -1, 0]),  # neg < 0.30: 0.45 and 0.32 ignored
+        (0.6, [1, 1, -1, 0, 0]),  # neg < 0.35: 0.32 now background
+    ],
+)
 def test_matching_bands(pos_iou, expected):
     ious = [1.0, 0.62, 0.45, 0.32, 0.15]
     anchors = torch.tensor([shifted(iou_shift(v)) for v in ious])
@@ -92,8 +98,12 @@ def test_matching_bands(pos_iou, expected):
 
 def test_every_face_keeps_its_best_anchor_and_ignore_regions_are_not_negatives():
     anchors = torch.tensor([[5.0, 5, 10, 10], [50, 50, 40, 40], [100, 100, 16, 16]])
-    faces = torch.tensor([[48.0, 48, 51, 51],      # tiny: best IoU far below 0.5
-                          [92, 92, 108, 108]])    # an ignore region exactly on anchor 2
+    faces = torch.tensor(
+        [
+            [48.0, 48, 51, 51],  # tiny: best IoU far below 0.5
+            [92, 92, 108, 108],
+        ]
+    )  # an ignore region exactly on anchor 2
     m = match_anchors(anchors, faces, torch.tensor([0, 0]), 1, torch.tensor([False, True]), pos_iou=0.5)
     assert m.labels[0].tolist() == [0, 1, -1]
     assert m.gt_index[0, 1] == 0
@@ -115,8 +125,12 @@ def test_hard_negative_mining_takes_ratio_times_positives_of_the_hardest():
     anchors = make_anchors(64, 64)
     num = len(anchors)
     faces = torch.tensor([[8.0, 8, 40, 40], [0, 0, 20, 20], [30, 30, 60, 60]])
-    targets = {"boxes": faces, "image": torch.tensor([0, 0, 1]), "ignore": torch.zeros(3, dtype=torch.bool),
-               "landmarks": torch.full((3, 5, 2), float("nan"))}
+    targets = {
+        "boxes": faces,
+        "image": torch.tensor([0, 0, 1]),
+        "ignore": torch.zeros(3, dtype=torch.bool),
+        "landmarks": torch.full((3, 5, 2), float("nan")),
+    }
     scores = torch.randn(2, num, 2, generator=g)
     loss = MultiBoxLoss(pos_iou=0.5, neg_pos_ratio=7)
     out = loss(scores, torch.zeros(2, num, 4), torch.zeros(2, num, 10), anchors, targets)
@@ -137,7 +151,12 @@ def test_landmark_loss_only_counts_faces_with_landmarks():
     num = len(anchors)
     faces = torch.tensor([[8.0, 8, 40, 40], [30, 30, 60, 60]])
     marks = torch.full((2, 5, 2), float("nan"))
-    targets = {"boxes": faces, "image": torch.tensor([0, 0]), "ignore": torch.zeros(2, dtype=torch.bool), "landmarks": marks}
+    targets = {
+        "boxes": faces,
+        "image": torch.tensor([0, 0]),
+        "ignore": torch.zeros(2, dtype=torch.bool),
+        "landmarks": marks,
+    }
     loss = MultiBoxLoss()
     pred = torch.randn(1, num, 10)
     assert loss(torch.zeros(1, num, 2), torch.zeros(1, num, 4), pred, anchors, targets)["landmarks"] == 0
@@ -167,7 +186,9 @@ def test_crop_keeps_exactly_the_faces_whose_centre_is_inside():
         assert crop.shape[-2] == side and 0.3 * 200 - 1 <= side <= 200
         x0, y0 = int(crop[0, 0, 0]), int(crop[1, 0, 0])
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
+        inside = (
+            (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
+        )
         expected = (boxes[inside] - torch.tensor([x0, y0, x0, y0])).clamp(0, side)
         torch.testing.assert_close(kept.boxes, expected)
         torch.testing.assert_close(kept.landmarks, faces.landmarks[inside] - torch.tensor([x0, y0]))
@@ -239,7 +260,10 @@ def test_unreadable_training_images_are_skipped(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="JPEG")
     (tmp_path / "bad.jpg").write_bytes(buf.getvalue()[:100])
-    samples = [DetectionSample(str(tmp_path / n), n, np.array([[10, 10, 40, 40]]), np.array([False])) for n in ("good.jpg", "bad.jpg")]
+    samples = [
+        DetectionSample(str(tmp_path / n), n, np.array([[10, 10, 40, 40]]), np.array([False]))
+        for n in ("good.jpg", "bad.jpg")
+    ]
     dataset = DetectionDataset(samples, TrainTransform(size=32))
     with pytest.warns(UserWarning, match="bad.jpg"):
         batch = collate_train([dataset[0], dataset[1]])
@@ -257,27 +281,53 @@ class _DivergingRetinaFace(RetinaFace):
 
 
 def test_nan_loss_stops_with_the_step_named(tmp_path):
-    data = FaceDetectionDataModule(synthetic_images=20, synthetic_size=(96, 96), synthetic_root=str(tmp_path / "syn"),
-                                   split_file=str(tmp_path / "split.json"), image_size=64, batch_size=4, num_workers=0)
-    trainer = pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=0, enable_model_summary=False)
+    data = FaceDetectionDataModule(
+        synthetic_images=20,
+        synthetic_size=(96, 96),
+        synthetic_root=str(tmp_path / "syn"),
+        split_file=str(tmp_path / "split.json"),
+        image_size=64,
+        batch_size=4,
+        num_workers=0,
+    )
+    trainer = pl.Trainer(
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
     with pytest.raises(NonFiniteLossError, match=r"global step 2"):
         trainer.fit(_DivergingRetinaFace(optimizer="adam"), data)
 
 
 def test_synthetic_training_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
-    data = FaceDetectionDataModule(synthetic_images=40, synthetic_size=(128, 96), synthetic_root=str(tmp_path / "syn"),
-                                   split_file=str(tmp_path / "split.json"), image_size=96, batch_size=8, num_workers=0,
-                                   min_crop_ratio=0.8)
+    data = FaceDetectionDataModule(
+        synthetic_images=40,
+        synthetic_size=(128, 96),
+        synthetic_root=str(tmp_path / "syn"),
+        split_file=str(tmp_path / "split.json"),
+        image_size=96,
+        batch_size=8,
+        num_workers=0,
+        min_crop_ratio=0.8,
+    )
     model = RetinaFace(optimizer="adam", lr=3e-3)
     data.setup()
     batch = collate_train([data.train_dataloader().dataset[i] for i in range(8)])
     model.eval()
     with torch.no_grad():
         before = model.criterion(*model(batch["images"]), model.anchors(96, 96), batch["targets"])
-    trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=0, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=10,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
     model.train()
     trainer.fit(model, data)
     model.eval()
@@ -290,19 +340,75 @@ def test_synthetic_training_lowers_the_loss(tmp_path):
 def test_real_wider_fit_steps_log_ap(tmp_path):
     root = data_path("widerface")
     data = FaceDetectionDataModule(
-        train_annotations=str(root / "wider_face_split/wider_face_train_bbx_gt.txt"), train_images=str(root / "WIDER_train/images"),
-        val_annotations=str(root / "wider_face_split/wider_face_val_bbx_gt.txt"), val_images=str(root / "WIDER_val/images"),
-        val_attributes=str(root / "demographics_val.csv"), image_size=128, batch_size=4, eval_batch_size=2,
-        eval_short_side=160, num_workers=0)
-    model = RetinaFace(optimizer="adam", ap_attributes={"perceived_gender": ["female", "male"]})
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        format="wider",
+        train_annotations=str(root / "wider_face_split/wider_face_train_bbx_gt.txt"),
+        train_images=str(root / "WIDER_train/images"),
+        val_annotations=str(root / "wider_face_split/wider_face_val_bbx_gt.txt"),
+        val_images=str(root / "WIDER_val/images"),
+        val_attributes=str(root / "demographics_val.csv"),
+        image_size=128,
+        batch_size=4,
+        eval_batch_size=2,
+        eval_short_side=160,
+        num_workers=0,
+    )
+    model = RetinaFace(optimizer="adam")
+    evaluation = DetectionAP(min_size=36, short_side=720, attributes={"perceived_gender": ["female", "male"]})
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[evaluation],
+    )
     trainer.fit(model, data)
     metrics = trainer.callback_metrics
     assert math.isfinite(metrics["train/loss"].item())
     assert 0.0 <= metrics["val/ap50"].item() <= 1.0
     assert "val/ap50_perceived_gender_female" in metrics
     assert len(data.splits["train"]) == 1239 and len(data.splits["val"]) == 394
+
+
+def test_predict_writes_one_file_per_test_image_and_eval_scores_that_split(tmp_path):
+    import json
+
+    from .conftest import REPO, run_facenas
+
+    small = [
+        "--data.init_args.synthetic_images",
+        "30",
+        "--data.init_args.num_workers",
+        "0",
+        "--model.init_args.conf_threshold",
+        "0.3",
+    ]
+    config = str(REPO / "configs/detection/quickstart.yaml")
+    out = run_facenas("predict", "--config", config, *small, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (split_file,) = (tmp_path / "data/splits").glob("*.json")
+    test_images = sorted(k for k, v in json.loads(split_file.read_text())["assignments"].items() if v == "test")
+    (predictions,) = (tmp_path / "runs/detection_quickstart").glob("version_*/predictions")
+    written = sorted(p.relative_to(predictions).with_suffix("").as_posix() for p in predictions.rglob("*.txt"))
+    assert written == sorted(str(Path(k).with_suffix("").as_posix()) for k in test_images) and len(written) == 9
+    (gt,) = (tmp_path / "data/synthetic").glob("*/wider_face_bbx_gt.txt")
+    scored = run_facenas(
+        "eval-detections",
+        "--gt",
+        str(gt),
+        "--pred",
+        str(predictions),
+        "--split_file",
+        str(split_file),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    result = json.loads(scored.stdout)
+    assert result["num_images"] == 9 and result["images_without_predictions"] == 0 and result["split"] == "test"
 
 
 def test_sparse_matching_equals_dense_matching():

@@ -1,7 +1,9 @@
 """Search: spaces, mapping, store, every backend through YAML-style specs, the driver's failure
 handling and resume after SIGKILL, Dask workers, reports, and the FR-NAS tabular replay."""
+
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -18,10 +20,10 @@ import pytest
 import yaml
 from ConfigSpace import ConfigurationSpace, Float
 
+from core.pareto import hypervolume, pareto_mask
 from search.backends import create_searcher
 from search.executors import DaskExecutor
 from search.replay import FRNASTable
-from search.report import hypervolume, pareto_mask
 from search.spaces import apply_mapping, load_space, nested
 from search.store import StudyStore
 from search.study import Study, StudySettings
@@ -44,18 +46,29 @@ def test_frnas_joint_learning_rate_follows_the_optimizer():
     cs = load_space("frnas_joint", seed=3)
     for config in cs.sample_configuration(200):
         c = dict(config)
-        assert ("lr_sgd" in c) == (c["optimizer"] == "SGD") and ("lr_adam" in c) == (c["optimizer"] != "SGD")
+        assert ("lr_sgd" in c) == (c["optimizer"] == "sgd") and ("lr_adam" in c) == (c["optimizer"] != "sgd")
         lr = c.get("lr_sgd", c.get("lr_adam"))
-        assert (0.09 <= lr <= 0.8) if c["optimizer"] == "SGD" else (1e-4 <= lr <= 1e-2)
+        assert (0.09 <= lr <= 0.8) if c["optimizer"] == "sgd" else (1e-4 <= lr <= 1e-2)
+    assert set(cs["optimizer"].choices) == {"sgd", "adam", "adamw"}  # the names the models take
     assert [cs[f"edge{i}"].choices for i in (1, 2, 3)] == [tuple(str(k) for k in range(9))] * 3
     assert len(load_space("frnas_phase1")["backbone"].choices) == 29
 
 
 def test_mapping_templates_and_conditional_parameters():
-    mapping = {"model.init_args.backbone": "dpn_search_small_{edge1}{edge2}{edge3}", "model.init_args.lr": "lr_adam",
-               "model.init_args.lr|sgd": "lr_sgd", "model.init_args.head": "head"}
-    out = apply_mapping({"edge1": "3", "edge2": "0", "edge3": "1", "head": "CosFace", "optimizer": "SGD", "lr_sgd": 0.2}, mapping)
-    assert out == {"model.init_args.backbone": "dpn_search_small_301", "model.init_args.lr": 0.2, "model.init_args.head": "CosFace"}
+    mapping = {
+        "model.init_args.backbone": "dpn_search_small_{edge1}{edge2}{edge3}",
+        "model.init_args.lr": "lr_adam",
+        "model.init_args.lr|sgd": "lr_sgd",
+        "model.init_args.head": "head",
+    }
+    out = apply_mapping(
+        {"edge1": "3", "edge2": "0", "edge3": "1", "head": "CosFace", "optimizer": "sgd", "lr_sgd": 0.2}, mapping
+    )
+    assert out == {
+        "model.init_args.backbone": "dpn_search_small_301",
+        "model.init_args.lr": 0.2,
+        "model.init_args.head": "CosFace",
+    }
     assert nested(out)["model"]["init_args"]["lr"] == 0.2
     with pytest.raises(ValueError, match="unknown search space"):
         load_space("nope")
@@ -69,10 +82,16 @@ def test_store_round_trip_and_atomic_rows(tmp_path):
     trial = Trial(id=0, config={"x": 0.5, "opt": "SGD"}, budget=4.0, seed=7)
     store.start(trial)
     assert store.trials()[0].status == Status.RUNNING
-    store.finish(trial, Result(Status.SUCCESS, {"val/error": 0.25, "val/ratio": math.inf}, 1.5, None, "runs/t0", [(0, 0.5), (1, 0.25)]))
+    store.finish(
+        trial,
+        Result(Status.SUCCESS, {"val/error": 0.25, "val/ratio": math.inf}, 1.5, None, "runs/t0", [(0, 0.5), (1, 0.25)]),
+    )
     (row,) = StudyStore(tmp_path / "s.sqlite").trials()  # a second connection sees the committed row
     assert row.trial.config == {"x": 0.5, "opt": "SGD"} and row.trial.budget == 4.0 and row.trial.seed == 7
-    assert row.result.values == {"val/error": 0.25, "val/ratio": math.inf} and row.result.intermediate == [(0, 0.5), (1, 0.25)]
+    assert row.result.values == {"val/error": 0.25, "val/ratio": math.inf} and row.result.intermediate == [
+        (0, 0.5),
+        (1, 0.25),
+    ]
     with sqlite3.connect(tmp_path / "s.sqlite") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
@@ -103,7 +122,6 @@ def quadratic(trial: Trial) -> Result:
 
 SPECS = [
     "random",
-    {"class_path": "random", "init_args": {"hyperband": True}},
     {"class_path": "smac", "init_args": {"facade": "hpo", "n_initial": 5}},
     {"class_path": "smac", "init_args": {"facade": "mf", "incumbent_selection": "highest_budget"}},
     {"class_path": "search.backends.SMACSearcher", "init_args": {"facade": "hyperband"}},
@@ -117,11 +135,21 @@ SPECS = [
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: json.dumps(s, sort_keys=True))
 @pytest.mark.parametrize("objectives", [1, 2])
 def test_every_backend_runs_a_study_from_its_yaml_spec(tmp_path, spec, objectives):
-    multi_fidelity = isinstance(spec, dict) and (spec["class_path"] == "moasha" or spec.get("init_args", {}).get("facade") in ("mf", "hyperband")
-                                                 or spec.get("init_args", {}).get("hyperband"))
-    settings = StudySettings(name="q", space="frnas_joint", objectives=[Objective("err"), Objective("rd")][:objectives],
-                             backend=spec, budget={"min": 1, "max": 8, "eta": 2} if multi_fidelity else None,
-                             n_trials=24, seed=1, storage=str(tmp_path / "q.sqlite"), runs_dir=str(tmp_path), report=False)
+    multi_fidelity = isinstance(spec, dict) and (
+        spec["class_path"] == "moasha" or spec.get("init_args", {}).get("facade") in ("mf", "hyperband")
+    )
+    settings = StudySettings(
+        name="q",
+        space="frnas_joint",
+        objectives=[Objective("err"), Objective("rd")][:objectives],
+        backend=spec,
+        budget={"min": 1, "max": 8, "eta": 2} if multi_fidelity else None,
+        n_trials=24,
+        seed=1,
+        storage=str(tmp_path / "q.sqlite"),
+        runs_dir=str(tmp_path),
+        report=False,
+    )
     store = Study(settings, objective=quadratic, quiet=True).run()
     trials = store.trials()
     assert len(trials) == 24 and {t.status for t in trials} <= {Status.SUCCESS, Status.FAILED}
@@ -132,18 +160,26 @@ def test_every_backend_runs_a_study_from_its_yaml_spec(tmp_path, spec, objective
     assert all(t.result.error == "edge 8 diverged" for t in failures)
 
 
-def test_smac_multi_objective_multi_fidelity_needs_highest_budget(tmp_path):
-    """SMAC issue 1050: ParEGO + Hyperband's default incumbent selection crashes once a
-    configuration reaches a higher budget; facenas's default ("highest_budget") runs."""
-    settings = dict(name="mf", space="frnas_joint", objectives=[Objective("err"), Objective("rd")],
-                    budget={"min": 1, "max": 8, "eta": 2}, n_trials=40, seed=0, runs_dir=str(tmp_path), report=False)
-    ok = Study(StudySettings(**settings, storage=str(tmp_path / "ok.sqlite"),
-                             backend={"class_path": "smac", "init_args": {"facade": "mf"}}), objective=quadratic, quiet=True).run()
-    assert len(ok.trials()) == 40 and max(t.trial.budget for t in ok.trials()) == 8
-    with pytest.raises(AssertionError):  # SMAC's update_incumbents: assert len(incumbent_isb_keys) > 0
-        Study(StudySettings(**settings, storage=str(tmp_path / "bad.sqlite"),
-                            backend={"class_path": "smac", "init_args": {"facade": "mf", "incumbent_selection": "highest_observed_budget"}}),
-              objective=quadratic, quiet=True).run()
+def test_smac_multi_objective_multi_fidelity_reaches_the_top_budget(tmp_path):
+    """ParEGO + Hyperband with facenas's incumbent rule (highest_budget, the default): 40 trials
+    run, configurations are promoted to the top budget, and the Pareto front is at that budget."""
+    settings = StudySettings(
+        name="mf",
+        space="frnas_joint",
+        objectives=[Objective("err"), Objective("rd")],
+        budget={"min": 1, "max": 8, "eta": 2},
+        n_trials=40,
+        seed=0,
+        runs_dir=str(tmp_path),
+        report=False,
+        storage=str(tmp_path / "ok.sqlite"),
+        backend={"class_path": "smac", "init_args": {"facade": "mf"}},
+    )
+    trials = Study(settings, objective=quadratic, quiet=True).run().trials()
+    assert len(trials) == 40 and sorted({t.trial.budget for t in trials}) == [1.0, 2.0, 4.0, 8.0]
+    promoted = {json.dumps(t.trial.config, sort_keys=True) for t in trials if t.trial.budget == 8.0}
+    lower = {json.dumps(t.trial.config, sort_keys=True) for t in trials if t.trial.budget < 8.0}
+    assert promoted & lower  # successive halving promoted configurations up to the top budget
 
 
 def test_backends_are_told_about_failures():
@@ -183,20 +219,31 @@ def toy_space(tmp_path: Path) -> str:
     return str(path)
 
 
-def toy_base(tmp_path: Path, **module_args) -> str:
-    config = {"model": {"class_path": "tests.toy.ToySearchModule", "init_args": module_args},
-              "data": {"class_path": "tests.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 4}},
-              "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_checkpointing": False}}
+def toy_base(tmp_path: Path, checkpoints: bool = False, **module_args) -> str:
+    config = {
+        "model": {"class_path": "demos.toy.ToySearchModule", "init_args": module_args},
+        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 4}},
+        "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_checkpointing": checkpoints},
+    }
     path = tmp_path / "toy_base.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
 
 def toy_settings(tmp_path: Path, **extra) -> StudySettings:
-    values = dict(name="toy", space=toy_space(tmp_path), base=extra.pop("base", None) or [toy_base(tmp_path)],
-                  mapping={"model.init_args.x": "x", "model.init_args.y": "y"}, objectives=[{"metric": "val/score", "mode": "min"}],
-                  backend="random", n_trials=3, budget=2, storage=str(tmp_path / "study.sqlite"), runs_dir=str(tmp_path / "runs"),
-                  report=False)
+    values = dict(
+        name="toy",
+        space=toy_space(tmp_path),
+        base=extra.pop("base", None) or [toy_base(tmp_path)],
+        mapping={"model.init_args.x": "x", "model.init_args.y": "y"},
+        objectives=[{"metric": "val/score", "mode": "min"}],
+        backend="random",
+        n_trials=3,
+        budget=2,
+        storage=str(tmp_path / "study.sqlite"),
+        runs_dir=str(tmp_path / "runs"),
+        report=False,
+    )
     values.update(extra)
     return StudySettings(**values)
 
@@ -213,19 +260,74 @@ def test_in_process_trials_read_objectives_and_record_failures(tmp_path, monkeyp
         assert (Path(t.result.run_dir) / "logs" / "metrics.csv").is_file()
     # a trial that raises and one whose loss turns NaN are failed, with their messages; the study goes on
     (tmp_path / "f").mkdir()
-    rows = Study(toy_settings(tmp_path / "f", n_trials=2, base=[toy_base(tmp_path / "f", fail=True)]), quiet=True).run().trials()
+    rows = (
+        Study(toy_settings(tmp_path / "f", n_trials=2, base=[toy_base(tmp_path / "f", fail=True)]), quiet=True)
+        .run()
+        .trials()
+    )
     assert [r.status for r in rows] == [Status.FAILED, Status.FAILED]
     assert "RuntimeError: boom in trial" in rows[0].result.error
     (tmp_path / "n").mkdir()
-    rows = Study(toy_settings(tmp_path / "n", n_trials=1, base=[toy_base(tmp_path / "n", diverge=True)]), quiet=True).run().trials()
+    rows = (
+        Study(toy_settings(tmp_path / "n", n_trials=1, base=[toy_base(tmp_path / "n", diverge=True)]), quiet=True)
+        .run()
+        .trials()
+    )
     assert rows[0].status == Status.FAILED and "NonFiniteLossError: non-finite training loss" in rows[0].result.error
+
+
+def test_in_process_and_subprocess_trials_train_alike(tmp_path, monkeypatch):
+    """Both executors run the same `facenas fit` configuration: same seed, same logged metrics,
+    same files in the run folder (checkpoints included)."""
+    from search.runner import TrialJob, run_in_process, run_subprocess
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    base = toy_base(tmp_path, checkpoints=True)
+
+    def job(folder: str, seed: int) -> TrialJob:
+        trial = Trial(5, {"x": 0.4, "y": 0.1}, 2.0, seed)
+        return TrialJob(
+            trial,
+            [Objective("val/score"), Objective("val/w")],
+            [base],
+            {"model.init_args.x": 0.4, "model.init_args.y": 0.1, "trainer.max_epochs": 2, "seed_everything": seed},
+            str(tmp_path / folder),
+        )
+
+    inside, outside = run_in_process(job("inside", 17)), run_subprocess(job("outside", 17))
+    assert inside.status == outside.status == Status.SUCCESS, (inside.error, outside.error)
+    assert inside.values == pytest.approx(outside.values, rel=1e-6) and inside.intermediate == outside.intermediate
+
+    def rows(folder: str) -> list[dict]:
+        return list(csv.DictReader(open(tmp_path / folder / "logs" / "metrics.csv")))
+
+    assert [{k: pytest.approx(float(v)) for k, v in r.items() if v} for r in rows("inside")] == [
+        {k: float(v) for k, v in r.items() if v} for r in rows("outside")
+    ]
+
+    def files(folder: str) -> list[str]:
+        return sorted(
+            p.relative_to(tmp_path / folder).as_posix() for p in (tmp_path / folder).rglob("*") if p.is_file()
+        )
+
+    assert files("inside") == files("outside")
+    assert {"trial.yaml", "train.log", "logs/metrics.csv", "logs/config.yaml", "logs/checkpoints/last.ckpt"} <= set(
+        files("inside")
+    )
+    other_seed = run_in_process(job("seed18", 18))
+    assert other_seed.values["val/w"] != pytest.approx(inside.values["val/w"])  # the seed is what made them equal
 
 
 def test_optuna_pruner_stops_trials_on_intermediate_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    settings = toy_settings(tmp_path, n_trials=8, budget={"min": 1, "max": 4, "eta": 2},
-                            overrides={"model.init_args.y": 0.0},
-                            backend={"class_path": "optuna", "init_args": {"sampler": "random", "pruner": "median"}})
+    settings = toy_settings(
+        tmp_path,
+        n_trials=8,
+        budget={"min": 1, "max": 4, "eta": 2},
+        overrides={"model.init_args.y": 0.0},
+        backend={"class_path": "optuna", "init_args": {"sampler": "random", "pruner": "median"}},
+    )
     trials = Study(settings, quiet=True).run().trials()
     assert {t.status for t in trials} <= {Status.SUCCESS, Status.PRUNED}
     assert any(t.status == Status.PRUNED for t in trials)
@@ -233,15 +335,28 @@ def test_optuna_pruner_stops_trials_on_intermediate_reports(tmp_path, monkeypatc
 
 
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
-    settings = {"name": "killed", "space": toy_space(tmp_path), "base": [toy_base(tmp_path, sleep=0.15)],
-                "mapping": {"model.init_args.x": "x", "model.init_args.y": "y"}, "objectives": [{"metric": "val/score", "mode": "min"}],
-                "backend": {"class_path": "smac", "init_args": {"facade": "hpo", "n_initial": 3}}, "n_trials": 6, "budget": 2,
-                "runs_dir": str(tmp_path / "runs"), "report": False}
+    settings = {
+        "name": "killed",
+        "space": toy_space(tmp_path),
+        "base": [toy_base(tmp_path, sleep=0.15)],
+        "mapping": {"model.init_args.x": "x", "model.init_args.y": "y"},
+        "objectives": [{"metric": "val/score", "mode": "min"}],
+        "backend": {"class_path": "smac", "init_args": {"facade": "hpo", "n_initial": 3}},
+        "n_trials": 6,
+        "budget": 2,
+        "runs_dir": str(tmp_path / "runs"),
+        "report": False,
+    }
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "facenas", "search", "--config", str(config)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facenas", "search", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store_path = tmp_path / "runs" / "study.sqlite"
     deadline = time.time() + 300
     finished: list = []
@@ -254,7 +369,9 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
                 break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = {r.trial.id: (r.trial.config, r.result.values) for r in StudyStore(store_path).trials() if r.result is not None}
+    before = {
+        r.trial.id: (r.trial.config, r.result.values) for r in StudyStore(store_path).trials() if r.result is not None
+    }
     in_flight = [r.trial.id for r in StudyStore(store_path).trials() if r.result is None]
     assert len(before) >= 2 and in_flight
     out = run_facenas("search", "--config", str(config), "--resume")
@@ -272,8 +389,12 @@ def test_two_worker_local_dask_cluster_runs_subprocess_trials(tmp_path, monkeypa
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("FACENAS_PROGRESS", "0")
-    settings = toy_settings(tmp_path, n_trials=4, base=[toy_base(tmp_path, sleep=0.2)],
-                            executor={"class_path": "dask", "init_args": {"workers": 2}})
+    settings = toy_settings(
+        tmp_path,
+        n_trials=4,
+        base=[toy_base(tmp_path, sleep=0.2)],
+        executor={"class_path": "dask", "init_args": {"workers": 2}},
+    )
     trials = Study(settings, quiet=True).run().trials()
     assert [t.status for t in trials] == [Status.SUCCESS] * 4, [t.result.error for t in trials]
     spans = sorted((t.started, t.finished) for t in trials)
@@ -299,8 +420,13 @@ def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("FACENAS_PROGRESS", "0")
-    job = TrialJob(3, [toy_base(tmp_path, sleep=2.0)], {"model.init_args.x": 0.1}, str(tmp_path / "trial"),
-                   [Objective("val/score", "min")])
+    job = TrialJob(
+        Trial(3, {}),
+        [Objective("val/score", "min")],
+        [toy_base(tmp_path, sleep=2.0)],
+        {"model.init_args.x": 0.1},
+        str(tmp_path / "trial"),
+    )
     executor = DaskExecutor(workers=2)
     try:
         executor.submit(job)
@@ -336,9 +462,38 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
         assert (folder / name).is_file(), name
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["finished"] == 3 and summary["pareto"] and len(summary["hypervolume_history"]) == 3
-    exported = yaml.safe_load(Path(summary["exported"][0]).read_text())
-    best = summary["pareto"][0]
-    assert exported["model"]["init_args"]["x"] == pytest.approx(best["config"]["x"]) and exported["trainer"]["max_epochs"] == 2
+    exported_path = Path(summary["exported"][0])
+    exported = yaml.safe_load(exported_path.read_text())
+    best = next(t for t in summary["pareto"] if exported_path.name == f"pareto_{t['id']}.yaml")
+    assert (
+        exported["model"]["init_args"]["x"] == pytest.approx(best["config"]["x"])
+        and exported["trainer"]["max_epochs"] == 2
+    )
+    stored = {t.trial.id: t for t in StudyStore(tmp_path / "study.sqlite").trials()}[best["id"]]
+    assert exported["seed_everything"] == stored.trial.seed == settings["seed"] + best["id"]
+    # re-running the exported YAML trains the measured trial again: the same metrics, the seeded weight included
+    rerun = run_facenas(
+        "fit",
+        "--config",
+        str(exported_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "rerun"),
+        "--test_after_fit",
+        "false",
+        cwd=tmp_path,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (metrics,) = (tmp_path / "rerun").rglob("metrics.csv")
+    last = {k: float(v) for row in csv.DictReader(open(metrics)) for k, v in row.items() if v}
+    for metric in ("val/score", "val/other"):
+        assert last[metric] == pytest.approx(best["values"][metric], rel=1e-6)
+    trial_metrics = {
+        k: float(v)
+        for row in csv.DictReader(open(Path(stored.result.run_dir) / "logs" / "metrics.csv"))
+        for k, v in row.items()
+        if v
+    }
+    assert last["val/w"] == pytest.approx(trial_metrics["val/w"], rel=1e-6)
     again = run_facenas("search-report", str(tmp_path / "study.sqlite"))
     assert again.returncode == 0 and "Pareto front" in again.stdout
     assert run_facenas("search-report", str(tmp_path / "nowhere")).returncode == 2
@@ -346,7 +501,9 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
     config.write_text(yaml.safe_dump({k: v for k, v in changed.items() if v is not None}))
     clash = run_facenas("search", "--config", str(config))
     assert clash.returncode == 2 and "different seed" in clash.stderr
-    missing = run_facenas("search", "--config", str(config), "--name", "other", "--storage", str(tmp_path / "o.sqlite"), "--resume")
+    missing = run_facenas(
+        "search", "--config", str(config), "--name", "other", "--storage", str(tmp_path / "o.sqlite"), "--resume"
+    )
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
 
 
@@ -358,11 +515,28 @@ def test_frnas_replay_table_and_short_replays():
     assert len(table.rows) == 338 and sum(v["Error"] == 1.0 for v in table.rows.values()) == 50
     row = table(Trial(0, {"backbone": "selecsls60b", "head": "MagFace", "optimizer": "SGD", "schedule": "default"}))
     assert row.status == Status.SUCCESS and row.values["Error"] == pytest.approx(0.2852614379084968)
-    assert table(Trial(0, {"backbone": "gluon_inception_v3", "head": "CosFace", "optimizer": "AdamW", "schedule": "default"})).status \
-        in (Status.SUCCESS, Status.FAILED)
+    other = table(
+        Trial(0, {"backbone": "gluon_inception_v3", "head": "CosFace", "optimizer": "AdamW", "schedule": "default"})
+    )
+    assert other.status == Status.SUCCESS and other.values["Rank Disparity"] == pytest.approx(2.211961)
+    diverged = table(Trial(0, {"backbone": "vgg19", "head": "MagFace", "optimizer": "SGD", "schedule": "default"}))
+    assert (
+        diverged.status == Status.SUCCESS and diverged.values["Error"] == 1.0
+    )  # a real (diverged) outcome, as published
+    assert "Ratio" not in diverged.values  # its empty Ratio cell is left out, not a number
+    untrained = table(Trial(0, {"backbone": "dla102x2", "head": "ArcFace", "optimizer": "SGD", "schedule": "cosine"}))
+    assert untrained.status == Status.FAILED and untrained.error == "configuration not trained in the FR-NAS study"
     for spec in ("random", {"class_path": "optuna", "init_args": {"sampler": "nsga2"}}):
-        settings = StudySettings(name="r", space="frnas_phase1", objectives=[Objective("Error"), Objective("Rank Disparity")],
-                                 backend=spec, n_trials=30, storage=":memory:", runs_dir="runs/unused", report=False)
+        settings = StudySettings(
+            name="r",
+            space="frnas_phase1",
+            objectives=[Objective("Error"), Objective("Rank Disparity")],
+            backend=spec,
+            n_trials=30,
+            storage=":memory:",
+            runs_dir="runs/unused",
+            report=False,
+        )
         trials = Study(settings, objective=table, quiet=True).run().trials()
         assert len(trials) == 30 and any(t.status == Status.SUCCESS for t in trials)
 
@@ -370,8 +544,12 @@ def test_frnas_replay_table_and_short_replays():
 def test_subprocess_pool_runs_trials_side_by_side(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    settings = toy_settings(tmp_path, n_trials=3, base=[toy_base(tmp_path, sleep=0.2)],
-                            executor={"class_path": "subprocess", "init_args": {"workers": 2}})
+    settings = toy_settings(
+        tmp_path,
+        n_trials=3,
+        base=[toy_base(tmp_path, sleep=0.2)],
+        executor={"class_path": "subprocess", "init_args": {"workers": 2}},
+    )
     trials = Study(settings, quiet=True).run().trials()
     assert [t.status for t in trials] == [Status.SUCCESS] * 3, [t.result.error for t in trials]
     assert all((Path(t.result.run_dir) / "train.log").is_file() for t in trials)

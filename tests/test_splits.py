@@ -1,4 +1,5 @@
 """Seeded train/val/test splits that are written once and reused."""
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,16 @@ def test_split_file_is_written_once_and_reused(tmp_path):
     first = load_or_create_split(path, keys, seed=1)
     record = json.loads(path.read_text())
     assert record["seed"] == 1 and record["assignments"] == first
-    # a different seed no longer matters: the file is the truth
-    assert load_or_create_split(path, keys, seed=99) == first
+    assert load_or_create_split(path, keys, seed=1) == first  # read back, not drawn again
+    # a file drawn with another seed or other ratios is an error naming it, never silently reused
+    with pytest.raises(DataError, match=r"split.json: the split file was drawn with seed 1 .* not seed 99"):
+        load_or_create_split(path, keys, seed=99)
+    with pytest.raises(DataError, match=r"ratios \[6.0, 1.0, 3.0\], not seed 1 and ratios \[8.0, 1.0, 1.0\]"):
+        load_or_create_split(path, keys, seed=1, ratios=(8, 1, 1))
     # samples dropped since are fine; new samples are an error naming the file
     assert load_or_create_split(path, keys[:10], seed=1) == {k: first[k] for k in keys[:10]}
     with pytest.raises(DataError, match="split.json: 1 samples are not in the split file"):
-        load_or_create_split(path, keys + ["new"])
+        load_or_create_split(path, keys + ["new"], seed=1)
 
 
 def _identities(n_ids=20, per=10):

@@ -1,4 +1,5 @@
 """The seeded synthetic detection and identity generators, read back by the real-format readers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,12 +52,16 @@ def test_domains_differ_in_face_count_size_and_brightness():
 
 
 def test_cached_detection_set_reads_back_in_both_formats(tmp_path):
-    root = generate_detection_dataset(tmp_path / "syn", 6, domains=["plain", "masked", "fisheye"], size=(160, 120), seed=2)
+    root = generate_detection_dataset(
+        tmp_path / "syn", 6, domains=["plain", "masked", "fisheye"], size=(160, 120), seed=2
+    )
     wider = read_wider(root / "wider_face_bbx_gt.txt", root / "images", verify="full")
     retina = read_retinaface(root / "label.txt", root / "images")
     assert len(wider) == len(retina) == 6
     for i, (w, r) in enumerate(zip(wider, retina)):
-        _, boxes, marks = synthesize_detection_image(i, domain=["plain", "masked", "fisheye"][i % 3], size=(160, 120), seed=2)
+        _, boxes, marks = synthesize_detection_image(
+            i, domain=["plain", "masked", "fisheye"][i % 3], size=(160, 120), seed=2
+        )
         np.testing.assert_allclose(w.boxes, boxes, atol=0.011)
         np.testing.assert_allclose(r.landmarks, marks, atol=0.011)
     mtime = (root / "label.txt").stat().st_mtime_ns
@@ -66,7 +71,9 @@ def test_cached_detection_set_reads_back_in_both_formats(tmp_path):
 
 def test_identity_set_groups_differ_in_count_and_spread(tmp_path):
     groups = (GroupSpec("female", 0.4, 0.3), GroupSpec("male", 0.6, 1.0))
-    labels = generate_identity_dataset(tmp_path / "ids", num_identities=10, images_per_identity=3, groups=groups, size=64, seed=1)
+    labels = generate_identity_dataset(
+        tmp_path / "ids", num_identities=10, images_per_identity=3, groups=groups, size=64, seed=1
+    )
     samples = read_identity_csv(labels, verify="full")
     assert len(samples) == 30
     per_group = {}

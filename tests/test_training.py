@@ -1,5 +1,6 @@
 """Training plumbing through `facenas fit/test`: configs, checkpoints and resume, errors, the
 W&B logger offline, and a real 2-process CPU DDP run whose metrics are synchronised."""
+
 from __future__ import annotations
 
 import csv
@@ -10,19 +11,21 @@ import torch
 import yaml
 
 from callbacks import evaluate_detections, evaluate_fairness
+from demos.toy import GROUPS, toy_sample
 
 from .conftest import REPO, run_facenas
-from .toy import GROUPS, toy_sample
 
 TOY = {
-    "model": {"class_path": "tests.toy.ToyFaceModule"},
-    "data": {"class_path": "tests.toy.ToyFaceData", "init_args": {"num_val": 32, "batch_size": 4}},
+    "model": {"class_path": "demos.toy.ToyFaceModule"},
+    "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 32, "batch_size": 4}},
     "trainer": {
         "max_epochs": 2,
         "enable_progress_bar": False,
         "callbacks": [
-            {"class_path": "callbacks.DetectionAP",
-             "init_args": {"min_size": 0, "short_side": None, "attributes": {"gender": list(GROUPS)}}},
+            {
+                "class_path": "callbacks.DetectionAP",
+                "init_args": {"min_size": 0, "short_side": None, "attributes": {"gender": list(GROUPS)}},
+            },
             {"class_path": "callbacks.FairnessMetrics", "init_args": {"reference_group": "female"}},
         ],
     },
@@ -31,8 +34,10 @@ TOY = {
 
 def write_config(tmp_path: Path, **overrides) -> Path:
     config = yaml.safe_load(yaml.safe_dump(TOY))
-    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                   "init_args": {"save_dir": str(tmp_path / "runs"), "name": "toy"}}
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path / "runs"), "name": "toy"},
+    }
     for key, value in overrides.items():
         config["trainer"][key] = value
     path = tmp_path / "toy.yaml"
@@ -49,9 +54,16 @@ def last_metrics(metrics_csv: Path) -> dict[str, float]:
 
 
 def full_set_metrics(items):
-    det = evaluate_detections([(i["det_boxes"], i["det_scores"]) for i in items], [(i["boxes"], i["ignore"]) for i in items])
-    fair = evaluate_fairness(torch.stack([i["embedding"] for i in items]), torch.tensor([i["identity"] for i in items]),
-                             torch.tensor([i["group"] for i in items]), list(GROUPS), "female")
+    det = evaluate_detections(
+        [(i["det_boxes"], i["det_scores"]) for i in items], [(i["boxes"], i["ignore"]) for i in items]
+    )
+    fair = evaluate_fairness(
+        torch.stack([i["embedding"] for i in items]),
+        torch.tensor([i["identity"] for i in items]),
+        torch.tensor([i["group"] for i in items]),
+        list(GROUPS),
+        "female",
+    )
     return det, fair
 
 
@@ -61,7 +73,7 @@ def test_fit_saves_config_best_and_last_then_resumes_and_tests(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs" / "toy" / "version_0"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["class_path"] == "tests.toy.ToyFaceModule" and saved["trainer"]["max_epochs"] == 2
+    assert saved["model"]["class_path"] == "demos.toy.ToyFaceModule" and saved["trainer"]["max_epochs"] == 2
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(p.startswith("best-") for p in checkpoints)
     metrics = last_metrics(run / "metrics.csv")
@@ -70,7 +82,9 @@ def test_fit_saves_config_best_and_last_then_resumes_and_tests(tmp_path):
     assert metrics["val/rank_disparity"] == pytest.approx(fair.rank_disparity, rel=1e-5)
     assert "val/ap50" in out.stdout  # the final metrics table
 
-    resumed = run_facenas("fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "3", cwd=tmp_path)
+    resumed = run_facenas(
+        "fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "3", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "using last checkpoint" in resumed.stderr and str(run / "checkpoints" / "last.ckpt") in resumed.stderr
     state = torch.load(tmp_path / "runs/toy/version_1/checkpoints/last.ckpt", weights_only=False)
@@ -88,16 +102,96 @@ def test_print_config_resolves_every_default(tmp_path):
     assert printed["data"]["init_args"]["num_val"] == 32 and printed["model"]["init_args"]["lr"] == 0.1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--trainer.max_epochz", "3"], "max_epochz"),
-    (["--model.lr", "abc"], 'Parser key "lr"'),
-    (["--model", "tests.toy.NoSuchModel"], "NoSuchModel"),
-    (["--data.annotations", "/nonexistent/gt.txt"], "/nonexistent/gt.txt: annotation file not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trainer.max_epochz", "3"], "max_epochz"),
+        (["--model.lr", "abc"], "model.init_args.lr: Expected a <class 'float'>. Got value: abc"),
+        (["--model", "demos.toy.NoSuchModel"], "NoSuchModel"),
+    ],
+)
 def test_config_errors_exit_2_with_one_message(tmp_path, args, message):
     out = run_facenas("fit", "--config", str(write_config(tmp_path)), *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert message in out.stderr and "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_data_errors_while_training_end_in_one_message(tmp_path):
+    out = run_facenas(
+        "fit", "--config", str(write_config(tmp_path)), "--data.annotations", "/nonexistent/gt.txt", cwd=tmp_path
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == "facenas fit: error: /nonexistent/gt.txt: annotation file not found"
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "config, args, message",
+    [
+        (
+            "detection/quickstart.yaml",
+            ["--model.init_args.optimizer", "rmsprop"],
+            "model.init_args.optimizer: Expected a typing.Literal['sgd', 'adam', 'adamw']. Got value: rmsprop",
+        ),
+        (
+            "detection/quickstart.yaml",
+            ["--model.init_args.backbone", "no_such_net"],
+            "model.init_args.backbone: unknown backbone 'no_such_net'",
+        ),
+        (
+            "detection/quickstart.yaml",
+            ["--data.init_args.min_crop_ratio", "1.5"],
+            "data.init_args.min_crop_ratio: min_crop_ratio must be in (0, 1], got 1.5",
+        ),
+        (
+            "recognition/quickstart.yaml",
+            ["--model.init_args.head", "no_such_head"],
+            "model.init_args.head: unknown head 'no_such_head'; choose from cosface, arcface, magface",
+        ),
+        (
+            "detection/retinaface_mnv2.yaml",
+            ["--data.init_args.format", "wider"],
+            "data.init_args.format: format 'wider' needs train_annotations",
+        ),
+    ],
+)
+def test_shipped_config_mistakes_exit_2_before_any_data_is_made(tmp_path, config, args, message):
+    out = run_facenas("fit", "--config", str(REPO / "configs" / config), *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == f"facenas fit: error: {message}" or (
+        message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    ), out.stderr
+    assert not (tmp_path / "data").exists()  # nothing was generated or split before the error
+
+
+def test_retinaface_takes_adamw():
+    from models.detection import RetinaFace
+
+    model = RetinaFace(optimizer="adamw", lr=1e-3)
+    assert type(model.configure_optimizers()["optimizer"]).__name__ == "AdamW"
+
+
+def test_diverged_training_exits_1_with_one_line(tmp_path):
+    config = write_config(tmp_path, max_epochs=1)
+    out = run_facenas(
+        "fit", "--config", str(config), "--model", "demos.toy.ToySearchModule", "--model.diverge", "true", cwd=tmp_path
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert (
+        "facenas fit: training stopped: non-finite training loss at epoch 0" in out.stderr
+        and "Traceback" not in out.stderr
+    )
+
+
+def test_runs_without_a_logger_get_their_config_name(tmp_path):
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    del config["trainer"]["logger"]
+    path = tmp_path / "my_detector.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_facenas("fit", "--config", str(path), "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "runs/my_detector/version_0/checkpoints/last.ckpt").is_file()
+    assert not (tmp_path / "runs/default").exists()
 
 
 def test_missing_config_file_exits_2(tmp_path):
@@ -107,9 +201,17 @@ def test_missing_config_file_exits_2(tmp_path):
 
 def test_wandb_logger_runs_offline_and_finishes_one_run(tmp_path):
     config = write_config(tmp_path, max_epochs=1)
-    out = run_facenas("fit", "--config", str(config), "--config", str(REPO / "configs/logger/wandb.yaml"),
-                      "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"), cwd=tmp_path,
-                      env={"WANDB_MODE": "", "WANDB_DIR": str(tmp_path / "wb")})
+    out = run_facenas(
+        "fit",
+        "--config",
+        str(config),
+        "--config",
+        str(REPO / "configs/logger/wandb.yaml"),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "wb"),
+        cwd=tmp_path,
+        env={"WANDB_MODE": "", "WANDB_DIR": str(tmp_path / "wb")},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

@@ -1,5 +1,6 @@
 """Face-detection data: readers of WIDER / RetinaFace / FDDB / VOC / dlib / COCO annotations, the
 WIDER prediction writer, and the synthetic face generator."""
+
 from __future__ import annotations
 
 from .datamodule import (

@@ -1,11 +1,12 @@
 """FaceDetectionDataModule: any detection format (or the synthetic default) -> batches for
 RetinaFace training and AP evaluation."""
+
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from ..base import SplitDataModule
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
-from .formats import attach_box_attributes, read_detection
+from .formats import DETECTION_FORMATS, attach_box_attributes, read_detection
 from .synthetic import DOMAINS, generate_detection_dataset
 from .transforms import EvalTransform, Faces, TrainTransform
 
@@ -48,14 +49,24 @@ class DetectionDataset(Dataset):
             warnings.warn(f"skipping unreadable image {sample.image}: {exc}", stacklevel=1)
             return None
         marks = sample.landmarks if sample.landmarks is not None else np.full((len(sample), 5, 2), np.nan, np.float32)
-        faces = Faces(torch.from_numpy(sample.boxes.copy()), torch.from_numpy(marks.copy()), torch.from_numpy(sample.ignore.copy()))
+        faces = Faces(
+            torch.from_numpy(sample.boxes.copy()),
+            torch.from_numpy(marks.copy()),
+            torch.from_numpy(sample.ignore.copy()),
+        )
         height, width = image.shape[-2:]
         if isinstance(self.transform, TrainTransform):
             image, faces = self.transform(image, faces)
             return {"image": image, "faces": faces}
         image, scale = self.transform(image)
-        meta = {"name": sample.name, "image_size": (int(height), int(width)), "scale": scale, "boxes": faces.boxes,
-                "ignore": faces.ignore, "attributes": sample.attributes}
+        meta = {
+            "name": sample.name,
+            "image_size": (int(height), int(width)),
+            "scale": scale,
+            "boxes": faces.boxes,
+            "ignore": faces.ignore,
+            "attributes": sample.attributes,
+        }
         return {"image": image, "meta": meta}
 
 
@@ -91,17 +102,19 @@ def collate_eval(items: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 class FaceDetectionDataModule(SplitDataModule):
-    """Face-detection data from any reader format, or the seeded synthetic set by default.
+    """Face-detection data from any reader format, or the seeded synthetic set.
 
-    Sources: with ``train_annotations`` the training data is read in ``format``; without it a
-    synthetic set (``synthetic_*``) is generated once into ``synthetic_root`` and reused.
+    Sources: with a ``format`` the training data is read from ``train_annotations`` (required)
+    in that format; without one a synthetic set (``synthetic_*``) is generated once into
+    ``synthetic_root`` and reused.
     Validation and test come from ``val_*`` / ``test_*`` when given; otherwise the training
     source is split (``split_ratios``, 6:1:3 by default, as HyperFD) and the split is written to
     ``split_file`` and reused by every later run. Without test annotations but with validation
     annotations, the test split is the validation set.
 
     Args:
-        format: reader format of the annotation files (wider, retinaface, fddb, voc, dlib, coco).
+        format: reader format of the annotation files (wider, retinaface, fddb, voc, dlib, coco);
+            None: the synthetic set.
         train_annotations, train_images: training annotations and image folder.
         val_annotations, val_images, test_annotations, test_images: held-out sets.
         val_attributes: per-face attribute CSV for the held-out sets (e.g. WIDER demographics).
@@ -119,7 +132,7 @@ class FaceDetectionDataModule(SplitDataModule):
 
     def __init__(
         self,
-        format: str = "wider",
+        format: str | None = None,
         train_annotations: str | None = None,
         train_images: str | None = None,
         val_annotations: str | None = None,
@@ -142,10 +155,28 @@ class FaceDetectionDataModule(SplitDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 4,
         num_workers: int = 2,
-        verify: str = "header",
+        verify: Literal["none", "header", "full"] = "header",
         max_bad_fraction: float = 0.05,
     ) -> None:
         super().__init__()
+        if format is None:
+            given = [
+                k
+                for k, v in (
+                    ("train_annotations", train_annotations),
+                    ("val_annotations", val_annotations),
+                    ("test_annotations", test_annotations),
+                )
+                if v is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{given[0]} is set but format is not: name the annotation format ({', '.join(DETECTION_FORMATS)})"
+                )
+        else:
+            DETECTION_FORMATS.get(format)  # an unknown format fails here
+            if train_annotations is None:
+                raise ValueError(f"format {format!r} needs train_annotations (leave format out for synthetic data)")
         unknown = [d for d in synthetic_domains if d not in DOMAINS]
         if unknown:
             raise ValueError(f"unknown synthetic domain {unknown[0]!r}; choose from {', '.join(DOMAINS)}")
@@ -157,27 +188,36 @@ class FaceDetectionDataModule(SplitDataModule):
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, annotations: str | Path, images: str | Path | None, fmt: str | None = None) -> list[DetectionSample]:
+    def _read(
+        self, annotations: str | Path, images: str | Path | None, fmt: str | None = None
+    ) -> list[DetectionSample]:
         samples, report = read_detection(fmt or self.hparams.format, annotations, images, verify=self.hparams.verify)
         self.report.merge(report)
         return samples
 
     def _synthetic(self) -> tuple[Path, Path]:
         h = self.hparams
-        root = self._synthetic_folder(h.synthetic_images, list(h.synthetic_domains), list(h.synthetic_size), h.synthetic_seed)
-        generate_detection_dataset(root, h.synthetic_images, domains=list(h.synthetic_domains),
-                                   size=tuple(h.synthetic_size), seed=h.synthetic_seed)
+        root = self._synthetic_folder(
+            h.synthetic_images, list(h.synthetic_domains), list(h.synthetic_size), h.synthetic_seed
+        )
+        generate_detection_dataset(
+            root,
+            h.synthetic_images,
+            domains=list(h.synthetic_domains),
+            size=tuple(h.synthetic_size),
+            seed=h.synthetic_seed,
+        )
         return root / "label.txt", root / "images"
 
     def prepare_data(self) -> None:
-        if self.hparams.train_annotations is None:
+        if self.hparams.format is None:
             self._synthetic()  # generate once, on one process
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         h = self.hparams
-        if h.train_annotations is None:
+        if h.format is None:
             annotations, images = self._synthetic()
             train = self._read(annotations, images, "retinaface")
         else:
@@ -196,8 +236,10 @@ class FaceDetectionDataModule(SplitDataModule):
         if self.report.issues and (self.trainer is None or self.trainer.is_global_zero):
             print(self.report.summary())
         if self.report.bad_fraction > h.max_bad_fraction:
-            raise DataError(f"{100 * self.report.bad_fraction:.1f}% of the boxes and images were dropped "
-                            f"(limit {100 * h.max_bad_fraction:.1f}%); run `facenas data check` for the list")
+            raise DataError(
+                f"{100 * self.report.bad_fraction:.1f}% of the boxes and images were dropped "
+                f"(limit {100 * h.max_bad_fraction:.1f}%); run `facenas data check` for the list"
+            )
         if not self.splits["train"]:
             raise DataError("the training split is empty", source)
 
@@ -205,8 +247,11 @@ class FaceDetectionDataModule(SplitDataModule):
 
     def _dataset(self, part: str, train: bool) -> DetectionDataset:
         h = self.hparams
-        transform = (TrainTransform(h.image_size, h.min_crop_ratio) if train
-                     else EvalTransform(h.eval_short_side, h.eval_max_side))
+        transform = (
+            TrainTransform(h.image_size, h.min_crop_ratio)
+            if train
+            else EvalTransform(h.eval_short_side, h.eval_max_side)
+        )
         return DetectionDataset(self.splits[part], transform)
 
     def _collate(self, train: bool):

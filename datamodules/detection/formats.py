@@ -7,6 +7,7 @@ errors (a count line that is not a number, a missing file) raise :class:`DataErr
 file and line; bad boxes and unreadable images are counted in the :class:`DataReport`, reported
 with their line, and skipped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.progress import track
+from core.registry import Registry
+
 from ..images import sanitize_boxes, verify_sample_image
-from ..progress import track
 from ..records import DataError, DataReport, DetectionSample
 
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
@@ -64,10 +67,12 @@ def _counted_blocks(path: Path, items: str) -> Iterator[tuple[int, str, list[tup
         try:
             count = int(count_text)
         except ValueError:
-            raise DataError(f"expected the number of {items} of {name!r}, found {count_text!r}", path, count_line) from None
+            raise DataError(
+                f"expected the number of {items} of {name!r}, found {count_text!r}", path, count_line
+            ) from None
         if count < 0:
             raise DataError(f"negative count {count} for {name!r}", path, count_line)
-        body = lines[i + 2: i + 2 + count]
+        body = lines[i + 2 : i + 2 + count]
         if len(body) < count:
             raise DataError(f"{name!r} announces {count} {items} but the file ends after {len(body)}", path, count_line)
         i += 2 + count
@@ -91,8 +96,13 @@ def _xywh_to_xyxy(values: np.ndarray) -> np.ndarray:
     return np.concatenate([values[:, :2], values[:, :2] + values[:, 2:]], axis=1)
 
 
-def read_wider(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-               report: DataReport | None = None) -> list[DetectionSample]:
+def read_wider(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+) -> list[DetectionSample]:
     """Read WIDER FACE's official ``wider_face_*_bbx_gt.txt``.
 
     Blocks of ``name`` / ``N`` / N lines of ``x y w h blur expression illumination invalid
@@ -123,8 +133,13 @@ def read_wider(annotations: str | Path, images: str | Path | None = None, *, ver
                 if key != "invalid":
                     attrs[key].append(str(int(value)))
         sample = DetectionSample(
-            image=str(root / name), name=name, boxes=_xywh_to_xyxy(np.array(boxes)), ignore=np.array(ignore, dtype=bool),
-            attributes=attrs, lines=np.array(line_numbers, dtype=int), source_index=np.array(index, dtype=int),
+            image=str(root / name),
+            name=name,
+            boxes=_xywh_to_xyxy(np.array(boxes)),
+            ignore=np.array(ignore, dtype=bool),
+            attributes=attrs,
+            lines=np.array(line_numbers, dtype=int),
+            source_index=np.array(index, dtype=int),
         )
         sample = _finish(sample, path, number, verify, report)
         if sample is not None:
@@ -132,8 +147,13 @@ def read_wider(annotations: str | Path, images: str | Path | None = None, *, ver
     return samples
 
 
-def read_retinaface(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-                    report: DataReport | None = None) -> list[DetectionSample]:
+def read_retinaface(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+) -> list[DetectionSample]:
     """Read the RetinaFace ``label.txt`` variant of WIDER FACE.
 
     ``# <event>/<name>.jpg`` starts an image; each following line is ``x y w h`` then, optionally,
@@ -149,9 +169,13 @@ def read_retinaface(annotations: str | Path, images: str | Path | None = None, *
         if current is None:
             return
         sample = DetectionSample(
-            image=str(root / current["name"]), name=current["name"], boxes=_xywh_to_xyxy(np.array(current["boxes"])),
-            ignore=np.zeros(len(current["boxes"]), dtype=bool), landmarks=np.array(current["landmarks"]).reshape(-1, 5, 2),
-            lines=np.array(current["lines"], dtype=int), source_index=np.arange(len(current["boxes"])),
+            image=str(root / current["name"]),
+            name=current["name"],
+            boxes=_xywh_to_xyxy(np.array(current["boxes"])),
+            ignore=np.zeros(len(current["boxes"]), dtype=bool),
+            landmarks=np.array(current["landmarks"]).reshape(-1, 5, 2),
+            lines=np.array(current["lines"], dtype=int),
+            source_index=np.arange(len(current["boxes"])),
         )
         sample = _finish(sample, path, current["line"], verify, report)
         if sample is not None:
@@ -188,8 +212,14 @@ def _ellipse_box(ra: float, rb: float, theta: float, cx: float, cy: float) -> li
     return [cx - half_w, cy - half_h, cx + half_w, cy + half_h]
 
 
-def read_fddb(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-              report: DataReport | None = None, extension: str = ".jpg") -> list[DetectionSample]:
+def read_fddb(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+    extension: str = ".jpg",
+) -> list[DetectionSample]:
     """Read FDDB ``FDDB-fold-XX-ellipseList.txt`` files (a file or a folder of them).
 
     Blocks of ``name`` (no extension) / ``N`` / N lines of ``major_radius minor_radius angle
@@ -213,8 +243,12 @@ def read_fddb(annotations: str | Path, images: str | Path | None = None, *, veri
                 line_numbers.append(box_line)
             image_name = name + extension
             sample = DetectionSample(
-                image=str(root / image_name), name=image_name, boxes=np.array(boxes), ignore=np.zeros(len(boxes), bool),
-                lines=np.array(line_numbers, dtype=int), source_index=np.arange(len(boxes)),
+                image=str(root / image_name),
+                name=image_name,
+                boxes=np.array(boxes),
+                ignore=np.zeros(len(boxes), bool),
+                lines=np.array(line_numbers, dtype=int),
+                source_index=np.arange(len(boxes)),
             )
             sample = _finish(sample, file, number, verify, report)
             if sample is not None:
@@ -231,8 +265,14 @@ def _parse_xml(file: Path) -> ET.Element:
         raise DataError("annotation file not found", file) from None
 
 
-def read_voc(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-             report: DataReport | None = None, classes: Iterable[str] | None = None) -> list[DetectionSample]:
+def read_voc(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+    classes: Iterable[str] | None = None,
+) -> list[DetectionSample]:
     """Read PASCAL VOC XML annotations (one ``.xml`` file or a folder of them).
 
     ``<object><name>`` filters by ``classes`` when given; ``<difficult>1`` boxes become ignore
@@ -266,11 +306,17 @@ def read_voc(annotations: str | Path, images: str | Path | None = None, *, verif
             index.append(k)
         size = xml.find("size")
         sample = DetectionSample(
-            image=str(root / name), name=name, boxes=np.array(boxes), ignore=np.array(ignore, bool),
+            image=str(root / name),
+            name=name,
+            boxes=np.array(boxes),
+            ignore=np.array(ignore, bool),
             source_index=np.array(index, dtype=int),
         )
         if size is not None and verify == "none":
-            sample.width, sample.height = int(float(size.findtext("width") or 0)) or None, int(float(size.findtext("height") or 0)) or None
+            sample.width, sample.height = (
+                int(float(size.findtext("width") or 0)) or None,
+                int(float(size.findtext("height") or 0)) or None,
+            )
         sample = _finish(sample, file, None, verify, report)
         if sample is not None:
             samples.append(sample)
@@ -291,8 +337,13 @@ def _five_points(parts: dict[int, tuple[float, float]]) -> np.ndarray:
     return np.full((5, 2), np.nan, dtype=np.float32)
 
 
-def read_dlib(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-              report: DataReport | None = None) -> list[DetectionSample]:
+def read_dlib(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+) -> list[DetectionSample]:
     """Read dlib imglab XML (``<image file><box top left width height [ignore]>``), such as dlib's
     PASCAL faces. 68-point or 5-point ``<part>`` landmarks become the 5 RetinaFace points.
     Images are resolved against ``images`` (default: the XML file's folder)."""
@@ -315,10 +366,15 @@ def read_dlib(annotations: str | Path, images: str | Path | None = None, *, veri
                 continue
             boxes.append([left, top, left + w, top + h])
             ignore.append(box.get("ignore", "0") == "1")
-            parts = {int(p.get("name", i)): (float(p.get("x")), float(p.get("y"))) for i, p in enumerate(box.iter("part"))}  # type: ignore[arg-type]
+            parts = {
+                int(p.get("name", i)): (float(p.get("x")), float(p.get("y"))) for i, p in enumerate(box.iter("part"))
+            }  # type: ignore[arg-type]
             marks.append(_five_points(parts))
         sample = DetectionSample(
-            image=str(root / name), name=name, boxes=np.array(boxes), ignore=np.array(ignore, bool),
+            image=str(root / name),
+            name=name,
+            boxes=np.array(boxes),
+            ignore=np.array(ignore, bool),
             landmarks=np.array(marks).reshape(-1, 5, 2) if any(np.isfinite(m).all() for m in marks) else None,
             source_index=np.arange(len(boxes)),
         )
@@ -330,8 +386,14 @@ def read_dlib(annotations: str | Path, images: str | Path | None = None, *, veri
     return samples
 
 
-def read_coco(annotations: str | Path, images: str | Path | None = None, *, verify: str = "header",
-              report: DataReport | None = None, categories: Iterable[str] | None = None) -> list[DetectionSample]:
+def read_coco(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    verify: str = "header",
+    report: DataReport | None = None,
+    categories: Iterable[str] | None = None,
+) -> list[DetectionSample]:
     """Read COCO JSON (``images``, ``annotations`` with ``bbox`` as x y w h, ``categories``).
 
     ``iscrowd`` boxes become ignore regions; 5 keypoints (x, y, v triples) become landmarks.
@@ -378,9 +440,13 @@ def read_coco(annotations: str | Path, images: str | Path | None = None, *, veri
                 marks.append(np.full((5, 2), np.nan, dtype=np.float32))
         name = info["file_name"]
         sample = DetectionSample(
-            image=str(root / name), name=name, boxes=_xywh_to_xyxy(np.array(boxes)), ignore=np.array(ignore, bool),
+            image=str(root / name),
+            name=name,
+            boxes=_xywh_to_xyxy(np.array(boxes)),
+            ignore=np.array(ignore, bool),
             landmarks=np.array(marks).reshape(-1, 5, 2) if any(np.isfinite(m).all() for m in marks) else None,
-            source_index=np.array(index, dtype=int), lines=np.array(index, dtype=int),
+            source_index=np.array(index, dtype=int),
+            lines=np.array(index, dtype=int),
         )
         if verify == "none" and info.get("width"):
             sample.width, sample.height = int(info["width"]), int(info["height"])
@@ -390,29 +456,37 @@ def read_coco(annotations: str | Path, images: str | Path | None = None, *, veri
     return samples
 
 
-DETECTION_FORMATS: dict[str, Callable[..., list[DetectionSample]]] = {
-    "wider": read_wider,
-    "retinaface": read_retinaface,
-    "fddb": read_fddb,
-    "voc": read_voc,
-    "dlib": read_dlib,
-    "coco": read_coco,
-}
+DETECTION_FORMATS: Registry[Callable[..., list[DetectionSample]]] = Registry("detection format")
+for _name, _reader in (
+    ("wider", read_wider),
+    ("retinaface", read_retinaface),
+    ("fddb", read_fddb),
+    ("voc", read_voc),
+    ("dlib", read_dlib),
+    ("coco", read_coco),
+):
+    DETECTION_FORMATS.register(_name, _reader)
 
 
-def read_detection(format: str, annotations: str | Path, images: str | Path | None = None, *,
-                   verify: str = "header", **kwargs) -> tuple[list[DetectionSample], DataReport]:
+def read_detection(
+    format: str, annotations: str | Path, images: str | Path | None = None, *, verify: str = "header", **kwargs
+) -> tuple[list[DetectionSample], DataReport]:
     """Read any detection format by name (see ``DETECTION_FORMATS``); returns samples and report."""
-    if format not in DETECTION_FORMATS:
-        raise DataError(f"unknown detection format {format!r}; choose from {', '.join(DETECTION_FORMATS)}")
+    reader = DETECTION_FORMATS.get(format)
     report = DataReport(source=str(annotations))
-    samples = DETECTION_FORMATS[format](annotations, images, verify=verify, report=report, **kwargs)
+    samples = reader(annotations, images, verify=verify, report=report, **kwargs)
     return samples, report
 
 
-def attach_box_attributes(samples: list[DetectionSample], csv_path: str | Path, *, file_column: str = "file",
-                          index_column: str = "face_index", columns: Iterable[str] | None = None,
-                          normalize: bool = True) -> list[str]:
+def attach_box_attributes(
+    samples: list[DetectionSample],
+    csv_path: str | Path,
+    *,
+    file_column: str = "file",
+    index_column: str = "face_index",
+    columns: Iterable[str] | None = None,
+    normalize: bool = True,
+) -> list[str]:
     """Attach per-box labels from a CSV keyed by (image name, 0-based box position in the source
     file), such as WIDER FACE demographics (``file,face_index,...,perceived_gender,...``).
 
@@ -431,8 +505,11 @@ def attach_box_attributes(samples: list[DetectionSample], csv_path: str | Path, 
         missing = [c for c in columns or [] if c not in header]
         if missing:
             raise DataError(f"column {missing[0]!r} missing (columns: {', '.join(header)})", path, 1)
-        wanted = list(columns) if columns is not None else [c for c in header if c not in (file_column, index_column)
-                                                            and c not in ("x1", "y1", "w", "h")]
+        wanted = (
+            list(columns)
+            if columns is not None
+            else [c for c in header if c not in (file_column, index_column) and c not in ("x1", "y1", "w", "h")]
+        )
         table: dict[tuple[str, int], dict[str, str]] = {}
         for number, row in enumerate(reader, start=2):
             try:
@@ -443,7 +520,9 @@ def attach_box_attributes(samples: list[DetectionSample], csv_path: str | Path, 
         index = sample.source_index if sample.source_index is not None else np.arange(len(sample))
         rows = [table.get((sample.name, int(k))) for k in index]
         for col in wanted:
-            values = [None if r is None or not r.get(col) else (r[col].strip().lower() if normalize else r[col]) for r in rows]
+            values = [
+                None if r is None or not r.get(col) else (r[col].strip().lower() if normalize else r[col]) for r in rows
+            ]
             sample.attributes[col] = values
     return wanted
 
@@ -467,7 +546,9 @@ def write_wider_predictions(out_dir: str | Path, name: str, boxes: np.ndarray, s
     return target
 
 
-def read_wider_predictions(pred_dir: str | Path, report: DataReport | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_wider_predictions(
+    pred_dir: str | Path, report: DataReport | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a WIDER prediction folder: ``{"<event>/<stem>": (boxes xyxy (D, 4), scores (D,))}``."""
     root = Path(pred_dir)
     if not root.is_dir():

@@ -15,6 +15,7 @@ draws one image on the fly; :func:`generate_detection_dataset` caches a set to a
 real formats (WIDER ``wider_face_bbx_gt.txt`` and RetinaFace ``label.txt``), so the same
 readers serve real and synthetic data.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,21 +29,25 @@ from PIL import Image, ImageDraw, ImageFilter
 
 DOMAINS = ("plain", "crowd", "masked", "lowlight", "fisheye", "cartoon")
 
-SKIN_TONES = np.array([[255, 224, 196], [241, 194, 155], [224, 172, 125], [198, 134, 86], [141, 85, 54], [92, 56, 38]], dtype=float)
-CARTOON_SKINS = np.array([[255, 220, 60], [120, 200, 120], [130, 170, 255], [255, 150, 200], [250, 250, 250]], dtype=float)
+SKIN_TONES = np.array(
+    [[255, 224, 196], [241, 194, 155], [224, 172, 125], [198, 134, 86], [141, 85, 54], [92, 56, 38]], dtype=float
+)
+CARTOON_SKINS = np.array(
+    [[255, 220, 60], [120, 200, 120], [130, 170, 255], [255, 150, 200], [250, 250, 250]], dtype=float
+)
 
 
 @dataclass(frozen=True)
 class DomainStyle:
     """How a domain draws its images."""
 
-    faces: tuple[int, int]          # number of faces (inclusive range)
-    size: tuple[float, float]       # face width as a fraction of the shorter image side (log-uniform)
-    clutter: int                    # background shapes
-    distractors: int = 0            # skin-coloured non-face blobs
+    faces: tuple[int, int]  # number of faces (inclusive range)
+    size: tuple[float, float]  # face width as a fraction of the shorter image side (log-uniform)
+    clutter: int  # background shapes
+    distractors: int = 0  # skin-coloured non-face blobs
     mask: bool = False
     lowlight: bool = False
-    fisheye: float = 0.0            # radial warp strength
+    fisheye: float = 0.0  # radial warp strength
     cartoon: bool = False
 
 
@@ -91,8 +96,9 @@ def _background(rng: np.random.Generator, width: int, height: int, style: Domain
     return image
 
 
-def _draw_face(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, w: float,
-               style: DomainStyle) -> tuple[list[float], np.ndarray]:
+def _draw_face(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, w: float, style: DomainStyle
+) -> tuple[list[float], np.ndarray]:
     """Draw a face centred at (cx, cy) with width ``w``; return its box (xyxy) and 5 landmarks."""
     h = w * rng.uniform(1.15, 1.4)
     yaw = rng.uniform(-0.25, 0.25)  # shifts the features sideways: a cheap turned head
@@ -102,25 +108,40 @@ def _draw_face(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, c
     outline = (0, 0, 0) if style.cartoon else tuple(int(v) for v in np.clip(skin * 0.7, 0, 255))
     line = max(1, int(w / 25)) * (2 if style.cartoon else 1)
     hair = _color(rng, 0, 120)
-    draw.ellipse([cx - w * 0.55, cy - h * 0.62, cx + w * 0.55, cy + h * 0.1], fill=hair)      # hair
+    draw.ellipse([cx - w * 0.55, cy - h * 0.62, cx + w * 0.55, cy + h * 0.1], fill=hair)  # hair
     draw.ellipse([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], fill=skin_c, outline=outline, width=line)
     fx = cx + yaw * w * 0.35
     eye_dx, eye_y = w * rng.uniform(0.17, 0.22), cy - h * rng.uniform(0.05, 0.12)
     eye_r = w * (0.09 if style.cartoon else rng.uniform(0.045, 0.065))
     left_eye, right_eye = (fx - eye_dx, eye_y), (fx + eye_dx, eye_y)
     for ex, ey in (left_eye, right_eye):
-        draw.ellipse([ex - eye_r * 1.4, ey - eye_r, ex + eye_r * 1.4, ey + eye_r], fill=(250, 250, 250), outline=outline)
+        draw.ellipse(
+            [ex - eye_r * 1.4, ey - eye_r, ex + eye_r * 1.4, ey + eye_r], fill=(250, 250, 250), outline=outline
+        )
         draw.ellipse([ex - eye_r * 0.6, ey - eye_r * 0.6, ex + eye_r * 0.6, ey + eye_r * 0.6], fill=_color(rng, 0, 90))
-        draw.line([ex - eye_r * 1.5, ey - eye_r * 2.0, ex + eye_r * 1.5, ey - eye_r * 2.2], fill=hair, width=max(1, line))
+        draw.line(
+            [ex - eye_r * 1.5, ey - eye_r * 2.0, ex + eye_r * 1.5, ey - eye_r * 2.2], fill=hair, width=max(1, line)
+        )
     nose = (fx + yaw * w * 0.1, cy + h * rng.uniform(0.06, 0.12))
-    draw.polygon([(nose[0], nose[1] - h * 0.12), (nose[0] - w * 0.06, nose[1]), (nose[0] + w * 0.06, nose[1])],
-                 fill=tuple(int(v) for v in np.clip(skin * 0.85, 0, 255)), outline=outline)
+    draw.polygon(
+        [(nose[0], nose[1] - h * 0.12), (nose[0] - w * 0.06, nose[1]), (nose[0] + w * 0.06, nose[1])],
+        fill=tuple(int(v) for v in np.clip(skin * 0.85, 0, 255)),
+        outline=outline,
+    )
     mouth_y, mouth_dx = cy + h * rng.uniform(0.22, 0.28), w * rng.uniform(0.13, 0.18)
     left_mouth, right_mouth = (fx - mouth_dx, mouth_y), (fx + mouth_dx, mouth_y)
-    draw.arc([left_mouth[0], mouth_y - h * 0.06, right_mouth[0], mouth_y + h * 0.06], 0, 180, fill=(150, 40, 50), width=max(1, line))
+    draw.arc(
+        [left_mouth[0], mouth_y - h * 0.06, right_mouth[0], mouth_y + h * 0.06],
+        0,
+        180,
+        fill=(150, 40, 50),
+        width=max(1, line),
+    )
     if style.mask:
         mask_color = [(235, 240, 245), (120, 170, 220), (30, 30, 30)][int(rng.integers(3))]
-        draw.rounded_rectangle([cx - w * 0.47, nose[1] - h * 0.04, cx + w * 0.47, cy + h * 0.42], radius=w * 0.12, fill=mask_color)
+        draw.rounded_rectangle(
+            [cx - w * 0.47, nose[1] - h * 0.04, cx + w * 0.47, cy + h * 0.42], radius=w * 0.12, fill=mask_color
+        )
     box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
     return box, np.array([left_eye, right_eye, nose, left_mouth, right_mouth], dtype=np.float32)
 
@@ -135,19 +156,23 @@ def _box_iou(box: list[float], others: list[list[float]]) -> float:
     return float((inter / (area + (o[:, 2:] - o[:, :2]).prod(1) - inter)).max())
 
 
-def _fisheye(image: Image.Image, boxes: np.ndarray, landmarks: np.ndarray, strength: float) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+def _fisheye(
+    image: Image.Image, boxes: np.ndarray, landmarks: np.ndarray, strength: float
+) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """Warp with a radial lens (centre magnified) and move annotations with the same mapping."""
     width, height = image.size
     half = np.array([width / 2, height / 2])
     norm = np.linalg.norm(half)
 
     def src_radius(r_out: np.ndarray) -> np.ndarray:  # output radius -> source radius (monotone)
-        return r_out * (1 + strength * r_out ** 2) / (1 + strength)
+        return r_out * (1 + strength * r_out**2) / (1 + strength)
 
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
     pix = torch.stack([xs * half[0], ys * half[1]], -1).double() / norm
     r_out = pix.norm(dim=-1, keepdim=True)
-    scale = torch.where(r_out > 0, torch.as_tensor(src_radius(r_out.numpy())) / r_out.clamp(min=1e-9), torch.ones_like(r_out))
+    scale = torch.where(
+        r_out > 0, torch.as_tensor(src_radius(r_out.numpy())) / r_out.clamp(min=1e-9), torch.ones_like(r_out)
+    )
     grid = (pix * scale * norm / torch.tensor(half)).float()[None]
     tensor = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
     warped = torch.nn.functional.grid_sample(tensor, grid, mode="bilinear", padding_mode="border", align_corners=True)
@@ -169,8 +194,9 @@ def _fisheye(image: Image.Image, boxes: np.ndarray, landmarks: np.ndarray, stren
     return out_image, new_boxes, forward(landmarks).astype(np.float32)
 
 
-def synthesize_detection_image(index: int, *, domain: str = "plain", size: tuple[int, int] = (640, 480),
-                               seed: int = 0) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+def synthesize_detection_image(
+    index: int, *, domain: str = "plain", size: tuple[int, int] = (640, 480), seed: int = 0
+) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """Draw image ``index`` of a domain.
 
     Returns:
@@ -218,8 +244,15 @@ def synthesize_detection_image(index: int, *, domain: str = "plain", size: tuple
     return image, box_arr, mark_arr
 
 
-def generate_detection_dataset(root: str | Path, num_images: int, *, domains: str | list[str] = "plain",
-                               size: tuple[int, int] = (640, 480), seed: int = 0, quality: int = 92) -> Path:
+def generate_detection_dataset(
+    root: str | Path,
+    num_images: int,
+    *,
+    domains: str | list[str] = "plain",
+    size: tuple[int, int] = (640, 480),
+    seed: int = 0,
+    quality: int = 92,
+) -> Path:
     """Cache a synthetic set in WIDER/RetinaFace layout and return the folder.
 
     Writes ``images/<k>--<domain>/<domain>_<index>.jpg``, ``wider_face_bbx_gt.txt`` (official
@@ -231,8 +264,13 @@ def generate_detection_dataset(root: str | Path, num_images: int, *, domains: st
         if d not in STYLES:
             raise ValueError(f"unknown synthetic domain {d!r}; choose from {', '.join(DOMAINS)}")
     root = Path(root)
-    meta = {"num_images": num_images, "domains": domain_list, "size": list(size), "seed": seed,
-            "styles": {d: asdict(STYLES[d]) for d in domain_list}}
+    meta = {
+        "num_images": num_images,
+        "domains": domain_list,
+        "size": list(size),
+        "seed": seed,
+        "styles": {d: asdict(STYLES[d]) for d in domain_list},
+    }
     meta_file = root / "meta.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
         return root

@@ -6,6 +6,7 @@ horizontal flip that also swaps left/right landmarks; resize to a square network
 Evaluation: resize so that the shorter side has a given length (the longer side capped).
 Randomness comes from torch's generator, which Lightning seeds per dataloader worker.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,13 +49,15 @@ def random_square_crop(image: Tensor, faces: Faces, min_ratio: float, tries: int
         side = max(1, int(_uniform(min_ratio, 1.0) * short))
         x0 = int(torch.randint(0, width - side + 1, ()).item())
         y0 = int(torch.randint(0, height - side + 1, ()).item())
-        inside = ((centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side))
+        inside = (
+            (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
+        )
         if len(faces.boxes) and not inside.any():
             continue
         kept = faces.select(inside)
         offset = torch.tensor([x0, y0], dtype=kept.boxes.dtype)
         boxes = (kept.boxes - offset.repeat(2)).clamp(0, side)
-        return image[:, y0: y0 + side, x0: x0 + side], Faces(boxes, kept.landmarks - offset, kept.ignore)
+        return image[:, y0 : y0 + side, x0 : x0 + side], Faces(boxes, kept.landmarks - offset, kept.ignore)
     return pad_to_square(image), faces
 
 
@@ -92,7 +95,9 @@ class TrainTransform:
     """Crop, photometric distortion, flip and resize to ``size`` x ``size``; returns the
     normalised float image and the faces in its pixels."""
 
-    def __init__(self, size: int = 640, min_crop_ratio: float = 0.3, flip: float = 0.5, photometric: bool = True) -> None:
+    def __init__(
+        self, size: int = 640, min_crop_ratio: float = 0.3, flip: float = 0.5, photometric: bool = True
+    ) -> None:
         self.size = size
         self.min_crop_ratio = min_crop_ratio
         self.flip = flip

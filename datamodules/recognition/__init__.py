@@ -1,5 +1,6 @@
 """Face-identification data: identity folders, CelebA, VGGFace2, generic CSV, insightface
 verification pairs, and the synthetic identity generator."""
+
 from __future__ import annotations
 
 from .datamodule import FaceIDDataModule, IdentityDataset, crop_face

@@ -1,12 +1,13 @@
 """FaceIDDataModule: identification layouts (or synthetic identities) -> training batches with
 identity labels, and evaluation batches with identities and demographic groups."""
+
 from __future__ import annotations
 
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torchvision.transforms import v2
 from ..base import SplitDataModule
 from ..records import DataError, DataReport, IdentitySample
 from ..splits import DEFAULT_RATIOS, split_identities
-from .formats import read_identities
+from .formats import IDENTITY_FORMATS, read_identities
 from .synthetic import generate_identity_dataset
 
 
@@ -33,22 +34,43 @@ def crop_face(image: Image.Image, bbox: tuple[float, float, float, float] | None
 
 def train_transform(size: int) -> v2.Compose:
     """Flip, colour jitter and a small random resized crop, then [-1, 1] normalisation."""
-    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-                       v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
 
 
 def eval_transform(size: int) -> v2.Compose:
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize([0.5] * 3, [0.5] * 3)])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
 
 
 class IdentityDataset(Dataset):
-    """Identity samples -> ``{"images", "labels" (training class or -1), "identities", "groups"}``.
+    """Identity samples -> ``{"images", "labels" (training class or -1), "identities", "groups",
+    "paths" (image file), "identity_names"}``.
     An unreadable image is replaced by the next readable one and reported once."""
 
-    def __init__(self, samples: Sequence[IdentitySample], transform: v2.Compose, labels: dict[str, int],
-                 identities: dict[str, int], groups: Sequence[int], crop_margin: float) -> None:
+    def __init__(
+        self,
+        samples: Sequence[IdentitySample],
+        transform: v2.Compose,
+        labels: dict[str, int],
+        identities: dict[str, int],
+        groups: Sequence[int],
+        crop_margin: float,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.labels = labels
@@ -69,14 +91,20 @@ class IdentityDataset(Dataset):
                 warnings.warn(f"skipping unreadable image {sample.image}: {exc}", stacklevel=1)
                 continue
             k = (index + offset) % len(self.samples)
-            return {"images": self.transform(image), "labels": self.labels.get(sample.identity, -1),
-                    "identities": self.identities[sample.identity], "groups": self.groups[k]}
+            return {
+                "images": self.transform(image),
+                "labels": self.labels.get(sample.identity, -1),
+                "identities": self.identities[sample.identity],
+                "groups": self.groups[k],
+                "paths": str(sample.image),
+                "identity_names": sample.identity,
+            }
         raise DataError("no readable image in the data set")
 
 
 class FaceIDDataModule(SplitDataModule):
-    """Face-identification data from any identification format, or synthetic identities by
-    default.
+    """Face-identification data from any identification format, or synthetic identities when
+    no ``format`` is given.
 
     Training classes are the identities of the training split. By default whole identities are
     split 6:1:3 (``split_by="identity"``): validation and test identities are unseen, and each
@@ -85,7 +113,8 @@ class FaceIDDataModule(SplitDataModule):
     ``split_file`` and reused.
 
     Args:
-        format: ``csv``, ``folders``, ``celeba`` or ``vggface2`` (see ``facenas data check``).
+        format: ``csv``, ``folders``, ``celeba`` or ``vggface2`` (see ``facenas data check``);
+            None: synthetic identities.
         annotations, images: the format's annotation file and image folder.
         reader_args: extra reader arguments, e.g. ``{"attributes_file": "list_attr_celeba.txt"}``
             for CelebA's gender, ``{"identity_column": "person"}`` for a CSV.
@@ -106,12 +135,12 @@ class FaceIDDataModule(SplitDataModule):
 
     def __init__(
         self,
-        format: str = "csv",
+        format: str | None = None,
         annotations: str | None = None,
         images: str | None = None,
         reader_args: dict[str, Any] | None = None,
         group_column: str = "gender",
-        split_by: str = "identity",
+        split_by: Literal["identity", "image"] = "identity",
         split_ratios: Sequence[float] = DEFAULT_RATIOS,
         split_file: str | None = None,
         seed: int = 0,
@@ -128,11 +157,25 @@ class FaceIDDataModule(SplitDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 128,
         num_workers: int = 2,
-        verify: str = "header",
+        verify: Literal["none", "header", "full"] = "header",
     ) -> None:
         super().__init__()
         if split_by not in ("identity", "image"):
             raise ValueError(f"split_by must be 'identity' or 'image', got {split_by!r}")
+        if format is None:
+            if annotations is not None or images is not None:
+                raise ValueError(
+                    f"{'annotations' if annotations is not None else 'images'} is set but format is not: "
+                    f"name the layout ({', '.join(IDENTITY_FORMATS)})"
+                )
+        else:
+            IDENTITY_FORMATS.get(format)  # an unknown format fails here
+            if annotations is None and (format != "folders" or images is None):
+                raise ValueError(
+                    f"format {format!r} needs "
+                    + ("images (the identity folders)" if format == "folders" else "annotations")
+                    + " (leave format out for synthetic identities)"
+                )
         self.save_hyperparameters()
         self.splits: dict[str, list[IdentitySample]] = {}
         self.group_names: list[str] = []
@@ -141,12 +184,15 @@ class FaceIDDataModule(SplitDataModule):
 
     def _synthetic(self) -> Path:
         h = self.hparams
-        root = self._synthetic_folder(h.synthetic_identities, h.synthetic_images_per_identity, h.synthetic_size, h.synthetic_seed)
-        return generate_identity_dataset(root, h.synthetic_identities, h.synthetic_images_per_identity,
-                                         size=h.synthetic_size, seed=h.synthetic_seed)
+        root = self._synthetic_folder(
+            h.synthetic_identities, h.synthetic_images_per_identity, h.synthetic_size, h.synthetic_seed
+        )
+        return generate_identity_dataset(
+            root, h.synthetic_identities, h.synthetic_images_per_identity, size=h.synthetic_size, seed=h.synthetic_seed
+        )
 
     def prepare_data(self) -> None:
-        if self.hparams.annotations is None and self.hparams.images is None:
+        if self.hparams.format is None:
             self._synthetic()
 
     def _balanced(self, samples: list[IdentitySample]) -> list[IdentitySample]:
@@ -166,11 +212,14 @@ class FaceIDDataModule(SplitDataModule):
         if self.splits:
             return
         h = self.hparams
-        if h.annotations is None and h.images is None:
-            samples, report = read_identities("csv", self._synthetic(), verify=h.verify)
-            source = "synthetic"
+        if h.format is None:
+            labels = self._synthetic()
+            samples, report = read_identities("csv", labels, verify=h.verify)
+            source = f"synthetic-{labels.parent.name}"
         else:
-            samples, report = read_identities(h.format, h.annotations, h.images, verify=h.verify, **(h.reader_args or {}))
+            samples, report = read_identities(
+                h.format, h.annotations, h.images, verify=h.verify, **(h.reader_args or {})
+            )
             source = Path(h.annotations or h.images).stem
         self.report.merge(report)
         counts: dict[str, int] = defaultdict(int)

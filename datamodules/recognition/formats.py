@@ -6,6 +6,7 @@ Group attributes are normalised to lower-case words: perceived gender becomes ``
 51-75, 76-110). Unreadable images are counted in the :class:`DataReport` and skipped (with
 ``verify`` other than ``"none"``); a malformed line raises :class:`DataError` naming it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,14 +19,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.progress import tick
+from core.registry import Registry
+
 from ..images import probe_image
-from ..progress import tick
 from ..records import DataError, DataReport, IdentitySample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 AGE_BINS: tuple[tuple[int, int], ...] = ((1, 25), (26, 50), (51, 75), (76, 110))
-_GENDER_WORDS = {"m": "male", "male": "male", "man": "male", "1": "male",
-                 "f": "female", "female": "female", "woman": "female", "-1": "female", "0": "female"}
+_GENDER_WORDS = {
+    "m": "male",
+    "male": "male",
+    "man": "male",
+    "1": "male",
+    "f": "female",
+    "female": "female",
+    "woman": "female",
+    "-1": "female",
+    "0": "female",
+}
 
 
 def normalize_gender(value: str | None) -> str | None:
@@ -64,8 +76,9 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_identity_folders(root: str | Path, *, verify: str = "header", report: DataReport | None = None,
-                          attributes: str | Path | None = None) -> list[IdentitySample]:
+def read_identity_folders(
+    root: str | Path, *, verify: str = "header", report: DataReport | None = None, attributes: str | Path | None = None
+) -> list[IdentitySample]:
     """Read one folder per identity (``root/<identity>/<image>``).
 
     ``attributes`` optionally names a CSV with an ``identity`` column and group columns
@@ -137,9 +150,16 @@ def _celeba_table(path: Path) -> tuple[list[str], dict[str, tuple[int, list[str]
     return header, rows
 
 
-def read_celeba(identity_file: str | Path, images: str | Path, *, attributes_file: str | Path | None = None,
-                bbox_file: str | Path | None = None, landmarks_file: str | Path | None = None,
-                verify: str = "header", report: DataReport | None = None) -> list[IdentitySample]:
+def read_celeba(
+    identity_file: str | Path,
+    images: str | Path,
+    *,
+    attributes_file: str | Path | None = None,
+    bbox_file: str | Path | None = None,
+    landmarks_file: str | Path | None = None,
+    verify: str = "header",
+    report: DataReport | None = None,
+) -> list[IdentitySample]:
     """Read CelebA: ``identity_CelebA.txt`` (``image identity``), optionally
     ``list_attr_celeba.txt`` (its ``Male`` column becomes ``gender``; images it lacks get None),
     ``list_bbox_celeba.txt`` (crop boxes) and ``list_landmarks_celeba.txt`` (5 points)."""
@@ -172,13 +192,21 @@ def read_celeba(identity_file: str | Path, images: str | Path, *, attributes_fil
                 x, y, w, h = (float(v) for v in boxes[name][1][:4])
                 bbox = (x, y, x + w, y + h)
             landmarks = np.array(marks[name][1][:10], dtype=np.float32).reshape(5, 2) if name in marks else None
-            samples.append(IdentitySample(image=str(root / name), identity=identity, attributes={"gender": gender},
-                                          bbox=bbox, landmarks=landmarks))
+            samples.append(
+                IdentitySample(
+                    image=str(root / name),
+                    identity=identity,
+                    attributes={"gender": gender},
+                    bbox=bbox,
+                    landmarks=landmarks,
+                )
+            )
     return _verified(samples, verify, report, identity_path)
 
 
-def read_vggface2(root: str | Path, meta: str | Path | None = None, *, verify: str = "header",
-                  report: DataReport | None = None) -> list[IdentitySample]:
+def read_vggface2(
+    root: str | Path, meta: str | Path | None = None, *, verify: str = "header", report: DataReport | None = None
+) -> list[IdentitySample]:
     """Read VGGFace2: identity folders ``n000001/0001_01.jpg`` and ``identity_meta.csv``
     (``Class_ID, Name, Sample_Num, Flag, Gender`` with gender ``m`` / ``f``)."""
     root = Path(root)
@@ -205,9 +233,15 @@ def read_vggface2(root: str | Path, meta: str | Path | None = None, *, verify: s
     return _verified(samples, verify, report, root)
 
 
-def read_identity_csv(csv_file: str | Path, images: str | Path | None = None, *, image_column: str = "image",
-                      identity_column: str = "identity", verify: str = "header",
-                      report: DataReport | None = None) -> list[IdentitySample]:
+def read_identity_csv(
+    csv_file: str | Path,
+    images: str | Path | None = None,
+    *,
+    image_column: str = "image",
+    identity_column: str = "identity",
+    verify: str = "header",
+    report: DataReport | None = None,
+) -> list[IdentitySample]:
     """Read a generic CSV: an image column, an identity column, and any group columns (e.g.
     ``gender``, ``race`` for RFW, numeric ``age`` for AgeDB which also yields ``age_bin``).
     Image paths are relative to ``images`` (default: the CSV's folder)."""
@@ -224,8 +258,13 @@ def read_identity_csv(csv_file: str | Path, images: str | Path | None = None, *,
         for number, row in enumerate(reader, start=2):
             if not row.get(image_column) or not row.get(identity_column):
                 raise DataError(f"empty {image_column!r} or {identity_column!r}", path, number)
-            samples.append(IdentitySample(image=str(root / row[image_column].strip()), identity=row[identity_column].strip(),
-                                          attributes=_groups(row, exclude=(image_column, identity_column))))
+            samples.append(
+                IdentitySample(
+                    image=str(root / row[image_column].strip()),
+                    identity=row[identity_column].strip(),
+                    attributes=_groups(row, exclude=(image_column, identity_column)),
+                )
+            )
     return _verified(samples, verify, report, path)
 
 
@@ -271,30 +310,102 @@ def write_verification_bin(path: str | Path, images: Sequence[bytes], issame: Se
 def _folders(annotations: str | Path | None, images: str | Path | None, **kw) -> list[IdentitySample]:
     if images is None and annotations is None:
         raise DataError("the folders format needs the identity folder root (images)")
-    return read_identity_folders(images if images is not None else annotations,  # type: ignore[arg-type]
-                                 attributes=annotations if images is not None else None, **kw)
+    return read_identity_folders(
+        images if images is not None else annotations,  # type: ignore[arg-type]
+        attributes=annotations if images is not None else None,
+        **kw,
+    )
 
 
-IDENTITY_FORMATS: dict[str, Callable[..., list[IdentitySample]]] = {
-    "folders": _folders,
-    "celeba": lambda annotations, images=None, **kw: read_celeba(annotations, images or Path(annotations).parent, **kw),
-    "vggface2": lambda annotations, images=None, **kw: read_vggface2(images or Path(annotations).parent, annotations, **kw),
-    "csv": lambda annotations, images=None, **kw: read_identity_csv(annotations, images, **kw),
-}
+IDENTITY_FORMATS: Registry[Callable[..., list[IdentitySample]]] = Registry("identification format")
+IDENTITY_FORMATS.register("folders", _folders)
+IDENTITY_FORMATS.register(
+    "celeba", lambda annotations, images=None, **kw: read_celeba(annotations, images or Path(annotations).parent, **kw)
+)
+IDENTITY_FORMATS.register(
+    "vggface2",
+    lambda annotations, images=None, **kw: read_vggface2(images or Path(annotations).parent, annotations, **kw),
+)
+IDENTITY_FORMATS.register("csv", lambda annotations, images=None, **kw: read_identity_csv(annotations, images, **kw))
 
 
-def read_identities(format: str, annotations: str | Path | None, images: str | Path | None = None, *, verify: str = "header",
-                    **kwargs) -> tuple[list[IdentitySample], DataReport]:
+def read_identities(
+    format: str, annotations: str | Path | None, images: str | Path | None = None, *, verify: str = "header", **kwargs
+) -> tuple[list[IdentitySample], DataReport]:
     """Read any identification format by name (see ``IDENTITY_FORMATS``).
 
     ``annotations`` / ``images`` per format: ``folders``: attribute CSV (optional) / root;
     ``celeba``: ``identity_CelebA.txt`` / image folder; ``vggface2``: ``identity_meta.csv`` /
     root; ``csv``: the CSV / image root.
     """
-    if format not in IDENTITY_FORMATS:
-        raise DataError(f"unknown identification format {format!r}; choose from {', '.join(IDENTITY_FORMATS)}")
+    reader = IDENTITY_FORMATS.get(format)
     if annotations is None and format != "folders":
         raise DataError(f"the {format} format needs its annotation file")
     report = DataReport(source=str(annotations if annotations is not None else images))
-    samples = IDENTITY_FORMATS[format](annotations, images, verify=verify, report=report, **kwargs)
+    samples = reader(annotations, images, verify=verify, report=report, **kwargs)
     return samples, report
+
+
+@dataclass
+class EmbeddingTable:
+    """Saved embeddings with one metadata row each: ``embeddings`` (N, D) float32,
+    ``identities`` (N,) int (index into the sorted identity names), ``groups`` (N,) int (index
+    into ``group_names``; -1 where the row has no group)."""
+
+    embeddings: np.ndarray
+    identities: np.ndarray
+    groups: np.ndarray
+    group_names: list[str]
+
+
+def read_embedding_table(
+    embeddings: str | Path,
+    meta: str | Path,
+    *,
+    identity_column: str = "identity",
+    group_column: str = "gender",
+    age_bins: bool = False,
+) -> EmbeddingTable:
+    """Read an ``.npy`` of shape (N, D) and a CSV with one row per embedding (same order), as
+    ``callbacks.EmbeddingWriter`` writes them. Group values are lower-cased; with ``age_bins``
+    a numeric column is binned into FR-NAS's age bins."""
+    emb_path, meta_path = Path(embeddings), Path(meta)
+    for path in (emb_path, meta_path):
+        _require_file(path, "embeddings" if path == emb_path else "metadata CSV")
+    try:
+        values = np.load(emb_path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"not a .npy array ({exc})", emb_path) from None
+    if values.ndim != 2:
+        raise DataError(f"expected a (N, D) array, got shape {values.shape}", emb_path)
+    with open(meta_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for col in (identity_column, group_column):
+            if col not in header:
+                raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", meta_path)
+        rows = list(reader)
+    if len(rows) != len(values):
+        raise DataError(f"{len(rows)} rows for the {len(values)} embeddings of {emb_path}", meta_path)
+
+    def group_of(line: int, row: dict) -> str | None:
+        value = (row[group_column] or "").strip()
+        if not value:
+            return None
+        if age_bins:
+            try:
+                return age_bin(float(value))
+            except ValueError:
+                raise DataError(f"{group_column}={value!r} is not a number", meta_path, line) from None
+        return value.lower()
+
+    labels = [group_of(i + 2, r) for i, r in enumerate(rows)]
+    names = sorted({g for g in labels if g is not None})
+    index = {g: i for i, g in enumerate(names)}
+    identities = {v: i for i, v in enumerate(sorted({r[identity_column] for r in rows}))}
+    return EmbeddingTable(
+        np.ascontiguousarray(values, dtype=np.float32),
+        np.array([identities[r[identity_column]] for r in rows], dtype=np.int64),
+        np.array([index[g] if g is not None else -1 for g in labels], dtype=np.int64),
+        names,
+    )

@@ -10,6 +10,7 @@ them is measurably less accurate on the tighter, smaller group: a test bed for f
 one folder per identity plus ``labels.csv`` (``image,identity,gender``), which
 :func:`datamodules.recognition.formats.read_identity_csv` reads like real data.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,18 +23,18 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # parameter vector: name -> (centre, full-spread half-width); all in units of the face width
 PARAMS: dict[str, tuple[float, float]] = {
-    "aspect": (1.3, 0.15),        # face height / width
-    "skin": (0.5, 0.5),           # position along the skin-tone ramp
+    "aspect": (1.3, 0.15),  # face height / width
+    "skin": (0.5, 0.5),  # position along the skin-tone ramp
     "eye_dx": (0.2, 0.05),
     "eye_y": (-0.08, 0.05),
     "eye_r": (0.055, 0.02),
-    "iris": (0.5, 0.5),           # iris colour ramp
-    "brow": (0.5, 0.5),           # brow thickness and tilt
+    "iris": (0.5, 0.5),  # iris colour ramp
+    "brow": (0.5, 0.5),  # brow thickness and tilt
     "nose": (0.1, 0.05),
     "mouth_w": (0.16, 0.05),
     "mouth_y": (0.25, 0.04),
-    "hair": (0.5, 0.5),           # hair colour ramp
-    "hair_h": (0.6, 0.15),        # how far the hair comes down
+    "hair": (0.5, 0.5),  # hair colour ramp
+    "hair_h": (0.6, 0.15),  # how far the hair comes down
 }
 _SKINS = np.array([[255, 224, 196], [224, 172, 125], [141, 85, 54], [80, 50, 35]], dtype=float)
 _HAIRS = np.array([[20, 15, 10], [90, 60, 30], [200, 170, 90], [150, 150, 150]], dtype=float)
@@ -85,9 +86,16 @@ def render_identity_image(params: dict[str, float], rng: np.random.Generator, si
     for side in (-1, 1):
         ex = cx + side * params["eye_dx"] * w
         draw.ellipse([ex - eye_r * 1.5, eye_y - eye_r, ex + eye_r * 1.5, eye_y + eye_r], fill=(245, 245, 245))
-        draw.ellipse([ex - eye_r * 0.7, eye_y - eye_r * 0.7, ex + eye_r * 0.7, eye_y + eye_r * 0.7], fill=_ramp(_IRIS, params["iris"]))
+        draw.ellipse(
+            [ex - eye_r * 0.7, eye_y - eye_r * 0.7, ex + eye_r * 0.7, eye_y + eye_r * 0.7],
+            fill=_ramp(_IRIS, params["iris"]),
+        )
         tilt = (params["brow"] - 0.5) * eye_r * 2 * side
-        draw.line([ex - eye_r * 1.7, eye_y - eye_r * 2.2 + tilt, ex + eye_r * 1.7, eye_y - eye_r * 2.2 - tilt], fill=hair, width=brow_w)
+        draw.line(
+            [ex - eye_r * 1.7, eye_y - eye_r * 2.2 + tilt, ex + eye_r * 1.7, eye_y - eye_r * 2.2 - tilt],
+            fill=hair,
+            width=brow_w,
+        )
     nose_y = cy + params["nose"] * h
     shade = tuple(int(v * 0.8) for v in skin)
     draw.polygon([(cx, eye_y + eye_r), (cx - w * 0.07, nose_y), (cx + w * 0.07, nose_y)], fill=shade)
@@ -112,9 +120,17 @@ def render_identity_image(params: dict[str, float], rng: np.random.Generator, si
     return image
 
 
-def generate_identity_dataset(root: str | Path, num_identities: int = 100, images_per_identity: int = 10, *,
-                              groups: tuple[GroupSpec, ...] = DEFAULT_GROUPS, group_column: str = "gender",
-                              size: int = 112, seed: int = 0, quality: int = 92) -> Path:
+def generate_identity_dataset(
+    root: str | Path,
+    num_identities: int = 100,
+    images_per_identity: int = 10,
+    *,
+    groups: tuple[GroupSpec, ...] = DEFAULT_GROUPS,
+    group_column: str = "gender",
+    size: int = 112,
+    seed: int = 0,
+    quality: int = 92,
+) -> Path:
     """Cache a synthetic identity set and return the path of its ``labels.csv``.
 
     Writes ``<root>/<identity>/<k>.jpg`` and ``<root>/labels.csv`` with columns
@@ -122,9 +138,15 @@ def generate_identity_dataset(root: str | Path, num_identities: int = 100, image
     (largest remainder). A folder already holding the same set is reused.
     """
     root = Path(root)
-    meta = {"num_identities": num_identities, "images_per_identity": images_per_identity,
-            "groups": [asdict(g) for g in groups], "group_column": group_column, "size": size, "seed": seed,
-            "params": {k: list(v) for k, v in PARAMS.items()}}
+    meta = {
+        "num_identities": num_identities,
+        "images_per_identity": images_per_identity,
+        "groups": [asdict(g) for g in groups],
+        "group_column": group_column,
+        "size": size,
+        "seed": seed,
+        "params": {k: list(v) for k, v in PARAMS.items()},
+    }
     labels = root / "labels.csv"
     meta_file = root / "meta.json"
     if labels.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):

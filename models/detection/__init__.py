@@ -1,4 +1,5 @@
 """Face detection: RetinaFace (backbone, FPN, context modules, heads), anchors, loss, decoding."""
+
 from __future__ import annotations
 
 from .anchors import (

@@ -3,6 +3,7 @@
 Conventions: anchors are (A, 4) ``cx, cy, w, h`` in pixels of the network input; boxes are xyxy
 pixels; landmarks are (..., 5, 2) pixels. Offsets use RetinaFace/SSD variances ``(0.1, 0.2)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,15 +13,20 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from callbacks.detection_ap import paired_iou
+from core.boxes import paired_iou
 
 DEFAULT_STRIDES = (8, 16, 32)
 DEFAULT_SIZES = ((16, 32), (64, 128), (256, 512))
 DEFAULT_VARIANCES = (0.1, 0.2)
 
 
-def make_anchors(height: int, width: int, strides: Sequence[int] = DEFAULT_STRIDES,
-                 sizes: Sequence[Sequence[int]] = DEFAULT_SIZES, device: torch.device | str | None = None) -> Tensor:
+def make_anchors(
+    height: int,
+    width: int,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Square anchors centred on every cell of every level, in RetinaFace's order
     (level, row, column, size) -> (A, 4) ``cx, cy, w, h``.
 
@@ -29,8 +35,11 @@ def make_anchors(height: int, width: int, strides: Sequence[int] = DEFAULT_STRID
     levels = []
     for stride, level_sizes in zip(strides, sizes):
         rows, cols = -(-height // stride), -(-width // stride)  # ceil, as the feature maps
-        cy, cx = torch.meshgrid((torch.arange(rows, device=device) + 0.5) * stride,
-                                (torch.arange(cols, device=device) + 0.5) * stride, indexing="ij")
+        cy, cx = torch.meshgrid(
+            (torch.arange(rows, device=device) + 0.5) * stride,
+            (torch.arange(cols, device=device) + 0.5) * stride,
+            indexing="ij",
+        )
         side = torch.tensor(level_sizes, dtype=torch.float32, device=device)
         k = len(level_sizes)
         centres = torch.stack([cx, cy], -1).reshape(-1, 1, 2).expand(-1, k, 2)
@@ -67,7 +76,7 @@ class AnchorGrid:
         sides = torch.tensor([k for level in self.sizes for k in level], dtype=boxes.dtype, device=device)
         # IoU of the face with a square of each side sharing its centre: the most that size can give
         inter = torch.minimum(wh[:, None, 0], sides) * torch.minimum(wh[:, None, 1], sides)
-        bound = inter / (wh.prod(1)[:, None] + sides ** 2 - inter).clamp(min=1e-9)   # (T, sizes)
+        bound = inter / (wh.prod(1)[:, None] + sides**2 - inter).clamp(min=1e-9)  # (T, sizes)
         needed = (bound >= min_iou) | (bound == bound.max(dim=1, keepdim=True).values)
         k = anchors_per_location(self.sizes)
         levels = len(self.strides)
@@ -93,7 +102,7 @@ class AnchorGrid:
         cell = (_sel(r0, pick) + local // ncols_p) * _sel(cols, level_p) + _sel(c0, pick) + local % ncols_p
         anchor = (_sel(offset, level_p) + cell * k)[:, None] + torch.arange(k, device=device)[None, :]
         face_p = _sel(face, pick)
-        wanted = (face_p * levels + level_p)[:, None] * k + torch.arange(k, device=device)   # flat index into needed
+        wanted = (face_p * levels + level_p)[:, None] * k + torch.arange(k, device=device)  # flat index into needed
         keep = torch.nonzero(_sel(needed.reshape(-1), wanted.reshape(-1))).reshape(-1)
         return _sel(face_p.repeat_interleave(k), keep), _sel(anchor.reshape(-1), keep)
 
@@ -114,8 +123,13 @@ def encode_boxes(boxes: Tensor, anchors: Tensor, variances: Sequence[float] = DE
     """xyxy boxes (..., 4) matched to anchors (..., 4) -> offsets (..., 4)."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)
-    return torch.cat([(centre - anchors[..., :2]) / (variances[0] * anchors[..., 2:]),
-                      torch.log(wh / anchors[..., 2:]) / variances[1]], -1)
+    return torch.cat(
+        [
+            (centre - anchors[..., :2]) / (variances[0] * anchors[..., 2:]),
+            torch.log(wh / anchors[..., 2:]) / variances[1],
+        ],
+        -1,
+    )
 
 
 def decode_boxes(offsets: Tensor, anchors: Tensor, variances: Sequence[float] = DEFAULT_VARIANCES) -> Tensor:
@@ -152,8 +166,16 @@ class Matches:
     gt_index: Tensor
 
 
-def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_image: Tensor, batch_size: int, gt_ignore: Tensor | None = None,
-                  pos_iou: float = 0.5, neg_iou: float | None = None, grid: AnchorGrid | None = None) -> Matches:
+def match_anchors(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    gt_image: Tensor,
+    batch_size: int,
+    gt_ignore: Tensor | None = None,
+    pos_iou: float = 0.5,
+    neg_iou: float | None = None,
+    grid: AnchorGrid | None = None,
+) -> Matches:
     """Assign anchors to the ground truths of a whole batch at once.
 
     Args:
@@ -185,7 +207,7 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_image: Tensor, batch_siz
         face, anchor = grid.candidates(gt_boxes, min_iou=neg_iou)
         iou = paired_iou(_sel(gt_boxes, face), _sel(anchors_xyxy(anchors), anchor))
     else:
-        iou = box_iou(gt_boxes, anchors_xyxy(anchors)).reshape(-1)       # (T * A)
+        iou = box_iou(gt_boxes, anchors_xyxy(anchors)).reshape(-1)  # (T * A)
         face = torch.arange(num_faces, device=device).repeat_interleave(num_anchors)
         anchor = torch.arange(num_anchors, device=device).repeat(num_faces)
     # best IoU of every (image, anchor) over its image's faces
@@ -197,7 +219,9 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_image: Tensor, batch_siz
     gt_index = torch.zeros(batch_size * num_anchors, dtype=torch.long, device=device)
     gt_index.scatter_reduce_(0, _sel(key, strong), _sel(face, strong), reduce="amin", include_self=False)
     # best anchor of every face: the first anchor reaching its maximum
-    face_best = torch.full((num_faces,), -1.0, device=device).scatter_reduce_(0, face, iou, reduce="amax", include_self=True)
+    face_best = torch.full((num_faces,), -1.0, device=device).scatter_reduce_(
+        0, face, iou, reduce="amax", include_self=True
+    )
     at_face_max = torch.nonzero(iou == _sel(face_best, face)).reshape(-1)
     best_anchor = torch.full((num_faces,), num_anchors, dtype=torch.long, device=device)
     best_anchor.scatter_reduce_(0, _sel(face, at_face_max), _sel(anchor, at_face_max), reduce="amin", include_self=True)
@@ -208,7 +232,7 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_image: Tensor, batch_siz
     gt_index.index_copy_(0, forced, claim)
     best_iou.index_fill_(0, forced, 2.0)
 
-    labels = (best_iou >= neg_iou).to(torch.int8).neg_()   # -1 from the negative threshold up
+    labels = (best_iou >= neg_iou).to(torch.int8).neg_()  # -1 from the negative threshold up
     labels.masked_fill_(best_iou >= pos_iou, 1)
     positive = torch.nonzero(labels == 1).reshape(-1)
     matched_ignore = _sel(ignore, _sel(gt_index, positive))

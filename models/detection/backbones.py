@@ -4,23 +4,19 @@
 with ``width_mult=0.5``) or any timm model that supports ``features_only`` (``timm/<name>`` or a
 bare timm name). Pretrained weights come only from a local file; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from core.registry import Registry
+from core.weights import load_local_weights
 
-
-def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a backbone factory under ``name`` (timm's ``register_model`` pattern)."""
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        BACKBONES[name] = fn
-        return fn
-    return wrap
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("detection backbone")
+register_backbone = BACKBONES.register
 
 
 class MobileNetV2Features(nn.Module):
@@ -72,26 +68,11 @@ class TimmFeatures(nn.Module):
         return [feats[i] for i in self.keep]
 
 
-def load_local_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (a ``.pth``/``.ckpt`` file, optionally under ``state_dict``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "pretrained weights not found", str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    own = module.state_dict()
-    usable = {k.removeprefix("module."): v for k, v in state.items()}
-    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path}: no tensor matches the backbone's parameters (names or shapes differ)")
-    module.load_state_dict(usable, strict=False)
-
-
 def create_backbone(name: str, pretrained: str | Path | None = None) -> nn.Module:
     """Build a backbone by name; returns a module with ``out_channels`` and ``strides`` whose
     forward gives three feature maps."""
     if name in BACKBONES:
-        backbone = BACKBONES[name]()
+        backbone = BACKBONES.get(name)()
     else:
         import timm
 

@@ -1,4 +1,5 @@
 """RetinaFace's multi-box loss with HyperFD's knobs, batched over the whole batch."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,9 +32,15 @@ class MultiBoxLoss(nn.Module):
     by the number of positives with landmarks.
     """
 
-    def __init__(self, pos_iou: float = 0.5, neg_iou: float | None = None, loc_weight: float = 2.0,
-                 neg_pos_ratio: float = 7.0, landmark_weight: float = 1.0,
-                 variances: Sequence[float] = DEFAULT_VARIANCES) -> None:
+    def __init__(
+        self,
+        pos_iou: float = 0.5,
+        neg_iou: float | None = None,
+        loc_weight: float = 2.0,
+        neg_pos_ratio: float = 7.0,
+        landmark_weight: float = 1.0,
+        variances: Sequence[float] = DEFAULT_VARIANCES,
+    ) -> None:
         super().__init__()
         self.pos_iou = pos_iou
         self.neg_iou = neg_iou
@@ -42,8 +49,15 @@ class MultiBoxLoss(nn.Module):
         self.landmark_weight = landmark_weight
         self.variances = tuple(variances)
 
-    def forward(self, scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tensor, targets: dict[str, Tensor],
-                grid: AnchorGrid | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        scores: Tensor,
+        boxes: Tensor,
+        landmarks: Tensor,
+        anchors: Tensor,
+        targets: dict[str, Tensor],
+        grid: AnchorGrid | None = None,
+    ) -> dict[str, Tensor]:
         """Compute the loss.
 
         Args:
@@ -59,8 +73,16 @@ class MultiBoxLoss(nn.Module):
             ``loss`` (the weighted sum), ``loc``, ``conf``, ``landmarks``, ``num_pos``.
         """
         batch = scores.shape[0]
-        match = match_anchors(anchors, targets["boxes"], targets["image"], batch, targets.get("ignore"),
-                              pos_iou=self.pos_iou, neg_iou=self.neg_iou, grid=grid)
+        match = match_anchors(
+            anchors,
+            targets["boxes"],
+            targets["image"],
+            batch,
+            targets.get("ignore"),
+            pos_iou=self.pos_iou,
+            neg_iou=self.neg_iou,
+            grid=grid,
+        )
         pos = match.labels == 1
         num_pos = pos.sum()
         norm = num_pos.clamp(min=1).float()
@@ -74,13 +96,15 @@ class MultiBoxLoss(nn.Module):
         has_marks = torch.isfinite(marks).flatten(1).all(dim=1)
         if has_marks.any():
             mark_target = encode_landmarks(marks[has_marks], anchor_pos[has_marks], self.variances)
-            landmark = F.smooth_l1_loss(landmarks[pos][has_marks], mark_target, reduction="sum") / has_marks.sum().float()
+            landmark = (
+                F.smooth_l1_loss(landmarks[pos][has_marks], mark_target, reduction="sum") / has_marks.sum().float()
+            )
         else:
             landmark = landmarks.sum() * 0.0  # keeps the graph (and DDP's used parameters) intact
 
         # hard negative mining: the highest-loss background anchors, ratio x positives per image
         # two-class cross-entropy is the logistic loss of the logit margin (cross_entropy's
-        # log-softmax over a last dimension of 2 costs ~15x more on CPU)
+        # log-softmax over a last dimension of 2 costs 2-3x more on CPU, benchmarks/claims.py)
         ce = F.binary_cross_entropy_with_logits(scores[..., 1] - scores[..., 0], pos.to(scores.dtype), reduction="none")
         candidates = match.labels == 0
         mining = ce.detach().masked_fill(~candidates, -1.0)
@@ -93,5 +117,11 @@ class MultiBoxLoss(nn.Module):
         conf = ce[pos | neg].sum() / norm
 
         loss = self.loc_weight * loc + conf + self.landmark_weight * landmark
-        return {"loss": loss, "loc": loc.detach(), "conf": conf.detach(), "landmarks": landmark.detach(),
-                "num_pos": num_pos.detach(), "num_neg": neg.sum().detach()}
+        return {
+            "loss": loss,
+            "loc": loc.detach(),
+            "conf": conf.detach(),
+            "landmarks": landmark.detach(),
+            "num_pos": num_pos.detach(),
+            "num_neg": neg.sum().detach(),
+        }

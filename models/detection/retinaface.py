@@ -1,10 +1,11 @@
 """RetinaFace: backbone -> FPN -> context (SSH) modules -> per-level face score, box and landmark
 heads; and the LightningModule that trains it with HyperFD's search knobs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -75,8 +76,14 @@ class RetinaFaceNet(nn.Module):
     """The network: ``forward(images)`` -> score logits (B, A, 2), box offsets (B, A, 4) and
     landmark offsets (B, A, 10), anchors in :func:`make_anchors` order."""
 
-    def __init__(self, backbone: str = "mobilenet_v2_0.5", pretrained: str | None = None, channels: int = 80,
-                 leaky: float = 0.1, anchors_per_cell: int = 2) -> None:
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2_0.5",
+        pretrained: str | None = None,
+        channels: int = 80,
+        leaky: float = 0.1,
+        anchors_per_cell: int = 2,
+    ) -> None:
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained)
         self.fpn = FPN(self.backbone.out_channels, channels, leaky)
@@ -99,9 +106,18 @@ class RetinaFaceNet(nn.Module):
         return scores, boxes, marks
 
 
-def postprocess(scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tensor, *, variances: Sequence[float] = DEFAULT_VARIANCES,
-                conf_threshold: float = 0.02, nms_iou: float = 0.4, pre_nms_top_k: int = 5000,
-                keep_top_k: int = 750) -> list[dict[str, Tensor]]:
+def postprocess(
+    scores: Tensor,
+    boxes: Tensor,
+    landmarks: Tensor,
+    anchors: Tensor,
+    *,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+    conf_threshold: float = 0.02,
+    nms_iou: float = 0.4,
+    pre_nms_top_k: int = 5000,
+    keep_top_k: int = 750,
+) -> list[dict[str, Tensor]]:
     """Decode a batch, threshold, NMS (``torchvision.ops.batched_nms`` over all images at once,
     the image index as the class) and keep the best ``keep_top_k`` per image.
 
@@ -109,7 +125,7 @@ def postprocess(scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tenso
     pixels of the network input.
     """
     batch = scores.shape[0]
-    prob = scores.float().softmax(-1)[..., 1]                                  # (B, A)
+    prob = scores.float().softmax(-1)[..., 1]  # (B, A)
     if pre_nms_top_k and prob.shape[1] > pre_nms_top_k:
         prob, top = prob.topk(pre_nms_top_k, dim=1)
     else:
@@ -118,7 +134,7 @@ def postprocess(scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tenso
     anchor = top[image, slot]
     kept_scores = prob[image, slot]
     kept_boxes = decode_boxes(boxes[image, anchor].float(), anchors[anchor], variances)
-    keep = batched_nms(kept_boxes, kept_scores, image, nms_iou)              # sorted by score
+    keep = batched_nms(kept_boxes, kept_scores, image, nms_iou)  # sorted by score
     image, anchor, kept_boxes, kept_scores = image[keep], anchor[keep], kept_boxes[keep], kept_scores[keep]
     # group by image (stable: scores stay sorted) and keep each image's first keep_top_k
     order = torch.sort(image, stable=True).indices
@@ -129,8 +145,10 @@ def postprocess(scores: Tensor, boxes: Tensor, landmarks: Tensor, anchors: Tenso
     image, anchor, kept_boxes, kept_scores = image[within], anchor[within], kept_boxes[within], kept_scores[within]
     kept_marks = decode_landmarks(landmarks[image, anchor].float(), anchors[anchor], variances)
     sizes = torch.bincount(image, minlength=batch).tolist()
-    return [{"boxes": b, "scores": s, "landmarks": m}
-            for b, s, m in zip(kept_boxes.split(sizes), kept_scores.split(sizes), kept_marks.split(sizes))]
+    return [
+        {"boxes": b, "scores": s, "landmarks": m}
+        for b, s, m in zip(kept_boxes.split(sizes), kept_scores.split(sizes), kept_marks.split(sizes))
+    ]
 
 
 class RetinaFace(pl.LightningModule):
@@ -148,18 +166,18 @@ class RetinaFace(pl.LightningModule):
         loc_weight: box-loss weight (HyperFD: 2, 4, 8).
         neg_pos_ratio: hard-negative to positive ratio (HyperFD: 2, 7).
         landmark_weight: landmark-loss weight.
-        optimizer: ``sgd`` (momentum 0.9) or ``adam``.
+        optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
         lr: learning rate (HyperFD space: 3e-4, 1e-3, 3e-2).
         momentum, weight_decay: SGD momentum; weight decay for both optimisers (5e-4).
         lr_factor, lr_patience: ReduceLROnPlateau on ``val/ap50`` (x0.1 after 5 validations
             without improvement).
-        early_stop_patience: stop after this many validations without improvement (None: never).
         conf_threshold, nms_iou, pre_nms_top_k, keep_top_k: inference (0.02, 0.4, 5000, 750).
-        val_min_size, val_short_side: AP@50 ignores faces under ``val_min_size`` pixels once the
-            image's shorter side is ``val_short_side`` (HyperFD: 36 at 720).
-        ap_attributes: per-box attribute groups for per-group AP, e.g.
-            ``{"perceived_gender": ["female", "male"]}``.
         channels_last: train in channels-last memory format (faster with AMP on GPUs).
+
+    Evaluation and early stopping are configured as callbacks
+    (``configs/callbacks/detection.yaml``: ``DetectionAP`` with HyperFD's 36 px at a 720-px
+    shorter side, ``EarlyStopping`` after 8 validations, ``WiderPredictionWriter``);
+    ``monitor`` names the metric the best checkpoint is chosen by.
     """
 
     monitor = "val/ap50"
@@ -178,29 +196,30 @@ class RetinaFace(pl.LightningModule):
         loc_weight: float = 2.0,
         neg_pos_ratio: float = 7.0,
         landmark_weight: float = 1.0,
-        optimizer: str = "sgd",
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         lr_factor: float = 0.1,
         lr_patience: int = 5,
-        early_stop_patience: int | None = 8,
         conf_threshold: float = 0.02,
         nms_iou: float = 0.4,
         pre_nms_top_k: int = 5000,
         keep_top_k: int = 750,
-        val_min_size: float = 36.0,
-        val_short_side: float | None = 720.0,
-        ap_attributes: dict[str, list[str]] | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if optimizer.lower() not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        if optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
         self.save_hyperparameters()
         self.net = RetinaFaceNet(backbone, pretrained, channels, leaky, anchors_per_location(anchor_sizes))
-        self.criterion = MultiBoxLoss(pos_iou=pos_iou, loc_weight=loc_weight, neg_pos_ratio=neg_pos_ratio,
-                                      landmark_weight=landmark_weight, variances=variances)
+        self.criterion = MultiBoxLoss(
+            pos_iou=pos_iou,
+            loc_weight=loc_weight,
+            neg_pos_ratio=neg_pos_ratio,
+            landmark_weight=landmark_weight,
+            variances=variances,
+        )
         self._anchors: dict[tuple[int, int, str], Tensor] = {}
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -229,9 +248,17 @@ class RetinaFace(pl.LightningModule):
         """Detections per image in input pixels (see :func:`postprocess`)."""
         scores, boxes, marks = self(images)
         h = self.hparams
-        return postprocess(scores, boxes, marks, self.anchors(*images.shape[-2:]), variances=h.variances,
-                           conf_threshold=h.conf_threshold, nms_iou=h.nms_iou, pre_nms_top_k=h.pre_nms_top_k,
-                           keep_top_k=h.keep_top_k)
+        return postprocess(
+            scores,
+            boxes,
+            marks,
+            self.anchors(*images.shape[-2:]),
+            variances=h.variances,
+            conf_threshold=h.conf_threshold,
+            nms_iou=h.nms_iou,
+            pre_nms_top_k=h.pre_nms_top_k,
+            keep_top_k=h.keep_top_k,
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -241,13 +268,24 @@ class RetinaFace(pl.LightningModule):
         size = images.shape[-2:]
         losses = self.criterion(scores, boxes, marks, self.anchors(*size), batch["targets"], self.anchor_grid(*size))
         if not torch.isfinite(losses["loss"]):
-            check_finite_loss(self, losses["loss"], batch_idx, f" (box {losses['loc'].item():.4g}, score {losses['conf'].item():.4g}, "
-                                                                f"landmarks {losses['landmarks'].item():.4g})")
+            check_finite_loss(
+                self,
+                losses["loss"],
+                batch_idx,
+                f" (box {losses['loc'].item():.4g}, score {losses['conf'].item():.4g}, "
+                f"landmarks {losses['landmarks'].item():.4g})",
+            )
         n = images.shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
-        self.log_dict({"train/loss_box": losses["loc"], "train/loss_score": losses["conf"],
-                       "train/loss_landmarks": losses["landmarks"], "train/positives": losses["num_pos"].float() / n},
-                      batch_size=n)
+        self.log_dict(
+            {
+                "train/loss_box": losses["loc"],
+                "train/loss_score": losses["conf"],
+                "train/loss_landmarks": losses["landmarks"],
+                "train/positives": losses["num_pos"].float() / n,
+            },
+            batch_size=n,
+        )
         return losses["loss"]
 
     def _evaluate(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -277,20 +315,18 @@ class RetinaFace(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
         opt = build_optimizer(h.optimizer, self.parameters(), h.lr, h.momentum, h.weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=h.lr_factor, patience=h.lr_patience)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=h.lr_factor, patience=h.lr_patience
+        )
         every = (self.trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
         # stepped only on epochs that validate, so patience counts validations
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val/ap50", "interval": "epoch",
-                                                   "frequency": every, "strict": False}}
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        from callbacks import DetectionAP, WiderPredictionWriter
-
-        h = self.hparams
-        found: list[pl.Callback] = [DetectionAP(min_size=h.val_min_size, short_side=h.val_short_side, attributes=h.ap_attributes),
-                                    WiderPredictionWriter()]
-        if h.early_stop_patience is not None:
-            found.append(EarlyStopping(monitor="val/ap50", mode="max", patience=h.early_stop_patience, strict=False))
-        return found
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": plateau,
+                "monitor": "val/ap50",
+                "interval": "epoch",
+                "frequency": every,
+                "strict": False,
+            },
+        }

@@ -1,4 +1,5 @@
 """Face identification: timm and searchable-DPN backbones, embedding neck, margin heads, FaceID."""
+
 from __future__ import annotations
 
 from .backbones import create_backbone

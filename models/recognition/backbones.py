@@ -1,29 +1,55 @@
-"""Identification backbones by name: any timm model (``timm.create_model(name, num_classes=0)``)
-or the searchable DPN (``dpn_search_301``, ``dpn_search_small_301``, ``dpn_search_68_301``).
-Each returns pooled features (B, ``num_features``)."""
+"""Identification backbones by name: a registered family (the searchable DPNs
+``dpn_search_XYZ``, ``dpn_search_small_XYZ``, ``dpn_search_68_XYZ``: family name, then the
+three operation codes) or any timm model (``timm.create_model(name, num_classes=0)``). Each
+returns pooled features (B, ``num_features``)."""
+
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-from ..detection.backbones import load_local_weights
-from .dpn import dpn_search, parse_dpn_name
+from core.registry import Registry
+from core.weights import load_local_weights
+
+from .dpn import dpn_search
+
+# family name -> factory(architecture code, in_chans)
+BACKBONE_FAMILIES: Registry[Callable[[str, int], nn.Module]] = Registry("identification backbone family")
+for _variant in ("", "small", "68"):
+    BACKBONE_FAMILIES.register(
+        "_".join(filter(None, ("dpn_search", _variant))),
+        lambda code, in_chans, variant=_variant: dpn_search(code, variant, in_chans),
+    )
+
+_FAMILY_NAME = re.compile(r"^(?P<family>.+)_(?P<code>[0-8]{3})$")
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None, in_chans: int = 3) -> nn.Module:
     """Build a feature extractor by name; ``pretrained`` is a local state dict (never downloaded)."""
-    parsed = parse_dpn_name(name)
-    if parsed is not None:
-        variant, codes = parsed
-        backbone: nn.Module = dpn_search(codes, variant, in_chans)
+    match = _FAMILY_NAME.match(name)
+    if match is not None and match["family"] in BACKBONE_FAMILIES:
+        backbone: nn.Module = BACKBONE_FAMILIES.get(match["family"])(match["code"], in_chans)
     else:
         import timm
 
         timm_name = name.removeprefix("timm/")
         if not timm.is_model(timm_name):
-            raise ValueError(f"unknown backbone {name!r}: neither dpn_search[_small|_68]_XYZ nor a timm model")
+            families = ", ".join(f"{f}_XYZ" for f in BACKBONE_FAMILIES)
+            raise ValueError(f"unknown backbone {name!r}: neither one of {families} (XYZ in 0..8) nor a timm model")
         backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, in_chans=in_chans)
     if pretrained is not None:
         load_local_weights(backbone, pretrained)
     return backbone
+
+
+def is_backbone(name: str) -> bool:
+    """Whether :func:`create_backbone` knows ``name`` (without building it)."""
+    match = _FAMILY_NAME.match(name)
+    if match is not None and match["family"] in BACKBONE_FAMILIES:
+        return True
+    import timm
+
+    return timm.is_model(name.removeprefix("timm/"))

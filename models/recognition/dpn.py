@@ -23,6 +23,7 @@ positions and are ungrouped. The same three choices apply to every block, so arc
 a stem, four stages of dual-path blocks (a residual path of ``bw`` channels and a densely
 growing path of ``inc`` channels per block), then BN + ReLU and global average pooling.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,7 +33,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-OPERATION_NAMES = ("BnConv1x1", "Conv1x1Bn", "Conv1x1", "BnConv3x3", "Conv3x3Bn", "Conv3x3", "BnConv5x5", "Conv5x5Bn", "Conv5x5")
+OPERATION_NAMES = (
+    "BnConv1x1",
+    "Conv1x1Bn",
+    "Conv1x1",
+    "BnConv3x3",
+    "Conv3x3Bn",
+    "Conv3x3",
+    "BnConv5x5",
+    "Conv5x5Bn",
+    "Conv5x5",
+)
 NUM_CHOICES = len(OPERATION_NAMES)
 
 
@@ -54,8 +65,11 @@ class BnActConv(nn.Sequential):
     """BN -> ReLU -> conv, DPN's pre-activation convolution (the projection shortcuts)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
-        super().__init__(nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
-                         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False))
+        super().__init__(
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        )
 
 
 class SearchableDualPathBlock(nn.Module):
@@ -71,12 +85,22 @@ class SearchableDualPathBlock(nn.Module):
             stage, stride 2) or ``normal``.
     """
 
-    def __init__(self, codes: Sequence[int], in_channels: int, mid_channels: int, residual_channels: int, increment: int,
-                 groups: int, kind: str = "normal") -> None:
+    def __init__(
+        self,
+        codes: Sequence[int],
+        in_channels: int,
+        mid_channels: int,
+        residual_channels: int,
+        increment: int,
+        groups: int,
+        kind: str = "normal",
+    ) -> None:
         super().__init__()
         self.residual_channels = residual_channels
         stride = 2 if kind == "down" else 1
-        self.projection = BnActConv(in_channels, residual_channels + 2 * increment, 1, stride) if kind in ("proj", "down") else None
+        self.projection = (
+            BnActConv(in_channels, residual_channels + 2 * increment, 1, stride) if kind in ("proj", "down") else None
+        )
         first, middle, last = codes
         self.op_a = searchable_op(first, in_channels, mid_channels)
         self.op_b = searchable_op(middle, mid_channels, mid_channels, stride=stride, groups=groups)
@@ -86,11 +110,11 @@ class SearchableDualPathBlock(nn.Module):
         x_in = torch.cat(x, dim=1) if isinstance(x, tuple) else x
         if self.projection is not None:
             shortcut = self.projection(x_in)
-            residual, dense = shortcut[:, : self.residual_channels], shortcut[:, self.residual_channels:]
+            residual, dense = shortcut[:, : self.residual_channels], shortcut[:, self.residual_channels :]
         else:
             residual, dense = x  # type: ignore[misc]
         out = self.op_c(self.op_b(self.op_a(x_in)))
-        return residual + out[:, : self.residual_channels], torch.cat([dense, out[:, self.residual_channels:]], dim=1)
+        return residual + out[:, : self.residual_channels], torch.cat([dense, out[:, self.residual_channels :]], dim=1)
 
 
 @dataclass(frozen=True)
@@ -104,15 +128,33 @@ class DPNConfig:
     inc_sec: tuple[int, int, int, int] = (20, 64, 64, 128)
     bw_factor: int = 4
     small_stem: bool = False
+    stem_pool: bool = True  # timm's DPNs max-pool after the stem (stride 4 into the first stage)
 
 
 VARIANTS = {
     # DPN-107's width and depth (FR-NAS searches blocks in this macro-architecture)
     "": DPNConfig(),
     # a small variant that trains on a CPU: DPN-68-like depth, narrower, 3x3 stem
-    "small": DPNConfig(stem_channels=16, k_r=64, groups=8, k_sec=(1, 2, 2, 1), inc_sec=(8, 16, 16, 32), bw_factor=1, small_stem=True),
+    "small": DPNConfig(
+        stem_channels=16,
+        k_r=64,
+        groups=8,
+        k_sec=(1, 2, 2, 1),
+        inc_sec=(8, 16, 16, 32),
+        bw_factor=1,
+        small_stem=True,
+        stem_pool=False,
+    ),
     # DPN-68's width and depth
-    "68": DPNConfig(stem_channels=10, k_r=128, groups=32, k_sec=(3, 4, 12, 3), inc_sec=(16, 32, 32, 64), bw_factor=1, small_stem=True),
+    "68": DPNConfig(
+        stem_channels=10,
+        k_r=128,
+        groups=32,
+        k_sec=(3, 4, 12, 3),
+        inc_sec=(16, 32, 32, 64),
+        bw_factor=1,
+        small_stem=True,
+    ),
 }
 
 
@@ -133,12 +175,14 @@ class SearchableDPN(nn.Module):
             raise ValueError(f"a DPN architecture is three operation codes in 0..8, got {codes}")
         self.codes = codes
         c = config
-        if c.small_stem:
-            stem = [nn.Conv2d(in_chans, c.stem_channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c.stem_channels),
-                    nn.ReLU(inplace=True)]
-        else:
-            stem = [nn.Conv2d(in_chans, c.stem_channels, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(c.stem_channels),
-                    nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+        kernel = 3 if c.small_stem else 7
+        stem = [
+            nn.Conv2d(in_chans, c.stem_channels, kernel, stride=2, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c.stem_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if c.stem_pool:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
         self.stem = nn.Sequential(*stem)
         blocks: list[nn.Module] = []
         in_channels = c.stem_channels
@@ -152,11 +196,17 @@ class SearchableDPN(nn.Module):
                 in_channels = bw + 3 * inc if i == 0 else in_channels + inc
         self.blocks = nn.Sequential(*blocks)
         self.num_features = in_channels
-        self.head = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map after BN + ReLU, before pooling (timm's ``forward_features``)."""
+        residual, dense = self.blocks(self.stem(x))
+        return self.head[:2](torch.cat([residual, dense], dim=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        residual, dense = self.blocks(self.stem(x))
-        return self.head(torch.cat([residual, dense], dim=1))
+        return self.head[2:](self.forward_features(x))
 
 
 _NAME = re.compile(r"^dpn_search(?:_(small|68))?_([0-8])([0-8])([0-8])$")

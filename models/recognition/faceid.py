@@ -1,7 +1,8 @@
 """FaceID: backbone -> embedding neck -> margin head -> loss, with FR-NAS's evaluation."""
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from ..errors import check_finite_loss
 from ..optim import build_optimizer
 from .backbones import create_backbone
-from .heads import create_head, focal_loss
+from .heads import HEADS, create_head, focal_loss
 
 
 class EmbeddingNeck(nn.Module):
@@ -19,8 +20,12 @@ class EmbeddingNeck(nn.Module):
 
     def __init__(self, in_features: int, embedding_dim: int = 512, dropout: float = 0.0) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.BatchNorm1d(in_features), nn.Dropout(dropout), nn.Linear(in_features, embedding_dim, bias=False),
-                                    nn.BatchNorm1d(embedding_dim))
+        self.layers = nn.Sequential(
+            nn.BatchNorm1d(in_features),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, embedding_dim, bias=False),
+            nn.BatchNorm1d(embedding_dim),
+        )
 
     def forward(self, features: Tensor) -> Tensor:
         return self.layers(features)
@@ -34,7 +39,8 @@ class FaceID(pl.LightningModule):
             (``dpn_search_301`` DPN-107-like, ``dpn_search_68_301``, ``dpn_search_small_301``).
         pretrained: local backbone weights (state dict file); nothing is downloaded.
         embedding_dim, dropout: the neck (BN -> dropout -> linear -> BN).
-        head: ``arcface``, ``cosface`` or ``magface``; ``head_args`` override its defaults
+        head: a registered head (``arcface``, ``cosface``, ``magface``; case-insensitive);
+            ``head_args`` override its defaults
             (e.g. ``{"scale": 64, "margin": 0.35}``, or per head:
             ``{"cosface": {"margin": 0.35}, "arcface": {"margin": 0.5}}``).
         num_classes: training identities; default: the datamodule's ``num_classes``.
@@ -42,10 +48,11 @@ class FaceID(pl.LightningModule):
         optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
         warmup_epochs: linear warm-up before the cosine schedule (stepped every batch).
         flip_test: evaluation embeddings are the sum of the image's and its mirror's, as FR-NAS.
-        reference_group: the group fairness ratios divide by (FR-NAS: female); None: worst pair.
-        verification: ``{name: path}`` of insightface ``.bin`` pair sets whose 10-fold
-            verification accuracy is logged as ``val/<name>_accuracy``.
         channels_last: channels-last memory format (faster with AMP on GPUs).
+
+    Evaluation (fairness metrics, verification pairs, embedding files) is configured as
+    callbacks (``configs/callbacks/recognition.yaml``); ``monitor`` names the metric the best
+    checkpoint is chosen by.
     """
 
     monitor = "val/error"
@@ -60,41 +67,39 @@ class FaceID(pl.LightningModule):
         head: str = "cosface",
         head_args: dict[str, Any] | None = None,
         num_classes: int | None = None,
-        loss: str = "ce",
+        loss: Literal["ce", "focal"] = "ce",
         focal_gamma: float = 2.0,
-        optimizer: str = "sgd",
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         warmup_epochs: float = 1.0,
         flip_test: bool = True,
-        reference_group: str | None = "female",
-        verification: dict[str, str] | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if optimizer.lower() not in ("sgd", "adam", "adamw"):
+        if optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
         if loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
+        HEADS.get(head)  # an unknown head fails here, not after the data was read
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained)
         self.neck = EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
         self.head: nn.Module | None = None
         if num_classes is not None:
-            self._build_head(num_classes)
+            self.build_head(num_classes)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
-    def _build_head(self, num_classes: int) -> None:
+    def build_head(self, num_classes: int) -> None:
+        """Create the margin head for ``num_classes`` training identities."""
         self.head = create_head(self.hparams.head, self.hparams.embedding_dim, num_classes, **self._head_args())
         self.hparams.num_classes = num_classes
 
     def _head_args(self) -> dict[str, Any]:
         """``head_args`` for the chosen head: either the arguments themselves, or (for searches
         over heads) a dict by head name, e.g. ``{cosface: {margin: 0.35}, arcface: {margin: 0.5}}``."""
-        from .heads import HEADS
-
         args = dict(self.hparams.head_args or {})
         if args and all(k.lower() in HEADS for k in args):
             return dict(next((v for k, v in args.items() if k.lower() == self.hparams.head.lower()), None) or {})
@@ -105,7 +110,7 @@ class FaceID(pl.LightningModule):
             num = getattr(self.trainer.datamodule, "num_classes", None) if self.trainer.datamodule is not None else None
             if num is None:
                 raise ValueError("FaceID needs num_classes (set it, or use a datamodule with a num_classes attribute)")
-            self._build_head(int(num))
+            self.build_head(int(num))
 
     # ------------------------------------------------------------------ model
 
@@ -132,7 +137,11 @@ class FaceID(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch["images"], batch["labels"]
         logits, regularizer = self.head(self(images), labels)
-        loss = focal_loss(logits, labels, self.hparams.focal_gamma) if self.hparams.loss == "focal" else F.cross_entropy(logits, labels)
+        loss = (
+            focal_loss(logits, labels, self.hparams.focal_gamma)
+            if self.hparams.loss == "focal"
+            else F.cross_entropy(logits, labels)
+        )
         if regularizer is not None:
             loss = loss + regularizer
         check_finite_loss(self, loss, batch_idx)
@@ -150,8 +159,11 @@ class FaceID(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        return self._evaluate(batch)
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Evaluation embeddings with what identifies each image (for ``callbacks.EmbeddingWriter``)."""
+        out = self._evaluate(batch)
+        out.update({k: batch[k] for k in ("paths", "identity_names") if k in batch})
+        return out
 
     # ------------------------------------------------------------------ training policy
 
@@ -168,11 +180,3 @@ class FaceID(pl.LightningModule):
         else:
             schedule = cosine
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        from callbacks import FairnessMetrics, VerificationAccuracy
-
-        found: list[pl.Callback] = [FairnessMetrics(reference_group=self.hparams.reference_group)]
-        if self.hparams.verification:
-            found.append(VerificationAccuracy(self.hparams.verification))
-        return found

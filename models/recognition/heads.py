@@ -1,32 +1,24 @@
 """Margin heads for face identification, in a registry by name (``arcface``, ``cosface``,
 ``magface``). A head maps embeddings (B, D) and labels (B,) to logits (B, C) and, where it has
 one, a regulariser (a scalar to add to the loss); without labels it returns the scaled cosines."""
+
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEADS: dict[str, type[nn.Module]] = {}
+from core.registry import Registry
 
-
-def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Register a head class under ``name``."""
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        HEADS[name] = cls
-        return cls
-    return wrap
+HEADS: Registry[type[nn.Module]] = Registry("head", case_sensitive=False)
+register_head = HEADS.register
 
 
 def create_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered head by name."""
-    key = name.lower()
-    if key not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose from {', '.join(HEADS)}")
-    return HEADS[key](embedding_dim, num_classes, **kwargs)
+    """Build a registered head by name (case-insensitive: ``CosFace`` is ``cosface``)."""
+    return HEADS.get(name)(embedding_dim, num_classes, **kwargs)
 
 
 class _CosineHead(nn.Module):
@@ -96,8 +88,17 @@ class MagFace(_CosineHead):
     ``lambda_g * mean(g(a))`` with ``g(a) = a / u_a^2 + 1 / a``. Defaults as FR-NAS: l_a 10,
     u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 32.0, l_a: float = 10.0, u_a: float = 110.0,
-                 l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 20.0) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        scale: float = 32.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
+        lambda_g: float = 20.0,
+    ) -> None:
         super().__init__(embedding_dim, num_classes, scale)
         self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g = l_a, u_a, l_m, u_m, lambda_g
 
@@ -105,7 +106,7 @@ class MagFace(_CosineHead):
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (magnitude - self.l_a) + self.l_m
 
     def regularizer(self, magnitude: Tensor) -> Tensor:
-        return magnitude / self.u_a ** 2 + 1.0 / magnitude
+        return magnitude / self.u_a**2 + 1.0 / magnitude
 
     def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
         magnitude = embeddings.float().norm(dim=1).clamp(self.l_a, self.u_a)
@@ -115,4 +116,4 @@ class MagFace(_CosineHead):
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
     """Focal loss ``-(1 - p_y)^gamma log p_y``, averaged (gamma 0 is cross-entropy)."""
     log_p = F.log_softmax(logits.float(), dim=1).gather(1, labels[:, None])[:, 0]
-    return (-(1.0 - log_p.exp()) ** gamma * log_p).mean()
+    return (-((1.0 - log_p.exp()) ** gamma) * log_p).mean()

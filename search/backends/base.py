@@ -1,5 +1,6 @@
 """The backend interface: a ``Searcher`` proposes trials (``ask``) and learns from their results
 (``tell``); the study driver owns everything else (store, executor, budget, resume)."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from ConfigSpace import Configuration, ConfigurationSpace
 
-from ..trial import Objective, Result, Trial
+from core.values import plain
+
+from ..trial import Objective, Proposal, Result, Trial
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,14 @@ class Budget:
         return out
 
 
-def plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds; anything else unchanged."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 class Searcher(ABC):
     """A search backend. Subclasses take their options as constructor arguments (set in the
-    search YAML) and receive the problem in :meth:`setup`."""
+    search YAML) and receive the problem in :meth:`setup`; the study calls :meth:`close` when
+    it ends."""
 
-    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int,
-              n_trials: int) -> None:
+    def setup(
+        self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int
+    ) -> None:
         self.space = space
         self.objectives = objectives
         self.budget = budget
@@ -54,9 +53,9 @@ class Searcher(ABC):
         self.n_trials = n_trials
 
     @abstractmethod
-    def ask(self) -> Trial | None:
-        """The next trial to run (its ``id`` is assigned by the study), or None when the backend
-        must wait for running trials first."""
+    def ask(self) -> Proposal | None:
+        """The next configuration and budget to run (the study makes it a :class:`Trial` with
+        an id and a seed), or None when the backend must wait for running trials first."""
 
     @abstractmethod
     def tell(self, trial: Trial, result: Result) -> None:
@@ -70,6 +69,9 @@ class Searcher(ABC):
     def name(self) -> str:
         return type(self).__name__
 
+    def close(self) -> None:
+        """Release what the backend holds (temporary files, ...)."""
+
     # helpers shared by backends
 
     def config_dict(self, config: Configuration | dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +84,6 @@ class Searcher(ABC):
 
     def costs(self, result: Result) -> list[float]:
         return result.costs(self.objectives)
-
 
 
 class WorstCosts:

@@ -6,6 +6,7 @@ statsmodels and pandas, and its MOASHA is a scheduler that expects syne-tune's o
 (stopping running trials on per-epoch reports). As a promotion-based searcher on the driver's
 ask/tell it resumes from the study store like every other backend.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,48 +15,10 @@ from collections import defaultdict
 import numpy as np
 from ConfigSpace import ConfigurationSpace
 
-from ..trial import Objective, Result, Status, Trial
+from core.pareto import ranking
+
+from ..trial import Objective, Proposal, Result, Status, Trial
 from .base import Budget, Searcher
-
-
-def non_dominated_sort(costs: np.ndarray) -> np.ndarray:
-    """Front index of every point (0 = Pareto front) for costs (N, M) to minimise."""
-    n = len(costs)
-    rank = np.full(n, -1)
-    remaining = np.arange(n)
-    front = 0
-    while len(remaining):
-        c = costs[remaining]
-        dominated = ((c[:, None, :] >= c[None, :, :]).all(-1) & (c[:, None, :] > c[None, :, :]).any(-1)).any(axis=1)
-        rank[remaining[~dominated]] = front
-        remaining = remaining[dominated]
-        front += 1
-    return rank
-
-
-def crowding_distance(costs: np.ndarray) -> np.ndarray:
-    """NSGA-II's crowding distance within one front (larger = more isolated)."""
-    n, m = costs.shape
-    distance = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(m):
-        order = np.argsort(costs[:, j], kind="stable")
-        span = costs[order[-1], j] - costs[order[0], j]
-        distance[order[0]] = distance[order[-1]] = np.inf
-        if span > 0:
-            distance[order[1:-1]] += (costs[order[2:], j] - costs[order[:-2], j]) / span
-    return distance
-
-
-def ranking(costs: np.ndarray) -> np.ndarray:
-    """Indices from best to worst: by front, then by crowding distance (descending)."""
-    fronts = non_dominated_sort(costs)
-    crowd = np.zeros(len(costs))
-    for f in np.unique(fronts):
-        members = np.flatnonzero(fronts == f)
-        crowd[members] = crowding_distance(costs[members])
-    return np.lexsort((-crowd, fronts))
 
 
 class MOASHA(Searcher):
@@ -73,14 +36,18 @@ class MOASHA(Searcher):
     def __init__(self, eta: float | None = None) -> None:
         self.eta = eta
 
-    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int) -> None:
+    def setup(
+        self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int
+    ) -> None:
         super().setup(space, objectives, budget, seed, n_trials)
         if budget is None or not budget.multi_fidelity:
             raise ValueError("MO-ASHA needs a multi-fidelity budget (min < max)")
         self._eta = float(self.eta or budget.eta)
         self.rungs = Budget(budget.min, budget.max, self._eta).rungs()
         space.seed(seed)
-        self._results: dict[int, dict[str, tuple[dict, list[float]]]] = defaultdict(dict)  # rung -> key -> (config, costs)
+        self._results: dict[int, dict[str, tuple[dict, list[float]]]] = defaultdict(
+            dict
+        )  # rung -> key -> (config, costs)
         self._promoted: dict[int, set[str]] = defaultdict(set)
 
     @staticmethod
@@ -90,7 +57,7 @@ class MOASHA(Searcher):
     def _rung(self, budget: float | None) -> int:
         return min(range(len(self.rungs)), key=lambda i: abs(self.rungs[i] - (budget or self.rungs[0])))
 
-    def ask(self) -> Trial | None:
+    def ask(self) -> Proposal | None:
         for rung in range(len(self.rungs) - 2, -1, -1):
             done = self._results[rung]
             k = int(len(done) // self._eta)
@@ -98,15 +65,19 @@ class MOASHA(Searcher):
                 continue
             keys = list(done)
             costs = np.array([done[key][1] for key in keys], dtype=float)
-            costs = np.where(np.isfinite(costs), costs, np.nanmax(np.where(np.isfinite(costs), costs, np.nan), axis=0) + 1.0
-                             if np.isfinite(costs).any() else 1.0)
+            costs = np.where(
+                np.isfinite(costs),
+                costs,
+                np.nanmax(np.where(np.isfinite(costs), costs, np.nan), axis=0) + 1.0
+                if np.isfinite(costs).any()
+                else 1.0,
+            )
             for index in ranking(costs)[:k]:
                 key = keys[index]
                 if key not in self._promoted[rung] and math.isfinite(max(done[key][1])):
                     self._promoted[rung].add(key)
-                    return Trial(id=-1, config=dict(done[key][0]), budget=self.rungs[rung + 1], seed=self.seed)
-        config = self.config_dict(self.space.sample_configuration())
-        return Trial(id=-1, config=config, budget=self.rungs[0], seed=self.seed)
+                    return Proposal(dict(done[key][0]), self.rungs[rung + 1])
+        return Proposal(self.config_dict(self.space.sample_configuration()), self.rungs[0])
 
     def tell(self, trial: Trial, result: Result) -> None:
         rung = self._rung(trial.budget)

@@ -1,8 +1,8 @@
 """Optuna backends: TPE (single or multi-objective, i.e. MOTPE), NSGA-II, random; with
 Hyperband / successive-halving / median pruning on intermediate validation reports."""
+
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ConfigSpace import (
@@ -15,8 +15,10 @@ from ConfigSpace import (
     UniformIntegerHyperparameter,
 )
 
-from ..trial import Objective, Result, Status, Trial
-from .base import Budget, Searcher, plain
+from core.values import plain
+
+from ..trial import Objective, Proposal, Result, Status, Trial
+from .base import Budget, Searcher
 
 SAMPLERS = ("tpe", "motpe", "nsga2", "random")
 PRUNERS = (None, "hyperband", "asha", "median")
@@ -75,8 +77,9 @@ class OptunaSearcher(Searcher):
         population_size: NSGA-II's population.
     """
 
-    def __init__(self, sampler: str = "tpe", pruner: str | None = None, n_startup_trials: int = 10,
-                 population_size: int = 20) -> None:
+    def __init__(
+        self, sampler: str = "tpe", pruner: str | None = None, n_startup_trials: int = 10, population_size: int = 20
+    ) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"Optuna sampler must be one of {SAMPLERS}, got {sampler!r}")
         if pruner not in PRUNERS:
@@ -89,11 +92,12 @@ class OptunaSearcher(Searcher):
     def name(self) -> str:
         return f"optuna-{self.sampler_name}" + (f"-{self.pruner_name}" if self.pruner_name else "")
 
-    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int) -> None:
+    def setup(
+        self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int
+    ) -> None:
         super().setup(space, objectives, budget, seed, n_trials)
         import optuna
 
-        optuna.logging.set_verbosity(logging.WARNING)
         if self.pruner_name and len(objectives) > 1:
             raise ValueError("Optuna cannot prune multi-objective studies; remove the pruner or use one objective")
         if self.sampler_name in ("tpe", "motpe"):
@@ -105,22 +109,27 @@ class OptunaSearcher(Searcher):
         low = int(budget.min) if budget is not None else 1
         high = int(budget.max) if budget is not None else 1
         eta = int(budget.eta) if budget is not None else 3
-        pruner = {None: optuna.pruners.NopPruner(),
-                  "hyperband": optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=eta),
-                  "asha": optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=eta),
-                  "median": optuna.pruners.MedianPruner(n_warmup_steps=low)}[self.pruner_name]
-        self.study = optuna.create_study(directions=["minimize" if o.mode == "min" else "maximize" for o in objectives],
-                                         sampler=sampler, pruner=pruner)
+        pruner = {
+            None: optuna.pruners.NopPruner(),
+            "hyperband": optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=eta),
+            "asha": optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=eta),
+            "median": optuna.pruners.MedianPruner(n_warmup_steps=low),
+        }[self.pruner_name]
+        self.study = optuna.create_study(
+            directions=["minimize" if o.mode == "min" else "maximize" for o in objectives],
+            sampler=sampler,
+            pruner=pruner,
+        )
         self.distributions = {hp.name: distribution(hp) for hp in space.values()}
 
-    def ask(self) -> Trial | None:
+    def ask(self) -> Proposal | None:
         trial = self.study.ask()
         values: dict[str, Any] = {}
         for hp in self.space.values():  # parents come before children
             if active(self.space, hp.name, values):
                 values[hp.name] = suggest(trial, hp.name, self.distributions[hp.name])
         budget = self.budget.max if self.budget is not None else None
-        return Trial(id=-1, config={k: plain(v) for k, v in values.items()}, budget=budget, seed=self.seed, info=trial)
+        return Proposal({k: plain(v) for k, v in values.items()}, budget, trial)
 
     def report(self, trial: Trial, step: int, value: float) -> bool:
         if trial.info is None or self.pruner_name is None:
@@ -134,12 +143,19 @@ class OptunaSearcher(Searcher):
 
         values = [result.values.get(o.metric) for o in self.objectives]
         finished = result.status == Status.SUCCESS and all(v is not None and v == v for v in values)
-        state = TrialState.COMPLETE if finished else (TrialState.PRUNED if result.status == Status.PRUNED else TrialState.FAIL)
+        state = (
+            TrialState.COMPLETE
+            if finished
+            else (TrialState.PRUNED if result.status == Status.PRUNED else TrialState.FAIL)
+        )
         if trial.info is None:  # resume: a trial this instance never asked for
             frozen = optuna.trial.create_trial(
-                params=trial.config, distributions={k: self.distributions[k] for k in trial.config}, state=state,
+                params=trial.config,
+                distributions={k: self.distributions[k] for k in trial.config},
+                state=state,
                 values=[float(v) for v in values] if finished else None,
-                intermediate_values={int(s): float(v) for s, v in result.intermediate})
+                intermediate_values={int(s): float(v) for s, v in result.intermediate},
+            )
             self.study.add_trial(frozen)
             return
         if finished:

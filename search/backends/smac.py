@@ -1,6 +1,7 @@
 """SMAC3 backends: Bayesian optimisation (``HyperparameterOptimizationFacade``), multi-fidelity
 Hyperband with a model (``MultiFidelityFacade``), plain Hyperband and random search
 (``HyperbandFacade``, ``RandomFacade``); multi-objective through ParEGO."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from typing import Any
 
 from ConfigSpace import ConfigurationSpace
 
-from ..trial import Objective, Result, Status, Trial
+from ..trial import Objective, Proposal, Result, Status, Trial
 from .base import Budget, Searcher, WorstCosts
 
 FACADES = ("hpo", "mf", "hyperband", "random")
@@ -32,9 +33,20 @@ def _fast_forest(scenario: Any) -> Any:
     of ~10 ms. Without a leaf limit the trees are the same depth-first trees."""
     from smac.model.random_forest.random_forest import RandomForest
 
-    return RandomForest(scenario.configspace, log_y=False, n_trees=10, bootstrapping=True, ratio_features=1.0,
-                        min_samples_split=2, min_samples_leaf=1, max_depth=2**20, max_leaf_nodes=None, n_jobs=1,
-                        seed=scenario.seed, instance_features=scenario.instance_features)
+    return RandomForest(
+        scenario.configspace,
+        log_y=False,
+        n_trees=10,
+        bootstrapping=True,
+        ratio_features=1.0,
+        min_samples_split=2,
+        min_samples_leaf=1,
+        max_depth=2**20,
+        max_leaf_nodes=None,
+        n_jobs=1,
+        seed=scenario.seed,
+        instance_features=scenario.instance_features,
+    )
 
 
 def _unused_target(config: Any, seed: int = 0, budget: float | None = None) -> float:
@@ -50,13 +62,19 @@ class SMACSearcher(Searcher):
         eta: Hyperband's reduction factor (default: the study budget's ``eta``).
         n_initial: initial-design size (default: SMAC's).
         incumbent_selection: the Hyperband intensifier's incumbent rule. With several objectives
-            and budgets SMAC's default crashes (SMAC issue 1050); ``highest_budget`` works and is
-            the default here.
+            and budgets SMAC's default (``highest_observed_budget``) can fail (SMAC issue 1050);
+            ``highest_budget`` works and is the default here.
         multi_objective: ``parego`` (the only option; ignored for a single objective).
     """
 
-    def __init__(self, facade: str = "hpo", eta: float | None = None, n_initial: int | None = None,
-                 incumbent_selection: str = "highest_budget", multi_objective: str = "parego") -> None:
+    def __init__(
+        self,
+        facade: str = "hpo",
+        eta: float | None = None,
+        n_initial: int | None = None,
+        incumbent_selection: str = "highest_budget",
+        multi_objective: str = "parego",
+    ) -> None:
         if facade not in FACADES:
             raise ValueError(f"SMAC facade must be one of {FACADES}, got {facade!r}")
         if multi_objective != "parego":
@@ -69,7 +87,9 @@ class SMACSearcher(Searcher):
     def name(self) -> str:
         return f"smac-{self.facade}"
 
-    def setup(self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int) -> None:
+    def setup(
+        self, space: ConfigurationSpace, objectives: list[Objective], budget: Budget | None, seed: int, n_trials: int
+    ) -> None:
         super().setup(space, objectives, budget, seed, n_trials)
         from smac import (
             HyperbandFacade,
@@ -85,15 +105,28 @@ class SMACSearcher(Searcher):
         if fidelity and (budget is None or not budget.multi_fidelity):
             raise ValueError(f"the SMAC {self.facade!r} facade needs a multi-fidelity budget (min < max)")
         self._outdir = Path(tempfile.mkdtemp(prefix="facenas-smac-"))
-        scenario = Scenario(space, name="facenas", output_directory=self._outdir, deterministic=True,
-                            objectives=[o.metric for o in objectives] if multi else "cost", n_trials=max(n_trials, 1) * 10,
-                            seed=seed, min_budget=budget.min if fidelity else None, max_budget=budget.max if fidelity else None)
-        facade_cls = {"hpo": HyperparameterOptimizationFacade, "mf": MultiFidelityFacade, "hyperband": HyperbandFacade,
-                      "random": RandomFacade}[self.facade]
+        scenario = Scenario(
+            space,
+            name="facenas",
+            output_directory=self._outdir,
+            deterministic=True,
+            objectives=[o.metric for o in objectives] if multi else "cost",
+            n_trials=max(n_trials, 1) * 10,
+            seed=seed,
+            min_budget=budget.min if fidelity else None,
+            max_budget=budget.max if fidelity else None,
+        )
+        facade_cls = {
+            "hpo": HyperparameterOptimizationFacade,
+            "mf": MultiFidelityFacade,
+            "hyperband": HyperbandFacade,
+            "random": RandomFacade,
+        }[self.facade]
         kwargs: dict[str, Any] = {"overwrite": True, "logging_level": logging.ERROR}
         if fidelity:
-            kwargs["intensifier"] = facade_cls.get_intensifier(scenario, eta=int(self.eta or budget.eta),
-                                                               incumbent_selection=self.incumbent_selection)
+            kwargs["intensifier"] = facade_cls.get_intensifier(
+                scenario, eta=int(self.eta or budget.eta), incumbent_selection=self.incumbent_selection
+            )
         if multi:
             kwargs["multi_objective_algorithm"] = ParEGO(scenario)
         if self.facade in ("hpo", "mf"):
@@ -103,10 +136,10 @@ class SMACSearcher(Searcher):
         self.smac = facade_cls(scenario, _unused_target, **kwargs)
         self._worst = WorstCosts(len(objectives))
 
-    def ask(self) -> Trial | None:
+    def ask(self) -> Proposal | None:
         with _sequential():
             info = self.smac.ask()
-        return Trial(id=-1, config=self.config_dict(info.config), budget=info.budget, seed=info.seed or 0, info=info)
+        return Proposal(self.config_dict(info.config), info.budget, info, info.seed)
 
     def tell(self, trial: Trial, result: Result) -> None:
         from smac.runhistory.dataclasses import TrialInfo, TrialValue
@@ -114,17 +147,20 @@ class SMACSearcher(Searcher):
 
         info = trial.info
         if info is None:  # a stored trial this instance never asked for (resume)
-            info = TrialInfo(config=self.configuration(trial.config), seed=trial.seed, budget=trial.budget)
+            info = TrialInfo(config=self.configuration(trial.config), seed=trial.backend_seed, budget=trial.budget)
         costs = self.costs(result)
         self._worst.update(costs)
         ok = result.status == Status.SUCCESS and all(c != float("inf") for c in costs)
         value = self._worst.fill(costs)
         status = StatusType.SUCCESS if ok else StatusType.CRASHED
         with _sequential():
-            self.smac.tell(info, TrialValue(cost=value if len(value) > 1 else value[0], time=result.duration, status=status),
-                           save=False)
+            self.smac.tell(
+                info,
+                TrialValue(cost=value if len(value) > 1 else value[0], time=result.duration, status=status),
+                save=False,
+            )
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         outdir = getattr(self, "_outdir", None)
         if outdir is not None:
             shutil.rmtree(outdir, ignore_errors=True)

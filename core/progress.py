@@ -1,4 +1,5 @@
 """Rich progress bars for the long loops outside the Trainer (data checks, evaluation)."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,13 @@ from rich.progress import (
 T = TypeVar("T")
 _tick: ContextVar[Callable[[], None] | None] = ContextVar("facenas_progress_tick", default=None)
 
-_COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+_COLUMNS = (
+    TextColumn("[bold]{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+    TimeRemainingColumn(),
+)
 
 
 def progress_enabled() -> bool:

@@ -5,6 +5,7 @@ The model learns one scalar ``gain``; its validation outputs are deterministic f
 sample index, so the metrics of a whole validation set can be recomputed exactly in a test and
 compared with what a (distributed) run logged.
 """
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -38,9 +39,13 @@ def toy_sample(index: int, seed: int = 0) -> dict:
     centre = np.random.default_rng([seed, 1000 + identity]).normal(size=16)
     embedding = centre + rng.normal(0, 0.8 + 0.6 * group, 16)
     return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32), "ignore": torch.tensor(ignore),
-        "det_boxes": torch.tensor(det, dtype=torch.float32), "det_scores": torch.tensor(scores, dtype=torch.float32),
-        "embedding": torch.tensor(embedding, dtype=torch.float32), "identity": identity, "group": group,
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "ignore": torch.tensor(ignore),
+        "det_boxes": torch.tensor(det, dtype=torch.float32),
+        "det_scores": torch.tensor(scores, dtype=torch.float32),
+        "embedding": torch.tensor(embedding, dtype=torch.float32),
+        "identity": identity,
+        "group": group,
         "gender": GROUPS[group],
     }
 
@@ -108,8 +113,15 @@ class ToyFaceModule(pl.LightningModule):
     def _outputs(self, batch: list[dict]) -> dict:
         return {
             "preds": [{"boxes": b["det_boxes"], "scores": b["det_scores"]} for b in batch],
-            "targets": [{"boxes": b["boxes"], "ignore": b["ignore"], "image_size": (400, 500),
-                         "attributes": {"gender": [b["gender"]] * len(b["boxes"])}} for b in batch],
+            "targets": [
+                {
+                    "boxes": b["boxes"],
+                    "ignore": b["ignore"],
+                    "image_size": (400, 500),
+                    "attributes": {"gender": [b["gender"]] * len(b["boxes"])},
+                }
+                for b in batch
+            ],
             "embeddings": torch.stack([b["embedding"] for b in batch]).to(self.device),
             "identities": torch.tensor([b["identity"] for b in batch], device=self.device),
             "groups": torch.tensor([b["group"] for b in batch], device=self.device),
@@ -127,15 +139,23 @@ class ToyFaceModule(pl.LightningModule):
 
 
 class ToySearchModule(pl.LightningModule):
-    """A trial for search tests: logs ``val/score = (x - 0.3)^2 + y^2 + 1 / (epoch + 1)`` and
-    ``val/other = (x - 0.8)^2 + 0.1 / (epoch + 1)`` each validation; can raise, diverge (NaN
-    loss), sleep ``sleep`` seconds or compute for ``burn`` seconds per training step."""
+    """A trial for search tests: logs ``val/score = (x - 0.3)^2 + y^2 + 1 / (epoch + 1)``,
+    ``val/other = (x - 0.8)^2 + 0.1 / (epoch + 1)`` and its one weight ``val/w`` (initialised
+    from the seed, then trained towards 1) each validation; can raise, diverge (NaN loss),
+    sleep ``sleep`` seconds or compute for ``burn`` seconds per training step."""
 
-    def __init__(self, x: float = 0.5, y: float = 0.0, fail: bool = False, diverge: bool = False, sleep: float = 0.0,
-                 burn: float = 0.0) -> None:
+    def __init__(
+        self,
+        x: float = 0.5,
+        y: float = 0.0,
+        fail: bool = False,
+        diverge: bool = False,
+        sleep: float = 0.0,
+        burn: float = 0.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.w = torch.nn.Parameter(torch.tensor(1.0))
+        self.w = torch.nn.Parameter(torch.randn(()))  # drawn from the trial's seed: logged as val/w
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
         import time
@@ -151,13 +171,16 @@ class ToySearchModule(pl.LightningModule):
             torch.randn(96, 96) @ torch.randn(96, 96)
         loss = (self.w - 1.0) ** 2 + (float("nan") if self.hparams.diverge else 0.0)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}")
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step}"
+            )
         return loss
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         e = self.current_epoch
-        self.log("val/score", (self.hparams.x - 0.3) ** 2 + self.hparams.y ** 2 + 1.0 / (e + 1), batch_size=len(batch))
+        self.log("val/score", (self.hparams.x - 0.3) ** 2 + self.hparams.y**2 + 1.0 / (e + 1), batch_size=len(batch))
         self.log("val/other", (self.hparams.x - 0.8) ** 2 + 0.1 / (e + 1), batch_size=len(batch))
+        self.log("val/w", self.w, batch_size=len(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)

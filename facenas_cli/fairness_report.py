@@ -1,0 +1,68 @@
+"""``facenas fairness-report``: FR-NAS identification error and fairness of saved embeddings."""
+
+from __future__ import annotations
+
+from .common import parse, print_json, table, tool_parser
+
+
+def run(verb: str, argv: list[str]) -> int:
+    parser = tool_parser(
+        verb,
+        "Identification error and FR-NAS fairness metrics (rank disparity, disparity, ratio, "
+        "rank ratio, error ratio) of saved embeddings (facenas predict writes them for a "
+        "FaceID model: embeddings/embeddings.npy + meta.csv).",
+    )
+    parser.add_argument("--embeddings", type=str, required=True, help=".npy file of shape (N, D); row i is image i")
+    parser.add_argument("--meta", type=str, required=True, help="CSV with one row per embedding row (same order)")
+    parser.add_argument("--identity_column", type=str, default="identity", help="identity column of --meta")
+    parser.add_argument(
+        "--group_column",
+        type=str,
+        default="gender",
+        help="demographic group column of --meta (gender, race, age_bin, ...)",
+    )
+    parser.add_argument(
+        "--reference_group",
+        type=str | None,
+        default=None,
+        help="compare every other group with this one (FR-NAS: female); default: maximum over all ordered pairs",
+    )
+    parser.add_argument(
+        "--age_bins",
+        action="store_true",
+        help="bin a numeric group column into FR-NAS age bins (1-25, 26-50, 51-75, 76-110)",
+    )
+    parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parse(parser, argv)
+
+    from callbacks.from_files import evaluate_embedding_files
+
+    result = evaluate_embedding_files(
+        args.embeddings,
+        args.meta,
+        identity_column=args.identity_column,
+        group_column=args.group_column,
+        reference_group=args.reference_group,
+        age_bins=args.age_bins,
+        device=args.device,
+        progress=True,
+    ).as_dict()
+    if args.json:
+        print_json(result)
+        return 0
+    metrics = ("error", "rank", "rank_disparity", "disparity", "ratio", "rank_ratio", "error_ratio")
+    table(
+        f"identification over {result['probes']} probes",
+        ("metric", "value"),
+        [(k, f"{result[k]:.4f}") for k in metrics],
+    )
+    table(
+        f"per {args.group_column}",
+        ("group", "n", "accuracy", "error", "rank", "rank_by_identity"),
+        [
+            (g, s["n"], f"{s['accuracy']:.4f}", f"{s['error']:.4f}", f"{s['rank']:.3f}", f"{s['rank_by_identity']:.3f}")
+            for g, s in result["groups"].items()
+        ],
+    )
+    return 0

@@ -1,0 +1,173 @@
+"""Every shipped config under configs/ parses and instantiates: training configs through
+`facenas fit --print_config` and a `fast_dev_run` (one training and one validation batch),
+search configs into a study with its space and backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, data_path, run_facenas
+
+CONFIGS = REPO / "configs"
+SMALL = {  # shrink the data and batches only; the model, optimiser and callbacks stay as shipped
+    "detection/quickstart.yaml": ["--data.init_args.synthetic_images", "20", "--data.init_args.num_workers", "0"],
+    "detection/retinaface_mnv2.yaml": [
+        "--data.init_args.synthetic_images",
+        "20",
+        "--data.init_args.image_size",
+        "256",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+    ],
+    "recognition/quickstart.yaml": ["--data.init_args.synthetic_identities", "8", "--data.init_args.num_workers", "0"],
+}
+
+
+def test_every_config_is_covered():
+    shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
+    covered = (
+        set(SMALL)
+        | {
+            "detection/wider_subset.yaml",
+            "recognition/frnas_dpn.yaml",
+            "callbacks/detection.yaml",
+            "callbacks/recognition.yaml",
+            "trainer/cpu.yaml",
+            "trainer/gpu.yaml",
+            "trainer/ddp.yaml",
+            "logger/wandb.yaml",
+        }
+        | {f"search/{p.name}" for p in (CONFIGS / "search").glob("*.yaml")}
+    )
+    assert shipped == covered
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["trainer/cpu.yaml"], ["trainer/gpu.yaml"], ["trainer/ddp.yaml"], ["logger/wandb.yaml"]]
+)
+def test_trainer_and_logger_groups_combine_with_a_model_config(tmp_path, extra):
+    args = ["--config", str(CONFIGS / "detection/quickstart.yaml")] + [
+        a for e in extra for a in ("--config", str(CONFIGS / e))
+    ]
+    out = run_facenas("fit", *args, "--print_config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = yaml.safe_load(out.stdout)
+    callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert callbacks == [
+        "callbacks.DetectionAP",
+        "lightning.pytorch.callbacks.EarlyStopping",
+        "callbacks.WiderPredictionWriter",
+    ]
+    for group in extra:
+        for key, value in yaml.safe_load((CONFIGS / group).read_text())["trainer"].items():
+            assert printed["trainer"][key] == value or key == "logger", key
+
+
+@pytest.mark.parametrize("config", sorted(SMALL))
+def test_training_config_runs_a_fast_dev_run(tmp_path, config):
+    out = run_facenas(
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        *SMALL[config],
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.accelerator",
+        "cpu",
+        "--test_after_fit",
+        "false",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    monitor = "val/ap50" if config.startswith("detection") else "val/error"
+    assert monitor in out.stdout  # the configured evaluation callback logged the model's monitor
+
+
+def test_wider_subset_config_runs_a_fast_dev_run(tmp_path):
+    data_path("widerface")
+    out = run_facenas(
+        "fit",
+        "--config",
+        str(CONFIGS / "detection/retinaface_mnv2.yaml"),
+        "--config",
+        str(CONFIGS / "detection/wider_subset.yaml"),
+        "--config",
+        str(CONFIGS / "trainer/cpu.yaml"),
+        "--data.init_args.image_size",
+        "256",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.eval_batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.fast_dev_run",
+        "true",
+        "--test_after_fit",
+        "false",
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "val/ap50_perceived_gender_female" in out.stdout
+
+
+def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):
+    root = data_path("celeba_identities")
+    out = run_facenas(
+        "fit",
+        "--config",
+        str(CONFIGS / "recognition/frnas_dpn.yaml"),
+        "--config",
+        str(CONFIGS / "trainer/cpu.yaml"),
+        "--data.init_args.format",
+        "csv",
+        "--data.init_args.annotations",
+        str(root / "labels.csv"),
+        "--data.init_args.images",
+        str(root / "img_celeba"),
+        "--data.init_args.group_column",
+        "gender_from_celeba_Male_attr",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.eval_batch_size",
+        "8",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.fast_dev_run",
+        "true",
+        "--test_after_fit",
+        "false",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "val/rank_disparity" in out.stdout
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
+def test_search_config_builds_its_study(config):
+    from facenas_cli.common import parse
+    from facenas_cli.search import search_parser, study_settings
+    from search.backends import create_searcher
+    from search.spaces import apply_mapping, load_space
+
+    settings = study_settings(parse(search_parser(), ["--config", str(CONFIGS / "search" / config)]))
+    space = load_space(settings.space, settings.seed)
+    searcher = create_searcher(settings.backend)
+    searcher.setup(space, settings.objectives, settings.budget, settings.seed, settings.n_trials)
+    searcher.close()
+    base = {}
+    for path in settings.base:
+        base.update(yaml.safe_load((REPO / path).read_text()))
+    sample = dict(space.sample_configuration())
+    for key in apply_mapping(sample, settings.mapping):  # every mapped key exists in the base config
+        node = base
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        assert key.split(".")[-1] in node, key
+    assert all(Path(REPO / p).is_file() for p in settings.base)

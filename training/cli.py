@@ -1,0 +1,367 @@
+"""The one LightningCLI configuration of facenas.
+
+``facenas fit/validate/test/predict``, ``facenas probe``, an in-process search trial and a
+subprocess or Dask trial all build their trainer, model and data through :class:`FaceNASCLI`,
+so a trial trains exactly as ``facenas fit`` would.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import Logger
+
+from core.errors import UserError
+
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+class FaceNASCLI(LightningCLI):
+    """LightningCLI over ``model`` and ``data`` in subclass mode, with facenas's defaults:
+
+    * CSV logs and checkpoints under ``runs/<name>/version_<n>/``, where ``<name>`` is the stem
+      of the first config file that sets ``model`` (so two models never share a folder);
+    * a ``last.ckpt`` rewritten every epoch and a ``best-<epoch>.ckpt`` by the model's
+      ``monitor`` (when an evaluation callback is configured); a rich progress bar;
+    * ``--ckpt_path last|best`` found across the run's versions;
+    * ``fit`` tests the best checkpoint afterwards (``--test_after_fit``) and prints the final
+      metrics (``--metrics_table``);
+    * a constructor's ``ValueError`` becomes one :class:`UserError` naming the config key.
+
+    Args:
+        args: the command line after ``facenas`` (``["fit", "--config", "x.yaml"]``); with
+            ``run=False``, without the subcommand.
+        run: run the subcommand (``fit``, ...) or only instantiate (``facenas probe``).
+        extra_arguments: adds options of a verb built on this configuration (``probe``).
+        **kwargs: passed to :class:`LightningCLI` (``trainer_defaults``, ...).
+    """
+
+    def __init__(
+        self, args: Sequence[str], run: bool = True, extra_arguments: Callable[[Any], None] | None = None, **kwargs: Any
+    ) -> None:
+        self._extra_arguments = extra_arguments
+        parser_kwargs = {
+            "prog": "facenas",
+            "exit_on_error": False,
+            "description": "Train and evaluate facenas models with YAML configs.",
+        }
+        parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        try:
+            super().__init__(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=list(args),
+                run=run,
+                parser_kwargs=parser_kwargs,
+                **kwargs,
+            )
+        finally:
+            if run:  # one command, one W&B run: closed also when the command fails
+                finish_loggers(getattr(self, "trainer", None))
+
+    # ------------------------------------------------------------------ parsing
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit: when training ends, test the best checkpoint on the data's test split",
+        )
+        parser.add_argument(
+            "--metrics_table", type=bool, default=True, help="print the final metrics as a table when the command ends"
+        )
+        parser.set_defaults(
+            {
+                "trainer.logger": {"class_path": CSV_LOGGER, "init_args": {"save_dir": "runs", "name": None}},
+                "trainer.default_root_dir": "runs",
+            }
+        )
+        if self._extra_arguments is not None:
+            self._extra_arguments(parser)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except Exception as exc:  # jsonargparse's ArgumentError and the errors of config files it reads
+            if type(exc).__name__ != "ArgumentError":
+                raise
+            raise UserError(one_line_parse_error(str(exc))) from None
+
+    def _section(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self._section()
+        logger = config.get("trainer", {}).get("logger")
+        if isinstance(logger, dict) or hasattr(logger, "class_path"):
+            init = logger.get("init_args") if isinstance(logger, dict) else logger.init_args
+            if logger.get("class_path") == CSV_LOGGER and init is not None and init.get("name") is None:
+                init["name"] = run_name(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:  # a constructor refused a value: name the key, no traceback
+            # jsonargparse wraps the constructor's error in its own; the original is in the chain
+            chain = [exc]
+            while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+                chain.append(chain[-1].__cause__ or chain[-1].__context__)
+            for error in reversed(chain):
+                key = config_key(error)
+                if key is not None:
+                    raise UserError(f"{key}: {error}") from None
+            raise UserError(str(chain[-1])) from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        configured = trainer_cfg.get("callbacks") or []
+        callbacks = list(configured if isinstance(configured, list) else [configured])
+        if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(RichProgressBar())
+        if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
+            callbacks.extend(default_checkpoints(self.model, callbacks))
+        # passing callbacks replaces the configured list, so it carries those too
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+
+    # ------------------------------------------------------------------ subcommands
+
+    def _resolve_ckpt(self) -> None:
+        cfg = self.config_init[self.subcommand]
+        wanted = cfg.get("ckpt_path")
+        if wanted not in ("last", "best"):
+            if wanted is not None and not Path(wanted).is_file():
+                raise UserError(f"checkpoint not found: {wanted}")
+            return
+        found = find_checkpoint(self.trainer, wanted)
+        if found is None:
+            if self.subcommand == "fit" and wanted == "last":
+                print(
+                    f"facenas: no last checkpoint under {run_root(self.trainer)}; starting from scratch",
+                    file=sys.stderr,
+                )
+                cfg["ckpt_path"] = None
+                return
+            raise UserError(f"no '{wanted}' checkpoint found under {run_root(self.trainer)}")
+        if self.trainer.is_global_zero:
+            print(f"facenas: using {wanted} checkpoint {found}", file=sys.stderr)
+        cfg["ckpt_path"] = str(found)
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt()
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        cfg = self.config_init["fit"]
+        if cfg.get("test_after_fit") and not trainer.interrupted and has_test_split(self.datamodule):
+            best = next(
+                (c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), ""
+            )
+            fitted = dict(trainer.callback_metrics)
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
+            trainer.callback_metrics.update({k: v for k, v in fitted.items() if k not in trainer.callback_metrics})
+        self._finish("final metrics")
+
+    def after_validate(self) -> None:
+        self._finish("validation metrics")
+
+    def after_test(self) -> None:
+        self._finish("test metrics")
+
+    def _finish(self, title: str) -> None:
+        if self.config_init[self.subcommand].get("metrics_table", True):
+            print_metrics(self.trainer, title)
+
+
+def default_checkpoints(model: LightningModule, callbacks: list[Callback]) -> list[ModelCheckpoint]:
+    """``last.ckpt`` every epoch, and ``best-<epoch>.ckpt`` by ``model.monitor`` when a
+    configured callback logs metrics (without one, the monitored key would never appear)."""
+    from callbacks.evaluation import MetricCallback
+
+    # "last" is its own unmonitored checkpoint, rewritten every epoch: Lightning's save_last
+    # only refreshes it when the monitored metric improves
+    out = [ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)]
+    monitor = getattr(model, "monitor", None)
+    if monitor and any(isinstance(c, MetricCallback) for c in callbacks):
+        out.append(
+            ModelCheckpoint(
+                monitor=monitor,
+                mode=getattr(model, "monitor_mode", "min"),
+                save_top_k=1,
+                filename="best-{epoch:03d}",
+                auto_insert_metric_name=False,
+            )
+        )
+    return out
+
+
+def run_name(config: Any) -> str:
+    """The run folder's name: the stem of the first config file that sets ``model``, else the
+    model class's name in lower case."""
+    for path in config.get("config") or []:
+        path = Path(str(path))
+        try:
+            content = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except yaml.YAMLError:
+            content = None
+        if isinstance(content, dict) and "model" in content:
+            return path.stem
+    model = config.get("model")
+    class_path = model.get("class_path") if hasattr(model, "get") else None
+    return str(class_path or "model").rpartition(".")[2].lower()
+
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def one_line_parse_error(message: str) -> str:
+    """jsonargparse's nested, multi-line errors as one line: the full dotted key and the
+    innermost reason (``model.init_args.optimizer: Expected a typing.Literal['sgd', ...]. Got
+    value: rmsprop``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys: list[str] = []
+    reason = ""
+    for line in lines:
+        match = _PARSER_KEY.search(line)
+        if match:
+            key = match.group(1)
+            keys.append(key)
+            rest = line[match.end() :].lstrip(": ").strip()
+            reason = rest
+            continue
+        if line.startswith(
+            ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+        ):
+            continue
+        if "Problem with given class_path" in line:
+            keys.append("init_args")
+            continue
+        if keys and not reason:
+            reason = line.lstrip("- ")
+    if not keys:
+        return " ".join(lines)
+    dotted = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
+    return f"{dotted}: {reason or ' '.join(lines)}"
+
+
+def config_key(exc: BaseException) -> str | None:
+    """The config key a constructor error is about: the outermost ``__init__`` of a model,
+    data module, callback or logger in the traceback, and the argument of that constructor
+    whose name (or else value) the message mentions."""
+    message = str(exc)
+    for frame, _ in _frames(exc.__traceback__):
+        if frame.f_code.co_name != "__init__":
+            continue
+        owner = frame.f_locals.get("self")
+        group = (
+            "model"
+            if isinstance(owner, LightningModule)
+            else "data"
+            if isinstance(owner, LightningDataModule)
+            else "trainer.callbacks"
+            if isinstance(owner, Callback)
+            else "trainer.logger"
+            if isinstance(owner, Logger)
+            else None
+        )
+        if group is None:
+            continue
+        code = frame.f_code
+        names = [n for n in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount] if n != "self"]
+        named = [n for n in names if re.search(rf"\b{re.escape(n)}\b", message)]
+        valued = [
+            n
+            for n in names
+            if isinstance(frame.f_locals.get(n), (str, int, float))
+            and not isinstance(frame.f_locals.get(n), bool)
+            and repr(frame.f_locals[n]) in message
+        ]
+        arg = (named or valued or [None])[0]
+        prefix = f"{group}.init_args" if group in ("model", "data") else f"{group} ({type(owner).__name__})"
+        return f"{prefix}.{arg}" if arg else prefix
+    return None
+
+
+def _frames(tb: types.TracebackType | None):
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next
+
+
+def has_test_split(datamodule: LightningDataModule | None) -> bool:
+    """Whether the data module has a non-empty test loader."""
+    if datamodule is None or not callable(getattr(datamodule, "test_dataloader", None)):
+        return False
+    try:
+        return len(datamodule.test_dataloader()) > 0
+    except (NotImplementedError, TypeError, KeyError, AttributeError):
+        return False
+
+
+def run_root(trainer: Trainer) -> Path:
+    """The folder holding a run's versions (``runs/<name>`` for the CSV logger)."""
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "root_dir", None):
+        return Path(logger.root_dir)
+    if logger is not None and getattr(logger, "save_dir", None):
+        return Path(logger.save_dir)
+    return Path(trainer.default_root_dir)
+
+
+def find_checkpoint(trainer: Trainer, which: str) -> Path | None:
+    """The newest ``last*.ckpt`` or ``best*.ckpt`` below the run's folder."""
+    root = run_root(trainer)
+    if not root.is_dir():
+        return None
+    found = sorted(root.rglob(f"{which}*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def print_metrics(trainer: Trainer, title: str) -> None:
+    """The trainer's last logged metrics as a table (rank 0 only)."""
+    if not trainer.is_global_zero or not trainer.callback_metrics:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(trainer.callback_metrics.items()):
+        table.add_row(key, f"{float(value):.4f}")
+    Console().print(table)
+
+
+def finish_loggers(trainer: Trainer | None) -> None:
+    """Close the runs of a trainer's loggers that keep one open (W&B): one command, one run."""
+    if trainer is None:
+        return
+    for logger in trainer.loggers:
+        finish = getattr(logger, "finish", None)
+        if callable(finish):
+            finish()
