@@ -186,21 +186,25 @@ class DetectionResult:
 
 
 def group_ignores(
-    ignore: Tensor, labels: dict[str, Sequence[str | None]], groups: Sequence[tuple[str, str]]
+    ignore: Tensor,
+    attributes: Sequence[dict[str, Sequence[str | None]] | None],
+    counts: Sequence[int],
+    groups: Sequence[tuple[str, str]],
 ) -> list[tuple[str, Tensor]]:
     """The ignore flags of the whole set (key ``""``) and of each attribute group (key
     ``"<attribute>=<value>"``): a group's AP treats the ground truths outside the group, or
     without a label, as ignore regions, as WIDER's easy/medium/hard subsets do.
 
     Args:
-        ignore: (G,) bool ignore flags of all ground truths.
-        labels: per attribute, one label per ground truth (G,).
+        ignore: (G,) bool ignore flags of all ground truths, image after image.
+        attributes: per image, ``{attribute: [label per ground truth]}`` (or None).
+        counts: per image, its number of ground truths.
         groups: the (attribute, value) pairs to evaluate.
     """
     out = [("", ignore)]
     for name, value in groups:
-        column = labels.get(name, [None] * len(ignore))
-        outside = torch.tensor([label != value for label in column], dtype=torch.bool, device=ignore.device).reshape(-1)
+        labels = [label for attrs, n in zip(attributes, counts) for label in ((attrs or {}).get(name) or [None] * n)]
+        outside = torch.tensor([label != value for label in labels], dtype=torch.bool, device=ignore.device).reshape(-1)
         out.append((f"{name}={value}", ignore | outside))
     return out
 
@@ -256,16 +260,9 @@ def evaluate_detections(
         raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truths)} images")
     scale = image_scales(image_sizes, short_side, len(ground_truths))
     det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_ignore = flatten_per_image(predictions, ground_truths)
-    labels = {
-        name: [
-            label
-            for i, (boxes, _) in enumerate(ground_truths)
-            for label in (attributes[i].get(name) if attributes else None) or [None] * len(boxes)
-        ]
-        for name in {name for name, _ in groups}
-    }
     results = {}
-    for key, ignore in group_ignores(gt_ignore, labels, groups):
+    counts = [len(torch.as_tensor(boxes).reshape(-1, 4)) for boxes, _ in ground_truths]
+    for key, ignore in group_ignores(gt_ignore, attributes or [None] * len(counts), counts, groups):
         matched = match_detections(
             det_boxes,
             det_scores,

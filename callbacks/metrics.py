@@ -67,11 +67,8 @@ class DetectionAveragePrecision(Metric):
             [tuple(torch.as_tensor(t["image_size"]).tolist()) for t in targets] if self.short_side is not None else None
         )
         scale = image_scales(sizes, self.short_side, len(targets))
-        labels = {
-            name: [label for t in targets for label in t.get("attributes", {}).get(name) or [None] * len(t["boxes"])]
-            for name in {name for name, _ in self.groups}
-        }
-        for key, ignore in group_ignores(gt_ignore, labels, self.groups):
+        counts = [len(t["boxes"]) for t in targets]
+        for key, ignore in group_ignores(gt_ignore, [t.get("attributes") for t in targets], counts, self.groups):
             result = match_detections(
                 det_boxes,
                 det_scores,
