@@ -307,7 +307,7 @@ def test_quick_fit_then_probe_verb(tmp_path):
             "class_path": "datamodules.recognition.FaceIDDataModule",
             "init_args": {
                 "synthetic_identities": 20,
-                "synthetic_images_per_identity": 6,
+                "synthetic_images_per_identity": 8,
                 "synthetic_size": 32,
                 "image_size": 32,
                 "split_by": "image",
@@ -376,7 +376,9 @@ def test_quick_fit_then_probe_verb(tmp_path):
     )
     assert report.returncode == 0, report.stderr[-2000:]
     tested = last_logged(tmp_path / "runs/id/version_0/metrics.csv")
-    assert json.loads(report.stdout)["error"] == pytest.approx(tested["test/error"], abs=1e-6)  # the logged test error
+    fairness = json.loads(report.stdout)
+    assert fairness["probes"] == tested["test/probes"] == len(data.splits["test"])  # every test image is a probe
+    assert fairness["error"] == pytest.approx(tested["test/error"], abs=1e-6)  # the logged test error
     missing = run_facenas("probe", "--config", str(path), "--ckpt", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
 
