@@ -89,6 +89,9 @@ class StudyStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
+        if "backend_seed" not in columns:  # a store written before the column existed
+            self._write("ALTER TABLE trials ADD COLUMN backend_seed INTEGER", ())
 
     def close(self) -> None:
         self._conn.close()

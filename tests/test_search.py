@@ -96,6 +96,22 @@ def test_store_round_trip_and_atomic_rows(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_store_written_before_the_backend_seed_column_opens_and_resumes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE trials (id INTEGER PRIMARY KEY, config TEXT NOT NULL, budget REAL, seed INTEGER NOT NULL, "
+            "status TEXT NOT NULL, objectives TEXT, intermediate TEXT, error TEXT, run_dir TEXT, "
+            "started REAL NOT NULL, finished REAL, duration REAL);"
+            "INSERT INTO trials (id, config, budget, seed, status, started) "
+            "VALUES (0, '{\"x\": 1}', 2.0, 5, 'running', 0);"
+        )
+    store = StudyStore(path)
+    assert store.trials()[0].trial == Trial(0, {"x": 1}, 2.0, 5)
+    store.start(Trial(1, {"x": 2}, 1.0, 6, backend_seed=9))
+    assert store.trials()[1].trial.backend_seed == 9
+
+
 def test_pareto_and_hypervolume():
     costs = np.array([[1.0, 4.0], [2.0, 2.0], [3.0, 3.0], [4.0, 1.0], [np.inf, np.inf]])
     assert pareto_mask(costs[:4]).tolist() == [True, True, False, True]
