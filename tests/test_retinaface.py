@@ -21,9 +21,11 @@ from datamodules.detection import (
     collate_train,
 )
 from datamodules.detection.transforms import (
+    CROP_SCALES,
     FLIP_ORDER,
     Faces,
     TrainTransform,
+    crop_scales,
     horizontal_flip,
     random_square_crop,
 )
@@ -40,6 +42,7 @@ from models.detection import (
     match_anchors,
     postprocess,
 )
+from models.detection.anchors import anchors_xyxy
 
 from .conftest import data_path
 
@@ -96,17 +99,77 @@ def test_matching_bands(pos_iou, expected):
     assert m.labels[0].tolist() == expected
 
 
-def test_every_face_keeps_its_best_anchor_and_ignore_regions_are_not_negatives():
-    anchors = torch.tensor([[5.0, 5, 10, 10], [50, 50, 40, 40], [100, 100, 16, 16]])
+def test_faces_claim_their_best_anchor_from_iou_0_2_and_ignore_regions_are_not_negatives():
+    anchors = torch.tensor([[5.0, 5, 10, 10], [50, 50, 40, 40], [100, 100, 16, 16], [150, 150, 16, 16]])
     faces = torch.tensor(
         [
-            [48.0, 48, 51, 51],  # tiny: best IoU far below 0.5
-            [92, 92, 108, 108],
+            [48.0, 48, 51, 51],  # 3 px: best IoU 0.006, too small for any anchor
+            [92, 92, 108, 108],  # an ignore region exactly on anchor 2
+            [146, 146, 157, 157],  # best IoU 0.47: below 0.5, claims anchor 3
         ]
-    )  # an ignore region exactly on anchor 2
-    m = match_anchors(anchors, faces, torch.tensor([0, 0]), 1, torch.tensor([False, True]), pos_iou=0.5)
-    assert m.labels[0].tolist() == [0, 1, -1]
-    assert m.gt_index[0, 1] == 0
+    )
+    m = match_anchors(anchors, faces, torch.tensor([0, 0, 0]), 1, torch.tensor([False, True, False]), pos_iou=0.5)
+    assert m.labels[0].tolist() == [0, 0, -1, 1]
+    assert m.gt_index[0, 3] == 2
+    forced_all = match_anchors(anchors, faces, torch.tensor([0, 0, 0]), 1, pos_iou=0.5, force_iou=0.0)
+    assert forced_all.labels[0, 1] == 1  # with force_iou 0 even the 3-px face claims an anchor
+
+
+def test_faces_sharing_a_best_anchor_get_it_by_overlap_then_order():
+    anchors = torch.tensor([[20.0, 20, 16, 16], [60, 60, 16, 16]])
+    big = [12.0, 12, 28, 28]  # IoU 1 with anchor 0
+    small = [14.0, 14, 24, 24]  # IoU 0.39 with anchor 0, its best
+    for order in ([big, small], [small, big]):
+        m = match_anchors(anchors, torch.tensor(order), torch.tensor([0, 0]), 1, force_iou=0.2)
+        assert m.gt_index[0, 0].item() == order.index(big)
+    same = torch.tensor([big, big])
+    for _ in range(5):
+        assert match_anchors(anchors, same, torch.tensor([0, 0]), 1).gt_index[0, 0].item() == 0
+
+
+def reference_match(threshold, truths, priors):
+    """Pytorch_Retinaface's ``match`` (utils/box_utils.py) transcribed: returns the label and
+    matched-truth index of every prior, and the priors several faces claim (where its result
+    depends on the face order)."""
+    from torchvision.ops import box_iou
+
+    overlaps = box_iou(truths, anchors_xyxy(priors))
+    best_prior_overlap, best_prior_idx = overlaps.max(1)
+    valid = best_prior_overlap >= 0.2
+    if not valid.any():
+        return torch.zeros(len(priors), dtype=torch.long), None, set()
+    best_truth_overlap, best_truth_idx = overlaps.max(0)
+    best_truth_overlap.index_fill_(0, best_prior_idx[valid], 2)
+    for j in range(best_prior_idx.size(0)):
+        best_truth_idx[best_prior_idx[j]] = j
+    conf = torch.ones(len(priors), dtype=torch.long)
+    conf[best_truth_overlap < threshold] = 0
+    claimed = best_prior_idx.tolist()
+    contested = {p for p in claimed if claimed.count(p) > 1} | set(best_prior_idx[~valid].tolist())
+    return conf, best_truth_idx, contested
+
+
+def test_matching_equals_the_reference_match():
+    g = torch.Generator().manual_seed(7)
+    anchors = make_anchors(160, 160)
+    checked = 0
+    for trial in range(20):
+        n = int(torch.randint(1, 12, (), generator=g))
+        side = torch.exp(torch.empty(n).uniform_(0.5, 4.5, generator=g))
+        xy = torch.rand(n, 2, generator=g) * 150
+        boxes = torch.cat([xy, xy + side[:, None] * torch.tensor([1.0, 1.25])], 1)
+        for threshold in (0.35, 0.5):
+            ours = match_anchors(
+                anchors, boxes, torch.zeros(n, dtype=torch.long), 1, pos_iou=threshold, neg_iou=threshold
+            )
+            conf, truth, contested = reference_match(threshold, boxes, anchors)
+            assert ours.labels[0].tolist() == conf.tolist(), trial
+            positive = torch.nonzero(conf).reshape(-1).tolist()
+            for p in positive:
+                if p not in contested:
+                    assert ours.gt_index[0, p] == truth[p]
+                    checked += 1
+    assert checked > 100
 
 
 def test_matching_is_per_image_in_a_batch():
@@ -173,25 +236,81 @@ def coordinate_image(height: int, width: int) -> torch.Tensor:
     return torch.stack([xs, ys, torch.zeros_like(xs)]).to(torch.uint8)
 
 
-def test_crop_keeps_exactly_the_faces_whose_centre_is_inside():
+def reference_crop(boxes, landmarks, x0, y0, side):
+    """Pytorch_Retinaface's ``_crop`` for one accepted square, transcribed to numpy: faces
+    whose centre lies strictly inside, boxes and landmarks clipped to the square."""
+    boxes, landmarks = boxes.numpy().astype(np.float64), landmarks.numpy().astype(np.float64)
+    roi = np.array([x0, y0, x0 + side, y0 + side], dtype=np.float64)
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    mask = np.logical_and(roi[:2] < centers, centers < roi[2:]).all(axis=1)
+    b, m = boxes[mask].copy(), landmarks[mask].copy()
+    b[:, :2] = np.maximum(b[:, :2], roi[:2]) - roi[:2]
+    b[:, 2:] = np.minimum(b[:, 2:], roi[2:]) - roi[:2]
+    m = np.minimum(np.maximum(m - roi[:2], 0), roi[2:] - roi[:2])
+    return b, m
+
+
+def test_crop_follows_the_reference_crop():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(40, 2, generator=g) * 200
     boxes = torch.cat([xy, xy + 5 + torch.rand(40, 2, generator=g) * 50], 1)
-    faces = Faces(boxes, torch.rand(40, 5, 2, generator=g) * 200, torch.zeros(40, dtype=torch.bool))
+    faces = Faces(boxes, torch.rand(40, 5, 2, generator=g) * 260 - 30, torch.zeros(40, dtype=torch.bool))
     image = coordinate_image(200, 250)
-    for _ in range(30):
-        crop, kept = random_square_crop(image, faces, min_ratio=0.3)
+    sides = set()
+    for _ in range(60):
+        crop, kept, cropped = random_square_crop(image, faces, min_ratio=0.3)
         side = crop.shape[-1]
-        assert crop.shape[-2] == side and 0.3 * 200 - 1 <= side <= 200
+        sides.add(side)
+        assert cropped and crop.shape[-2] == side and side in {int(s * 200) for s in CROP_SCALES}
         x0, y0 = int(crop[0, 0, 0]), int(crop[1, 0, 0])
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = (
-            (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
-        )
-        expected = (boxes[inside] - torch.tensor([x0, y0, x0, y0])).clamp(0, side)
-        torch.testing.assert_close(kept.boxes, expected)
-        torch.testing.assert_close(kept.landmarks, faces.landmarks[inside] - torch.tensor([x0, y0]))
+        # accepted only with a face wholly inside
+        whole = (boxes[:, :2] >= torch.tensor([x0, y0])).all(1) & (boxes[:, 2:] <= torch.tensor([x0, y0]) + side).all(1)
+        assert whole.any()
+        expected_boxes, expected_marks = reference_crop(boxes, faces.landmarks, x0, y0, side)
+        np.testing.assert_allclose(kept.boxes.numpy(), expected_boxes, atol=1e-4)
+        np.testing.assert_allclose(kept.landmarks.numpy(), expected_marks, atol=1e-4)
+    assert len(sides) >= 4  # the scales are drawn, not one fixed side
+
+
+def test_crop_scales_follow_min_crop_ratio():
+    assert crop_scales(0.3) == (0.3, 0.45, 0.6, 0.8, 1.0)
+    assert crop_scales(0.55) == (0.6, 0.8, 1.0)
+    with pytest.raises(ValueError, match="min_crop_ratio"):
+        crop_scales(1.2)
+
+
+def test_crop_never_keeps_only_a_truncated_large_face():
+    """One face covering most of the image: the reference rejects every crop that would cut it,
+    so no crop keeps a truncated face alone; landmarks stay inside the crop."""
+    torch.manual_seed(1)
+    box = torch.tensor([[40.0, 30, 250, 230]])
+    marks = torch.tensor([[[90.0, 100], [200, 100], [145, 150], [100, 190], [190, 190]]])
+    faces = Faces(box, marks, torch.tensor([False]))
+    image = coordinate_image(240, 300)
+    for _ in range(200):
+        crop, kept, cropped = random_square_crop(image, faces, min_ratio=0.3)
+        side = crop.shape[-1]
+        if not cropped:  # no square holds the face: the whole image is used (padded later)
+            assert side == 300 and torch.equal(kept.boxes, box)
+            continue
+        assert len(kept.boxes) == 1
+        x0, y0 = int(crop[0, 0, 0]), int(crop[1, 0, 0])
+        torch.testing.assert_close(kept.boxes, box - torch.tensor([x0, y0, x0, y0]))  # whole, not truncated
+        assert (kept.landmarks >= 0).all() and (kept.landmarks <= side).all()
+
+
+def test_ignore_regions_alone_do_not_accept_a_crop():
+    torch.manual_seed(2)
+    boxes = torch.tensor([[10.0, 10, 30, 30], [150, 150, 230, 230]])
+    faces = Faces(boxes, torch.full((2, 5, 2), float("nan")), torch.tensor([True, False]))
+    image = coordinate_image(240, 240)
+    for _ in range(50):
+        crop, kept, cropped = random_square_crop(image, faces, min_ratio=0.3)
+        if cropped:
+            x0, y0, side = int(crop[0, 0, 0]), int(crop[1, 0, 0]), crop.shape[-1]
+            assert x0 <= 150 and y0 <= 150 and x0 + side >= 230 and y0 + side >= 230
+            assert torch.isnan(kept.landmarks).all()
 
 
 def test_flip_mirrors_and_swaps_left_and_right_landmarks():

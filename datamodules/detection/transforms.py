@@ -1,7 +1,7 @@
 """Detection transforms as in RetinaFace/HyperFD training, on uint8 CHW tensors.
 
-Training: a random square crop whose side is a random fraction (>= ``min_crop_ratio``) of the
-shorter image side, keeping the faces whose centre falls inside; photometric distortion;
+Training: Pytorch_Retinaface's random square crop (see :func:`random_square_crop`);
+photometric distortion;
 horizontal flip that also swaps left/right landmarks; resize to a square network input.
 Evaluation: resize so that the shorter side has a given length (the longer side capped).
 Randomness comes from torch's generator, which Lightning seeds per dataloader worker.
@@ -34,31 +34,54 @@ class Faces:
         return Faces(self.boxes[keep], self.landmarks[keep], self.ignore[keep])
 
 
-def _uniform(lo: float, hi: float) -> float:
-    return lo + (hi - lo) * torch.rand(()).item()
+# Pytorch_Retinaface's crop scales (``PRE_SCALES`` in its data_augment.py): the crop side is one
+# of these fractions of the shorter image side
+CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 
 
-def random_square_crop(image: Tensor, faces: Faces, min_ratio: float, tries: int = 250) -> tuple[Tensor, Faces]:
-    """Crop a random square of side ``U(min_ratio, 1) x shorter side``; keep the faces whose
-    centre lies inside (boxes clipped to the crop, landmarks shifted). If no crop keeps a face of
-    an image that has faces, the whole image is padded to a square instead."""
+def crop_scales(min_ratio: float) -> tuple[float, ...]:
+    """The reference scales at or above ``min_ratio`` (HyperFD's min crop ratio: 0.3 -> all
+    five, 0.55 -> 0.6, 0.8, 1.0)."""
+    scales = tuple(s for s in CROP_SCALES if s >= min_ratio - 1e-9)
+    if not scales:
+        raise ValueError(f"min_crop_ratio {min_ratio} is above the largest crop scale 1.0")
+    return scales
+
+
+def random_square_crop(
+    image: Tensor, faces: Faces, min_ratio: float = 0.3, tries: int = 250
+) -> tuple[Tensor, Faces, bool]:
+    """RetinaFace's training crop, as Pytorch_Retinaface's ``_crop`` does it.
+
+    A square of side ``scale x shorter side`` (``scale`` drawn from :func:`crop_scales`) at a
+    random position is accepted only if at least one face (ignore regions aside) lies wholly
+    inside it; it keeps the faces whose centre lies strictly inside, with boxes and landmarks
+    clipped to the crop. After ``tries`` rejected squares the whole image is kept. Returns the
+    image, its faces and whether a crop was taken (if not, the caller pads to a square).
+    An image without faces is cropped anywhere.
+    """
     _, height, width = image.shape
     short = min(height, width)
-    centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
+    scales = crop_scales(min_ratio)
+    boxes = faces.boxes
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    real = ~faces.ignore.bool()
     for _ in range(tries):
-        side = max(1, int(_uniform(min_ratio, 1.0) * short))
+        side = max(1, int(scales[int(torch.randint(len(scales), ()).item())] * short))
         x0 = int(torch.randint(0, width - side + 1, ()).item())
         y0 = int(torch.randint(0, height - side + 1, ()).item())
-        inside = (
-            (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
-        )
-        if len(faces.boxes) and not inside.any():
-            continue
+        x1, y1 = x0 + side, y0 + side
+        if len(boxes):
+            whole = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1)
+            if not (whole & real).any():
+                continue
+        inside = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
         kept = faces.select(inside)
         offset = torch.tensor([x0, y0], dtype=kept.boxes.dtype)
-        boxes = (kept.boxes - offset.repeat(2)).clamp(0, side)
-        return image[:, y0 : y0 + side, x0 : x0 + side], Faces(boxes, kept.landmarks - offset, kept.ignore)
-    return pad_to_square(image), faces
+        crop_boxes = (kept.boxes - offset.repeat(2)).clamp(0, side)
+        marks = (kept.landmarks - offset).clamp(0, side)  # NaN (no landmarks) stays NaN
+        return image[:, y0:y1, x0:x1], Faces(crop_boxes, marks, kept.ignore), True
+    return image, faces, False
 
 
 def pad_to_square(image: Tensor) -> Tensor:
@@ -104,9 +127,11 @@ class TrainTransform:
         self.jitter = v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05) if photometric else None
 
     def __call__(self, image: Tensor, faces: Faces) -> tuple[Tensor, Faces]:
-        image, faces = random_square_crop(image, faces, self.min_crop_ratio)
+        image, faces, cropped = random_square_crop(image, faces, self.min_crop_ratio)
         if self.jitter is not None:
             image = self.jitter(image)
+        if not cropped:
+            image = pad_to_square(image)
         if torch.rand(()).item() < self.flip:
             image, faces = horizontal_flip(image, faces)
         side = image.shape[-1]

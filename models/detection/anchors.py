@@ -175,6 +175,7 @@ def match_anchors(
     pos_iou: float = 0.5,
     neg_iou: float | None = None,
     grid: AnchorGrid | None = None,
+    force_iou: float = 0.2,
 ) -> Matches:
     """Assign anchors to the ground truths of a whole batch at once.
 
@@ -191,9 +192,13 @@ def match_anchors(
 
         grid: the layout ``anchors`` were made with; with it only the (face, anchor) pairs that
             can overlap are evaluated (a few thousand per face instead of every anchor).
+        force_iou: a non-ignored face whose best anchor overlaps it at least this much claims
+            that anchor as a positive even below ``pos_iou`` (Pytorch_Retinaface's ``match``:
+            0.2). Faces too small for any anchor stay unmatched rather than teach offsets of
+            several anchor sizes. When two faces claim one anchor, the face it overlaps more gets
+            it (equal overlap: the earlier face).
 
-    Every non-ignored face also claims its single best anchor, so no face goes unmatched however
-    small it is. Faces are packed (no padding to the most crowded image) and all reductions are
+    Faces are packed (no padding to the most crowded image) and all reductions are
     scatter operations over (face, anchor) pairs, so the batch is matched at once.
     """
     neg_iou = pos_iou / 2 + 0.05 if neg_iou is None else neg_iou
@@ -227,9 +232,16 @@ def match_anchors(
     best_anchor.scatter_reduce_(0, _sel(face, at_face_max), _sel(anchor, at_face_max), reduce="amin", include_self=True)
 
     ignore = gt_ignore.bool() if gt_ignore is not None else torch.zeros(num_faces, dtype=torch.bool, device=device)
-    claim = torch.nonzero(~ignore & (best_anchor < num_anchors)).reshape(-1)
+    claim = torch.nonzero(~ignore & (best_anchor < num_anchors) & (face_best >= force_iou)).reshape(-1)
     forced = _sel(gt_image, claim) * num_anchors + _sel(best_anchor, claim)
-    gt_index.index_copy_(0, forced, claim)
+    # one winner per claimed anchor: the largest overlap, then the smallest face index
+    claim_iou = _sel(face_best, claim)
+    top = torch.full((batch_size * num_anchors,), -1.0, device=device)
+    top.scatter_reduce_(0, forced, claim_iou, reduce="amax", include_self=True)
+    at_top = claim_iou == _sel(top, forced)
+    winner = torch.full((batch_size * num_anchors,), num_faces, dtype=torch.long, device=device)
+    winner.scatter_reduce_(0, forced[at_top], claim[at_top], reduce="amin", include_self=True)
+    gt_index.index_copy_(0, forced, _sel(winner, forced))  # duplicates write the same winner
     best_iou.index_fill_(0, forced, 2.0)
 
     labels = (best_iou >= neg_iou).to(torch.int8).neg_()  # -1 from the negative threshold up

@@ -21,8 +21,8 @@ class MultiBoxLoss(nn.Module):
     """Face score, box and landmark loss over matched anchors.
 
     * Matching (:func:`match_anchors`): IoU >= ``pos_iou`` is a face, below ``neg_iou``
-      (default ``pos_iou / 2 + 0.05``) background, in between ignored; every face keeps its best
-      anchor.
+      (default ``pos_iou / 2 + 0.05``) background, in between ignored; a face whose best anchor
+      overlaps it at least ``force_iou`` also claims that anchor (Pytorch_Retinaface: 0.2).
     * Score: cross-entropy over the positives and the hardest negatives, ``neg_pos_ratio``
       negatives per positive in each image (hard negative mining).
     * Box: smooth-L1 of the encoded offsets of the positives, weighted by ``loc_weight``.
@@ -36,6 +36,7 @@ class MultiBoxLoss(nn.Module):
         self,
         pos_iou: float = 0.5,
         neg_iou: float | None = None,
+        force_iou: float = 0.2,
         loc_weight: float = 2.0,
         neg_pos_ratio: float = 7.0,
         landmark_weight: float = 1.0,
@@ -44,6 +45,7 @@ class MultiBoxLoss(nn.Module):
         super().__init__()
         self.pos_iou = pos_iou
         self.neg_iou = neg_iou
+        self.force_iou = force_iou
         self.loc_weight = loc_weight
         self.neg_pos_ratio = neg_pos_ratio
         self.landmark_weight = landmark_weight
@@ -82,6 +84,7 @@ class MultiBoxLoss(nn.Module):
             pos_iou=self.pos_iou,
             neg_iou=self.neg_iou,
             grid=grid,
+            force_iou=self.force_iou,
         )
         pos = match.labels == 1
         num_pos = pos.sum()

@@ -163,11 +163,13 @@ class RetinaFace(pl.LightningModule):
         strides: feature strides of the levels.
         variances: box coding variances.
         pos_iou: positive IoU threshold (HyperFD: 0.4, 0.5, 0.6); negatives below pos/2 + 0.05.
+        force_iou: a face also claims its best anchor when they overlap at least this much
+            (Pytorch_Retinaface: 0.2; smaller faces get no positive anchor).
         loc_weight: box-loss weight (HyperFD: 2, 4, 8).
         neg_pos_ratio: hard-negative to positive ratio (HyperFD: 2, 7).
         landmark_weight: landmark-loss weight.
         optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
-        lr: learning rate (HyperFD space: 3e-4, 1e-3, 3e-2).
+        lr: learning rate (HyperFD space: 3e-4, 1e-3, 3e-3).
         momentum, weight_decay: SGD momentum; weight decay for both optimisers (5e-4).
         lr_factor, lr_patience: ReduceLROnPlateau on ``val/ap50`` (x0.1 after 5 validations
             without improvement).
@@ -193,6 +195,7 @@ class RetinaFace(pl.LightningModule):
         strides: Sequence[int] = DEFAULT_STRIDES,
         variances: Sequence[float] = DEFAULT_VARIANCES,
         pos_iou: float = 0.5,
+        force_iou: float = 0.2,
         loc_weight: float = 2.0,
         neg_pos_ratio: float = 7.0,
         landmark_weight: float = 1.0,
@@ -215,6 +218,7 @@ class RetinaFace(pl.LightningModule):
         self.net = RetinaFaceNet(backbone, pretrained, channels, leaky, anchors_per_location(anchor_sizes))
         self.criterion = MultiBoxLoss(
             pos_iou=pos_iou,
+            force_iou=force_iou,
             loc_weight=loc_weight,
             neg_pos_ratio=neg_pos_ratio,
             landmark_weight=landmark_weight,
