@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from torch import nn
 @dataclass
 class LoadReport:
     """What :func:`load_local_weights` did: tensors loaded, the module's tensors the file lacks
-    (or has with another shape), and the file's tensors the module has no place for."""
+    (or has with another shape), the file's tensors the module has no place for, and those the
+    key translation drops on purpose (e.g. an ImageNet classifier)."""
 
     loaded: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
@@ -32,9 +35,14 @@ class LoadReport:
         return ", ".join(parts)
 
 
-def load_local_weights(module: nn.Module, path: str | Path) -> LoadReport:
+def load_local_weights(
+    module: nn.Module, path: str | Path, translate: Callable[[str], str | None] | None = None
+) -> LoadReport:
     """Load a local state dict (a ``.pth`` / ``.ckpt`` file, optionally under ``state_dict``,
     ``module.`` prefixes removed) into ``module``.
+
+    ``translate`` maps a file's key to the module's (for weights saved by another library,
+    e.g. torchvision's ``mobilenet_v2``); ``None`` drops the tensor on purpose.
 
     Matching names with matching shapes are loaded. When some of the module's tensors are not
     in the file, or the file has tensors the module lacks, a warning says how many and names
@@ -48,8 +56,17 @@ def load_local_weights(module: nn.Module, path: str | Path) -> LoadReport:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict")
     own = module.state_dict()
-    given = {k.removeprefix("module."): v for k, v in state.items()}
-    report = LoadReport(missing=[k for k in own if k not in given], unexpected=[k for k in given if k not in own])
+    given, dropped = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        name = translate(key) if translate is not None else key
+        if name is None:
+            dropped.append(key)
+        else:
+            given[name] = value
+    report = LoadReport(
+        missing=[k for k in own if k not in given], unexpected=[k for k in given if k not in own], dropped=dropped
+    )
     usable = {}
     for key, value in given.items():
         if key in own:

@@ -65,3 +65,34 @@ def test_pretrained_backbones_report_missing_keys(tmp_path):
     torch.save(state, tmp_path / "mnv2.pth")
     with pytest.warns(UserWarning, match=rf"1 missing \(e.g. {dropped}\)"):
         create_backbone("mobilenet_v2_0.25", pretrained=str(tmp_path / "mnv2.pth"))
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_detection_backbone_loads_a_torchvision_mobilenet_v2_state_dict(tmp_path, width):
+    """A user's local ImageNet MobileNetV2 (torchvision format) initialises every backbone
+    tensor; its final expansion and classifier are dropped without a warning."""
+    import warnings
+
+    from torchvision.models import mobilenet_v2
+
+    from models.detection import create_backbone
+
+    torch.manual_seed(0)
+    imagenet = mobilenet_v2(width_mult=width)
+    torch.save(imagenet.state_dict(), tmp_path / "mobilenet_v2.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing missing, nothing unexpected
+        backbone = create_backbone(f"mobilenet_v2_{width}", pretrained=str(tmp_path / "mobilenet_v2.pth"))
+    own = backbone.state_dict()
+    theirs = imagenet.state_dict()
+    for index in range(3):
+        for key, value in own.items():
+            if key.startswith(f"stages.{index}."):
+                torch.testing.assert_close(value, theirs["features." + key.split(".", 2)[2]])
+    x = torch.randn(1, 3, 64, 64)
+    backbone.eval(), imagenet.eval()
+    torch.testing.assert_close(backbone(x)[-1], imagenet.features[:18](x))
+    # a file for another width loads nothing that fits and says so
+    torch.save(mobilenet_v2(width_mult=0.75 if width != 0.75 else 1.0).state_dict(), tmp_path / "other.pth")
+    with pytest.warns(UserWarning, match="shape mismatch"):
+        create_backbone(f"mobilenet_v2_{width}", pretrained=str(tmp_path / "other.pth"))

@@ -21,17 +21,38 @@ register_backbone = BACKBONES.register
 
 class MobileNetV2Features(nn.Module):
     """torchvision MobileNetV2 cut after the last block of strides 8, 16 and 32 (the final
-    1x1 expansion to 1280 channels is dropped, as in RetinaFace's MobileNet variant)."""
+    1x1 expansion to 1280 channels is dropped, as in RetinaFace's MobileNet variant).
+
+    ``pretrained`` may be a torchvision ``mobilenet_v2(width_mult=...)`` state dict (ImageNet
+    weights a user has locally): :meth:`pretrained_key` maps its ``features.<i>`` tensors into
+    the stages and drops the final 1x1 expansion and the classifier.
+    """
 
     strides = (8, 16, 32)
+    stage_ends = (7, 14, 18)  # torchvision's features[:7], [7:14], [14:18]
 
     def __init__(self, width: float = 0.5) -> None:
         super().__init__()
         from torchvision.models import mobilenet_v2
 
         features = mobilenet_v2(width_mult=width).features
-        self.stages = nn.ModuleList([features[:7], features[7:14], features[14:18]])
+        bounds = (0, *self.stage_ends)
+        self.stages = nn.ModuleList([features[a:b] for a, b in zip(bounds, bounds[1:])])
         self.out_channels = [stage[-1].out_channels for stage in self.stages]
+
+    @classmethod
+    def pretrained_key(cls, key: str) -> str | None:
+        """torchvision ``features.<i>.<rest>`` -> ``stages.<s>.<i>.<rest>`` (slices of an
+        ``nn.Sequential`` keep their indices); the 1280-channel expansion and the classifier ->
+        ``None``; any other key (this module's own) unchanged."""
+        head, _, rest = key.partition(".")
+        if head == "classifier":
+            return None
+        if head != "features":
+            return key
+        index = int(rest.split(".", 1)[0])
+        stage = next((s for s, end in enumerate(cls.stage_ends) if index < end), None)
+        return None if stage is None else f"stages.{stage}.{rest}"
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
@@ -81,5 +102,5 @@ def create_backbone(name: str, pretrained: str | Path | None = None) -> nn.Modul
             raise ValueError(f"unknown backbone {name!r}: not one of {', '.join(BACKBONES)} nor a timm model")
         backbone = TimmFeatures(timm_name)
     if pretrained is not None:
-        load_local_weights(backbone, pretrained)
+        load_local_weights(backbone, pretrained, getattr(backbone, "pretrained_key", None))
     return backbone
