@@ -66,14 +66,20 @@ register_space = SPACES.register
 
 
 @register_space("hyperfd_hpo")
-def hyperfd_hpo(seed: int = 0) -> ConfigurationSpace:
+def hyperfd_hpo(seed: int = 0, third_lr: float = 3e-3, name: str = "hyperfd_hpo") -> ConfigurationSpace:
     """HyperFD Table 2: 2 x 3 x 2 x 3 x 3 x 2 = 216 configurations (optimizer names as the
-    models take them: ``sgd``, ``adam``)."""
-    cs = ConfigurationSpace(name="hyperfd_hpo", seed=seed)
+    models take them: ``sgd``, ``adam``).
+
+    The learning rates are {3e-4, 1e-3, 3e-3}: Table 2 prints 3e-2 as the third, but the best
+    configurations its Table 8 lists include ``lr:3e-03`` three times, which 3e-2 cannot
+    produce (../shared/design/HYPERFD.md). ``hyperfd_hpo_lr3e-2`` is the space as Table 2
+    prints it.
+    """
+    cs = ConfigurationSpace(name=name, seed=seed)
     cs.add(
         [
             Categorical("optimizer", ["sgd", "adam"]),
-            Categorical("lr", [3e-4, 1e-3, 3e-2], ordered=True),
+            Categorical("lr", [3e-4, 1e-3, third_lr], ordered=True),
             Categorical("min_crop_ratio", [0.3, 0.55], ordered=True),
             Categorical("pos_iou", [0.4, 0.5, 0.6], ordered=True),
             Categorical("loc_weight", [2.0, 4.0, 8.0], ordered=True),
@@ -81,6 +87,12 @@ def hyperfd_hpo(seed: int = 0) -> ConfigurationSpace:
         ]
     )
     return cs
+
+
+@register_space("hyperfd_hpo_lr3e-2")
+def hyperfd_hpo_table2(seed: int = 0) -> ConfigurationSpace:
+    """:func:`hyperfd_hpo` with Table 2's printed third learning rate, 3e-2."""
+    return hyperfd_hpo(seed, third_lr=3e-2, name="hyperfd_hpo_lr3e-2")
 
 
 @register_space("frnas_joint")

@@ -39,7 +39,8 @@ def test_hyperfd_space_is_table_2():
     sizes = {hp.name: len(hp.sequence if hasattr(hp, "sequence") else hp.choices) for hp in cs.values()}
     assert sizes == {"optimizer": 2, "lr": 3, "min_crop_ratio": 2, "pos_iou": 3, "loc_weight": 3, "neg_pos_ratio": 2}
     assert math.prod(sizes.values()) == 216
-    assert set(cs["lr"].sequence) == {3e-4, 1e-3, 3e-2}
+    assert set(cs["lr"].sequence) == {3e-4, 1e-3, 3e-3}
+    assert set(load_space("hyperfd_hpo_lr3e-2")["lr"].sequence) == {3e-4, 1e-3, 3e-2}
 
 
 def test_frnas_joint_learning_rate_follows_the_optimizer():
