@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from datamodules.detection.datamodule import load_image
 from datamodules.detection.formats import write_wider_predictions
 
 
@@ -17,11 +18,15 @@ class WiderPredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: where to write; default ``<run folder>/predictions``.
+        draw_threshold: also save a copy of each image, ``<out>/<event>/<stem>.jpg``, with the
+            detections scoring at least this drawn on it (None: no drawings).
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, draw_threshold: float | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.draw_threshold = draw_threshold
+        self.counts = {"images": 0, "faces": 0}
 
     def _target(self, trainer: pl.Trainer) -> Path:
         if self.output_dir is not None:
@@ -41,14 +46,37 @@ class WiderPredictionWriter(BasePredictionWriter):
         if not isinstance(prediction, dict) or "names" not in prediction:
             return
         out = self._target(trainer)
-        for name, pred in zip(prediction["names"], prediction["preds"]):
-            write_wider_predictions(
-                out, name, pred["boxes"].float().cpu().numpy(), pred["scores"].float().cpu().numpy()
-            )
+        metas = batch["meta"] if isinstance(batch, dict) else [{}] * len(prediction["names"])
+        for name, pred, meta in zip(prediction["names"], prediction["preds"], metas):
+            boxes, scores = pred["boxes"].float().cpu(), pred["scores"].float().cpu()
+            target = write_wider_predictions(out, name, boxes.numpy(), scores.numpy())
+            self.counts["images"] += 1
+            if self.draw_threshold is not None and "path" in meta:
+                sure = scores >= self.draw_threshold
+                self.counts["faces"] += int(sure.sum())
+                self._draw(meta["path"], boxes[sure], target.with_suffix(".jpg"))
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counts = {"images": 0, "faces": 0}
+
+    @staticmethod
+    def _draw(image_path: str, boxes: Any, target: Path) -> None:
+        from PIL import Image
+        from torchvision.utils import draw_bounding_boxes
+
+        image = load_image(image_path)
+        width = max(2, round(max(image.shape[-2:]) / 300))
+        drawn = draw_bounding_boxes(image, boxes, colors="lime", width=width)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target, quality=90)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            print(f"facenas: predictions written to {self._target(trainer)}")
+            drawn = (
+                f", {self.counts['faces']} faces scoring >= {self.draw_threshold} drawn on copies"
+                if self.draw_threshold is not None
+                else ""
+            )
+            print(f"facenas: predictions for {self.counts['images']} images written to {self._target(trainer)}{drawn}")
 
 
 class EmbeddingWriter(BasePredictionWriter):

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 class SplitDataModule(pl.LightningDataModule):
     """A data module whose ``splits`` hold train / val / test samples; subclasses build a
     split's dataset (``_dataset``) and collate function (``_collate``). Predictions run on the
-    test split. Hyper-parameters ``batch_size``, ``eval_batch_size`` and ``num_workers`` size
-    the loaders."""
+    ``predict`` split where the data module has one, else on the test split. Hyper-parameters
+    ``batch_size``, ``eval_batch_size`` and ``num_workers`` size the loaders."""
 
     splits: dict[str, list[Any]]
 
@@ -66,4 +66,4 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("predict" if "predict" in self.splits else "test", False)

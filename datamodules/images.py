@@ -12,6 +12,22 @@ from core.progress import tick
 from .records import DataReport, DetectionSample
 
 VERIFY_MODES = ("none", "header", "full")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_folder(folder: str | Path) -> list[DetectionSample]:
+    """Every image under ``folder`` (recursively, sorted), as samples without faces named by
+    their path relative to ``folder``: what ``facenas predict`` detects faces in."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(2, "image folder not found", str(root))
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(2, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder", str(root))
+    return [
+        DetectionSample(image=str(p), name=p.relative_to(root).as_posix(), boxes=np.zeros((0, 4)), ignore=[])
+        for p in files
+    ]
 
 
 def probe_image(path: str | Path, verify: str = "header") -> tuple[int, int] | None:

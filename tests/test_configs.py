@@ -34,6 +34,7 @@ def test_every_config_is_covered():
         set(SMALL)
         | {
             "detection/wider_subset.yaml",
+            "detection/pretrained.yaml",
             "recognition/frnas_dpn.yaml",
             "callbacks/detection.yaml",
             "callbacks/recognition.yaml",
@@ -114,6 +115,102 @@ def test_wider_subset_config_runs_a_fast_dev_run(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val/ap50_perceived_gender_female" in out.stdout
+
+
+def write_images(folder: Path, names: list[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(folder / name)
+
+
+def test_pretrained_config_predicts_a_folder_with_given_weights(tmp_path):
+    """`facenas predict --config configs/detection/pretrained.yaml --data.init_args.images DIR`
+    with an exported weights file: one prediction file and one drawing per image, nested
+    folders kept; weights of another network are one error line."""
+    import torch
+
+    from models.detection import RetinaFace
+    from models.detection.pretrained import export_weights
+
+    model = RetinaFace()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "model.ckpt")
+    info = export_weights(tmp_path / "model.ckpt", tmp_path / "detector.pt")
+    half = torch.load(tmp_path / "detector.pt", weights_only=True)
+    assert info["tensors"] == len(model.net.state_dict()) and info["bytes"] < 2_000_000
+    assert all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
+    photos = tmp_path / "photos"
+    write_images(photos, ["a.jpg", "b.png", "trip/c.jpeg"])
+    (photos / "notes.txt").write_text("not an image")
+    args = ["--config", str(CONFIGS / "detection/pretrained.yaml"), "--data.init_args.images", str(photos)]
+    out = run_facenas(
+        "predict",
+        *args,
+        "--model.init_args.weights",
+        str(tmp_path / "detector.pt"),
+        "--trainer.accelerator",
+        "cpu",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    predictions = tmp_path / "runs/pretrained/version_0/predictions"
+    assert sorted(p.relative_to(predictions).as_posix() for p in predictions.rglob("*.txt")) == [
+        "a.txt",
+        "b.txt",
+        "trip/c.txt",
+    ]
+    assert sorted(p.relative_to(predictions).as_posix() for p in predictions.rglob("*.jpg")) == [
+        "a.jpg",
+        "b.jpg",
+        "trip/c.jpg",
+    ]
+    assert "predictions for 3 images written to" in out.stdout
+    # weights for another network: one line, exit 2
+    other = RetinaFace(channels=64)
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "other.ckpt")
+    export_weights(tmp_path / "other.ckpt", tmp_path / "other.pt")
+    bad = run_facenas("predict", *args, "--model.init_args.weights", str(tmp_path / "other.pt"), cwd=tmp_path)
+    assert bad.returncode == 2 and "do not fit this detector" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_shipped_detector_finds_wider_faces(tmp_path):
+    """The shipped detector, on the first WIDER validation images: it finds most large faces."""
+    import torch
+
+    from callbacks.detection_ap import evaluate_detections
+    from datamodules.detection.formats import read_wider, read_wider_predictions
+
+    root = data_path("widerface")
+    samples, _ = read_wider(root / "wider_face_split/wider_face_val_bbx_gt.txt", root / "WIDER_val/images")
+    photos = tmp_path / "photos"
+    for sample in samples[:12]:
+        target = photos / sample.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(sample.image).read_bytes())
+    out = run_facenas(
+        "predict",
+        "--config",
+        str(CONFIGS / "detection/pretrained.yaml"),
+        "--data.init_args.images",
+        str(photos),
+        "--trainer.accelerator",
+        "cpu",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    predicted = read_wider_predictions(tmp_path / "runs/pretrained/version_0/predictions")
+    assert len(predicted) == 12
+    shown = samples[:12]
+    result = evaluate_detections(
+        [predicted[str(Path(s.name).with_suffix("").as_posix())] for s in shown],
+        [(torch.from_numpy(s.boxes), torch.from_numpy(s.ignore)) for s in shown],
+        min_size=40,
+    )
+    assert result.num_gt >= 10 and result.ap50 > 0.5, result
 
 
 def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):

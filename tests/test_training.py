@@ -82,13 +82,23 @@ def test_fit_saves_config_best_and_last_then_resumes_and_tests(tmp_path):
     assert metrics["val/rank_disparity"] == pytest.approx(fair.rank_disparity, rel=1e-5)
     assert "val/ap50" in out.stdout  # the final metrics table
 
+    # validating every 2nd epoch, the third epoch does not validate: last.ckpt is still written
     resumed = run_facenas(
-        "fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "3", cwd=tmp_path
+        "fit",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        "last",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.check_val_every_n_epoch",
+        "2",
+        cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "using last checkpoint" in resumed.stderr and str(run / "checkpoints" / "last.ckpt") in resumed.stderr
     state = torch.load(tmp_path / "runs/toy/version_1/checkpoints/last.ckpt", weights_only=False)
-    assert state["epoch"] == 2  # continued from epoch 2 of 3 instead of starting over
+    assert state["epoch"] == 2  # continued from epoch 2 of 3 instead of starting over, and saved it
 
     tested = run_facenas("test", "--config", str(config), "--ckpt_path", "best", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]

@@ -116,9 +116,9 @@ class FaceNASCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as exc:  # a constructor refused a value: name the key, no traceback
             # jsonargparse wraps the constructor's error in its own; the original is in the chain
-            chain = [exc]
-            while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
-                chain.append(chain[-1].__cause__ or chain[-1].__context__)
+            chain: list[BaseException] = [exc]
+            while (cause := _cause(chain[-1])) is not None and len(chain) < 10:
+                chain.append(cause)
             for error in reversed(chain):
                 key = config_key(error)
                 if key is not None:
@@ -205,7 +205,8 @@ def default_checkpoints(model: LightningModule, callbacks: list[Callback]) -> li
 
     # "last" is its own unmonitored checkpoint, rewritten every epoch: Lightning's save_last
     # only refreshes it when the monitored metric improves
-    out = [ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)]
+    # (save_on_train_epoch_end: without it Lightning saves it only on epochs that validate)
+    out = [ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)]
     monitor = getattr(model, "monitor", None)
     if monitor and any(isinstance(c, MetricCallback) for c in callbacks):
         out.append(
@@ -237,6 +238,11 @@ def run_name(config: Any) -> str:
 
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The error ``exc`` was raised from (``raise ... from None`` ends the chain)."""
+    return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
 def one_line_parse_error(message: str) -> str:

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..base import SplitDataModule
+from ..images import image_folder
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
 from .formats import DETECTION_FORMATS, attach_box_attributes, read_detection
@@ -66,6 +67,7 @@ class DetectionDataset(Dataset):
             "boxes": faces.boxes,
             "ignore": faces.ignore,
             "attributes": sample.attributes,
+            "path": sample.image,
         }
         return {"image": image, "meta": meta}
 
@@ -110,7 +112,8 @@ class FaceDetectionDataModule(SplitDataModule):
     Validation and test come from ``val_*`` / ``test_*`` when given; otherwise the training
     source is split (``split_ratios``, 6:1:3 by default, as HyperFD) and the split is written to
     ``split_file`` and reused by every later run. Without test annotations but with validation
-    annotations, the test split is the validation set.
+    annotations, the test split is the validation set. ``images`` names a folder of
+    unannotated images for ``facenas predict`` (then nothing else is read or generated).
 
     Args:
         format: reader format of the annotation files (wider, retinaface, fddb, voc, dlib, coco);
@@ -118,6 +121,8 @@ class FaceDetectionDataModule(SplitDataModule):
         train_annotations, train_images: training annotations and image folder.
         val_annotations, val_images, test_annotations, test_images: held-out sets.
         val_attributes: per-face attribute CSV for the held-out sets (e.g. WIDER demographics).
+        images: a folder of images to detect faces in with ``facenas predict`` (searched
+            recursively; predictions are named by the path relative to it).
         split_file: where the split is kept (default ``data/splits/<source>-<seed>.json``).
         split_ratios, seed: the split's proportions and seed.
         synthetic_images, synthetic_domains, synthetic_size, synthetic_seed, synthetic_root:
@@ -140,6 +145,7 @@ class FaceDetectionDataModule(SplitDataModule):
         test_annotations: str | None = None,
         test_images: str | None = None,
         val_attributes: str | None = None,
+        images: str | None = None,
         split_file: str | None = None,
         split_ratios: Sequence[float] = DEFAULT_RATIOS,
         seed: int = 0,
@@ -210,13 +216,18 @@ class FaceDetectionDataModule(SplitDataModule):
         return root / "label.txt", root / "images"
 
     def prepare_data(self) -> None:
-        if self.hparams.format is None:
+        if self.hparams.format is None and self.hparams.images is None:
             self._synthetic()  # generate once, on one process
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         h = self.hparams
+        if h.images is not None:
+            if stage != "predict":
+                raise ValueError("images (a folder without annotations) is only for `facenas predict`")
+            self.splits = {"predict": image_folder(h.images)}
+            return
         if h.format is None:
             annotations, images = self._synthetic()
             train = self._read(annotations, images, "retinaface")

@@ -22,10 +22,9 @@ from PIL import Image
 from core.progress import tick
 from core.registry import Registry
 
-from ..images import probe_image
+from ..images import IMAGE_EXTENSIONS, probe_image
 from ..records import DataError, DataReport, IdentitySample
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 AGE_BINS: tuple[tuple[int, int], ...] = ((1, 25), (26, 50), (51, 75), (76, 110))
 _GENDER_WORDS = {
     "m": "male",

@@ -26,6 +26,7 @@ from .anchors import (
 )
 from .backbones import create_backbone
 from .loss import MultiBoxLoss
+from .pretrained import resolve_weights
 
 
 def _conv(cin: int, cout: int, kernel: int, leaky: float | None) -> Conv2dNormActivation:
@@ -156,7 +157,12 @@ class RetinaFace(pl.LightningModule):
 
     Args:
         backbone: ``mobilenet_v2_0.5`` (HyperFD), another ``mobilenet_v2_<width>``, or a timm name.
-        pretrained: local backbone weights (state dict file); nothing is downloaded.
+        pretrained: local backbone weights (a state dict file of the backbone, or for
+            ``mobilenet_v2_<width>`` a torchvision ``mobilenet_v2`` one, e.g. ImageNet weights);
+            nothing is downloaded.
+        weights: the whole detector's weights: the name of a shipped detector
+            (``wider_subset_320``, see :mod:`models.detection.pretrained`) or a state-dict file
+            written by its export; every tensor must fit.
         channels: FPN and context-module channels (80 in HyperFD).
         leaky: LeakyReLU slope in FPN and context modules.
         anchor_sizes: anchor sides per level (2 square anchors per cell at strides 8/16/32).
@@ -189,6 +195,7 @@ class RetinaFace(pl.LightningModule):
         self,
         backbone: str = "mobilenet_v2_0.5",
         pretrained: str | None = None,
+        weights: str | None = None,
         channels: int = 80,
         leaky: float = 0.1,
         anchor_sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
@@ -224,11 +231,32 @@ class RetinaFace(pl.LightningModule):
             landmark_weight=landmark_weight,
             variances=variances,
         )
+        if weights is not None:
+            self._load_weights(weights)
         self._anchors: dict[tuple[int, int, str], Tensor] = {}
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ model
+
+    def _load_weights(self, weights: str) -> None:
+        """The whole detector's tensors from a shipped name or an exported file; all must fit
+        (half-precision files are cast to the parameters' dtype)."""
+        state = torch.load(resolve_weights(weights), map_location="cpu", weights_only=True)
+        own = self.net.state_dict()
+        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+        missing = [k for k in own if k not in state]
+        if wrong or missing:
+            example = (
+                f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here"
+                if wrong
+                else f"{missing[0]} is missing"
+            )
+            raise ValueError(
+                f"weights {weights!r} do not fit this detector ({len(wrong)} shapes differ, {len(missing)} "
+                f"tensors missing; e.g. {example}): set backbone, channels and anchors as it was trained"
+            )
+        self.net.load_state_dict(state, strict=False)
 
     def anchor_grid(self, height: int, width: int) -> AnchorGrid:
         """The anchor layout of an input of this size."""
