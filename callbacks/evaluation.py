@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from .fairness import Singletons
 from .metrics import DetectionAveragePrecision, IdentificationFairness
 
 _STAGES = {"validate": "val", "test": "test"}
@@ -143,19 +144,30 @@ class DetectionAP(MetricCallback):
 
 class FairnessMetrics(MetricCallback):
     """Logs FR-NAS identification error and fairness each validation and test:
-    ``<stage>/error``, ``accuracy``, ``rank``, ``disparity``, ``ratio``, ``rank_disparity``,
-    ``rank_ratio``, ``error_ratio``, ``probes`` and per group ``<metric>_<group>``.
+    ``<stage>/error``, ``accuracy``, ``rank``, ``rank_by_identity``, ``disparity``, ``ratio``,
+    ``rank_disparity``, ``rank_ratio`` (rank: images of other identities closer than the nearest
+    mate, FR-NAS's paper text), ``rank_disparity_id``, ``rank_ratio_id`` (rank by identity:
+    FR-NAS's released code and published numbers), ``error_ratio``, ``probes``, ``singletons``
+    and per group ``<metric>_<group>``; any of them can be a search objective.
 
     Args:
         group_names: names of the group indices the model returns; default: the datamodule's
             ``group_names`` attribute, else ``"0"``, ``"1"``, ...
         reference_group: the group others are compared with (FR-NAS: ``female``); None: the
             maximum over all ordered pairs of groups.
+        singletons: images whose identity has no other image: ``"skip"`` them, or count them as
+            errors with rank -1 (``"error"``: FR-NAS's code).
     """
 
-    def __init__(self, group_names: Sequence[str] | None = None, reference_group: str | None = None) -> None:
+    def __init__(
+        self,
+        group_names: Sequence[str] | None = None,
+        reference_group: str | None = None,
+        singletons: Singletons = "skip",
+    ) -> None:
         self.group_names = list(group_names) if group_names is not None else None
         self.reference_group = reference_group
+        self.singletons = singletons
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.group_names is None:
@@ -164,7 +176,9 @@ class FairnessMetrics(MetricCallback):
         super().setup(trainer, pl_module, stage)
 
     def _make_metric(self) -> IdentificationFairness:
-        return IdentificationFairness(group_names=self.group_names, reference_group=self.reference_group)
+        return IdentificationFairness(
+            group_names=self.group_names, reference_group=self.reference_group, singletons=self.singletons
+        )
 
     def _wants(self, outputs: Any) -> bool:
         return isinstance(outputs, dict) and "embeddings" in outputs and "identities" in outputs

@@ -2,17 +2,23 @@
 
 The torchmetrics wrapper is :class:`callbacks.metrics.IdentificationFairness`.
 
-* Embeddings are L2-normalised; distance is Euclidean. A probe counts only if its identity has
-  another image in the set. ``d_same`` is the distance to the nearest other image of the same
-  identity; ``rank`` is the number of images of other identities strictly closer than ``d_same``;
-  ``rank_by_identity`` the number of distinct other identities with an image strictly closer.
-  ``error = rank > 0``.
+* Embeddings are L2-normalised; distance is Euclidean. ``d_same`` is a probe's distance to the
+  nearest other image of its identity; ``rank`` (FR-NAS's paper text) is the number of *images*
+  of other identities strictly closer than ``d_same``; ``rank_by_identity`` (FR-NAS's released
+  code, ``rank_by_id``: its SMAC objective and its analysis) the number of distinct other
+  *identities* with an image strictly closer. ``error = rank != 0``.
+* Singletons (images whose identity has no other image) have no ``d_same``. ``"skip"``
+  (default): they are not probes. ``"error"`` (FR-NAS's code): they are probes in error with
+  ``rank = rank_by_identity = -1``, FR-NAS's "no same-identity image" value, which its group means
+  average in like any other rank.
 * Per group: accuracy, error, mean rank, mean rank_by_identity, n (probes). Between a group ``a``
   and a reference: disparity ``|acc_a - acc_ref|``, ratio ``|1 - acc_a / acc_ref|``,
-  rank_disparity ``|rank_a - rank_ref|``, rank_ratio ``|1 - rank_a / rank_ref|``, error_ratio
-  ``|1 - err_a / err_ref|``. With a reference group the pairs are (every other group, reference)
-  (FR-NAS: reference = female); without one, or with more than two groups and no reference,
-  each metric is the maximum over all ordered pairs.
+  rank_disparity ``|rank_a - rank_ref|``, rank_ratio ``|1 - rank_a / rank_ref|``, the same two
+  on rank_by_identity (rank_disparity_id, rank_ratio_id: FR-NAS's published rank disparity),
+  error_ratio ``|1 - err_a / err_ref|`` (FR-NAS's formulas; a ratio of 0 to 0 is 0 here, NaN
+  there). With a reference group the pairs are (every other group, reference) (FR-NAS:
+  reference = female); without one, or with more than two groups and no reference, each metric
+  is the maximum over all ordered pairs.
 
 The N x N distance matrix is never materialised: probes are processed in chunks of rows against
 all embeddings (on the embeddings' device). For unit vectors ``|x - y|^2 = 2 - 2 x.y``, so
@@ -24,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,28 +39,44 @@ from torch import Tensor
 _CHUNK_ELEMENTS = 8_000_000
 
 
+Singletons = Literal["skip", "error"]
+
+
 @dataclass
 class ProbeRanks:
-    """Per-probe results: ``index`` (P,) positions in the input, ``rank`` and ``rank_by_identity`` (P,)."""
+    """Per-probe results: ``index`` (P,) positions in the input, ``rank`` and ``rank_by_identity``
+    (P,); ``singletons``: how many images had no other image of their identity, skipped or (rule
+    ``"error"``) among the probes with rank -1."""
 
     index: Tensor
     rank: Tensor
     rank_by_identity: Tensor
+    singletons: int = 0
+    singleton_rule: Singletons = "skip"
 
 
 def identification_ranks(
-    embeddings: Tensor, identities: Tensor, *, chunk_elements: int = _CHUNK_ELEMENTS, progress: bool = False
+    embeddings: Tensor,
+    identities: Tensor,
+    *,
+    singletons: Singletons = "skip",
+    chunk_elements: int = _CHUNK_ELEMENTS,
+    progress: bool = False,
 ) -> ProbeRanks:
-    """Rank of every probe (an image whose identity has another image in the set).
+    """Rank of every probe (an image whose identity has another image in the set; with
+    ``singletons="error"`` every image, singletons with rank -1).
 
     Args:
         embeddings: (N, D) float; normalised here.
         identities: (N,) int64 identity labels.
+        singletons: ``"skip"`` or ``"error"`` (FR-NAS's code), see the module docstring.
         progress: show a progress bar over the chunks (command-line use).
 
     Returns:
         :class:`ProbeRanks` for the P probes, in input order.
     """
+    if singletons not in ("skip", "error"):
+        raise ValueError(f"singletons must be 'skip' or 'error', got {singletons!r}")
     emb = torch.nn.functional.normalize(embeddings.float(), dim=1)
     ids = identities.reshape(-1).to(emb.device).long()
     n = len(ids)
@@ -97,7 +120,12 @@ def identification_ranks(
         prefix = torch.cumsum(closer, dim=1, dtype=torch.int32, out=prefix_buf[:b])
         per_block = prefix[:, ends] - torch.where(starts > 0, prefix[:, (starts - 1).clamp(min=0)], 0)
         rank_id[lo : lo + b] = (per_block > 0).sum(dim=1)
-    return ProbeRanks(index=probes, rank=rank, rank_by_identity=rank_id)
+    n_single = n - len(probes)
+    if singletons == "error" and n_single:  # every image is a probe; singletons keep rank -1
+        rank = torch.full((n,), -1, dtype=torch.long, device=emb.device).index_copy_(0, probes, rank)
+        rank_id = torch.full((n,), -1, dtype=torch.long, device=emb.device).index_copy_(0, probes, rank_id)
+        probes = torch.arange(n, device=emb.device)
+    return ProbeRanks(probes, rank, rank_id, singletons=n_single, singleton_rule=singletons)
 
 
 def _inverse_permutation(perm: Tensor) -> Tensor:
@@ -119,23 +147,42 @@ class GroupStats:
 
 @dataclass
 class FairnessResult:
-    """Overall error and the five FR-NAS fairness metrics, with per-group statistics."""
+    """Overall error, mean ranks and the FR-NAS fairness metrics (rank disparity and rank ratio
+    for both ranks), with per-group statistics and the singletons skipped or counted."""
 
     probes: int
     error: float
     rank: float
+    rank_by_identity: float
     disparity: float
     ratio: float
     rank_disparity: float
     rank_ratio: float
+    rank_disparity_id: float
+    rank_ratio_id: float
     error_ratio: float
     groups: dict[str, GroupStats] = field(default_factory=dict)
+    singletons: int = 0
+    singleton_rule: Singletons = "skip"
+
+    _KEYS = (
+        "probes",
+        "error",
+        "rank",
+        "rank_by_identity",
+        "disparity",
+        "ratio",
+        "rank_disparity",
+        "rank_ratio",
+        "rank_disparity_id",
+        "rank_ratio_id",
+        "error_ratio",
+        "singletons",
+        "singleton_rule",
+    )
 
     def as_dict(self) -> dict:
-        out = {
-            k: getattr(self, k)
-            for k in ("probes", "error", "rank", "disparity", "ratio", "rank_disparity", "rank_ratio", "error_ratio")
-        }
+        out = {k: getattr(self, k) for k in self._KEYS}
         out["accuracy"] = 1.0 - self.error if self.probes else math.nan
         out["groups"] = {g: vars(s).copy() for g, s in self.groups.items()}
         return out
@@ -164,7 +211,8 @@ def fairness_metrics(
     groups = groups.reshape(-1).to(ranks.index.device).long()
     probe_groups = groups[ranks.index]
     rank = ranks.rank.double()
-    error = (ranks.rank > 0).double()
+    error = (ranks.rank != 0).double()  # singletons counted as errors have rank -1
+    correct = 1.0 - error
     rank_id = ranks.rank_by_identity.double()
     present = sorted({int(g) for g in probe_groups.tolist() if g >= 0})
 
@@ -174,10 +222,9 @@ def fairness_metrics(
     stats: dict[str, GroupStats] = {}
     for g in present:
         m = probe_groups == g
-        err = error[m].mean().item()
         stats[name(g)] = GroupStats(
-            accuracy=1.0 - err,
-            error=err,
+            accuracy=correct[m].mean().item(),  # both as FR-NAS: (rank == 0) and (rank != 0) means
+            error=error[m].mean().item(),
             rank=rank[m].mean().item(),
             rank_by_identity=rank_id[m].mean().item(),
             n=int(m.sum().item()),
@@ -196,12 +243,17 @@ def fairness_metrics(
         probes=total,
         error=error.mean().item() if total else math.nan,
         rank=rank.mean().item() if total else math.nan,
+        rank_by_identity=rank_id.mean().item() if total else math.nan,
         disparity=worst(lambda a, b: abs(a.accuracy - b.accuracy)),
         ratio=worst(lambda a, b: _relative(a.accuracy, b.accuracy)),
         rank_disparity=worst(lambda a, b: abs(a.rank - b.rank)),
         rank_ratio=worst(lambda a, b: _relative(a.rank, b.rank)),
+        rank_disparity_id=worst(lambda a, b: abs(a.rank_by_identity - b.rank_by_identity)),
+        rank_ratio_id=worst(lambda a, b: _relative(a.rank_by_identity, b.rank_by_identity)),
         error_ratio=worst(lambda a, b: _relative(a.error, b.error)),
         groups=stats,
+        singletons=ranks.singletons,
+        singleton_rule=ranks.singleton_rule,
     )
 
 
@@ -212,9 +264,12 @@ def evaluate_fairness(
     group_names: Sequence[str] | None = None,
     reference_group: str | None = None,
     *,
+    singletons: Singletons = "skip",
     chunk_elements: int = _CHUNK_ELEMENTS,
     progress: bool = False,
 ) -> FairnessResult:
     """Ranks and fairness metrics of a set of embeddings in one call."""
-    ranks = identification_ranks(embeddings, identities, chunk_elements=chunk_elements, progress=progress)
+    ranks = identification_ranks(
+        embeddings, identities, singletons=singletons, chunk_elements=chunk_elements, progress=progress
+    )
     return fairness_metrics(ranks, groups, group_names, reference_group)

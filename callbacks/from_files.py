@@ -18,7 +18,7 @@ from datamodules.recognition.formats import read_embedding_table
 from datamodules.records import DataError, DataReport
 
 from .detection_ap import evaluate_detections
-from .fairness import FairnessResult, evaluate_fairness
+from .fairness import FairnessResult, Singletons, evaluate_fairness
 
 
 @dataclass
@@ -113,6 +113,7 @@ def evaluate_embedding_files(
     group_column: str = "gender",
     reference_group: str | None = None,
     age_bins: bool = False,
+    singletons: Singletons = "skip",
     device: str = "auto",
     progress: bool = False,
 ) -> FairnessResult:
@@ -132,5 +133,6 @@ def evaluate_embedding_files(
         torch.from_numpy(table.groups),
         table.group_names,
         reference,
+        singletons=singletons,
         progress=progress,
     )

@@ -16,7 +16,7 @@ from .detection_ap import (
     image_scales,
     match_detections,
 )
-from .fairness import FairnessResult, ProbeRanks, evaluate_fairness, fairness_metrics
+from .fairness import FairnessResult, ProbeRanks, Singletons, evaluate_fairness, fairness_metrics
 
 
 class DetectionAveragePrecision(Metric):
@@ -113,16 +113,25 @@ class IdentificationFairness(Metric):
 
     States are the embeddings, identities and group indices (concatenated across DDP ranks);
     ``compute`` runs the chunked core and returns ``error``, ``accuracy``, ``rank``,
-    ``disparity``, ``ratio``, ``rank_disparity``, ``rank_ratio``, ``error_ratio``, ``probes``
-    and per group ``<metric>_<group>`` for accuracy, error, rank, rank_by_identity, n.
+    ``rank_by_identity``, ``disparity``, ``ratio``, ``rank_disparity``, ``rank_ratio``,
+    ``rank_disparity_id``, ``rank_ratio_id``, ``error_ratio``, ``probes``, ``singletons`` and per
+    group ``<metric>_<group>`` for accuracy, error, rank, rank_by_identity, n. ``singletons``:
+    ``"skip"`` or ``"error"`` (FR-NAS's code; see :mod:`callbacks.fairness`).
     """
 
     full_state_update = False
 
-    def __init__(self, group_names: Sequence[str] | None = None, reference_group: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        group_names: Sequence[str] | None = None,
+        reference_group: str | None = None,
+        singletons: Singletons = "skip",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.group_names = list(group_names) if group_names is not None else None
         self.reference_group = reference_group
+        self.singletons = singletons
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("identities", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -149,12 +158,17 @@ class IdentificationFairness(Metric):
                 self.reference_group,
             )
         return evaluate_fairness(
-            cat(self.embeddings), cat(self.identities), cat(self.groups), self.group_names, self.reference_group
+            cat(self.embeddings),
+            cat(self.identities),
+            cat(self.groups),
+            self.group_names,
+            self.reference_group,
+            singletons=self.singletons,
         )
 
     def compute(self) -> dict[str, Tensor]:
         result = self.compute_result()
-        out = {k: torch.tensor(float(v)) for k, v in result.as_dict().items() if k != "groups"}
+        out = {k: torch.tensor(float(v)) for k, v in result.as_dict().items() if isinstance(v, (int, float))}
         for group, stats in result.groups.items():
             for key, value in vars(stats).items():
                 out[f"{key}_{group}"] = torch.tensor(float(value))

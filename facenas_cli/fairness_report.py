@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .common import parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:
     parser = tool_parser(
         verb,
-        "Identification error and FR-NAS fairness metrics (rank disparity, disparity, ratio, "
-        "rank ratio, error ratio) of saved embeddings (facenas predict writes them for a "
+        "Identification error and FR-NAS fairness metrics (rank disparity and rank ratio by image "
+        "and by identity, disparity, ratio, error ratio) of saved embeddings (facenas predict writes them for a "
         "FaceID model: embeddings/embeddings.npy + meta.csv).",
     )
     parser.add_argument("--embeddings", type=str, required=True, help=".npy file of shape (N, D); row i is image i")
@@ -32,6 +34,13 @@ def run(verb: str, argv: list[str]) -> int:
         action="store_true",
         help="bin a numeric group column into FR-NAS age bins (1-25, 26-50, 51-75, 76-110)",
     )
+    parser.add_argument(
+        "--singletons",
+        type=Literal["skip", "error"],
+        default="skip",
+        help="images whose identity has no other image: skip them (default), or count them as "
+        "errors with rank -1 (error: FR-NAS's code)",
+    )
     parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto (cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parse(parser, argv)
@@ -45,17 +54,30 @@ def run(verb: str, argv: list[str]) -> int:
         group_column=args.group_column,
         reference_group=args.reference_group,
         age_bins=args.age_bins,
+        singletons=args.singletons,
         device=args.device,
         progress=True,
     ).as_dict()
     if args.json:
         print_json(result)
         return 0
-    metrics = ("error", "rank", "rank_disparity", "disparity", "ratio", "rank_ratio", "error_ratio")
+    metrics = (
+        "error",
+        "rank",
+        "rank_by_identity",
+        "rank_disparity",
+        "rank_disparity_id",
+        "disparity",
+        "ratio",
+        "rank_ratio",
+        "rank_ratio_id",
+        "error_ratio",
+    )
+    counted = "singletons counted as errors" if result["singleton_rule"] == "error" else "singletons skipped"
     table(
         f"identification over {result['probes']} probes",
         ("metric", "value"),
-        [(k, f"{result[k]:.4f}") for k in metrics],
+        [(k, f"{result[k]:.4f}") for k in metrics] + [(counted, str(result["singletons"]))],
     )
     table(
         f"per {args.group_column}",

@@ -159,8 +159,20 @@ def test_fairness_report(tmp_path):
     want = evaluate_fairness(
         torch.tensor(emb), torch.tensor(ids), torch.tensor((gender == "Male").astype(int)), ["female", "male"], "female"
     )
-    for key in ("probes", "error", "disparity", "ratio", "rank_disparity", "rank_ratio", "error_ratio"):
+    for key in (
+        "probes",
+        "error",
+        "disparity",
+        "ratio",
+        "rank_disparity",
+        "rank_ratio",
+        "rank_disparity_id",
+        "rank_ratio_id",
+        "error_ratio",
+    ):
         assert got[key] == pytest.approx(getattr(want, key), rel=1e-5)
+    assert (got["singletons"], got["singleton_rule"]) == (0, "skip")
+    assert got["rank_disparity_id"] <= got["rank_disparity"]  # identities closer <= images closer
     assert set(got["groups"]) == {"female", "male"}
     assert set(got["groups"]["female"]) == {"accuracy", "error", "rank", "rank_by_identity", "n"}
     assert got["groups"]["female"]["error"] > got["groups"]["male"]["error"]  # noisier group, more errors
@@ -168,6 +180,21 @@ def test_fairness_report(tmp_path):
         "fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv")
     )
     assert table.returncode == 0 and "rank_disparity" in table.stdout and "female" in table.stdout
+    assert "rank_disparity_id" in table.stdout and "singletons skipped" in table.stdout
+
+
+def test_fairness_report_counts_singletons_as_errors_on_request(tmp_path):
+    emb, ids, gender = write_embeddings(tmp_path, n_ids=12, per=3)
+    with open(tmp_path / "meta.csv", "a", newline="") as f:  # two more identities of one image each
+        csv.writer(f).writerows([("s0.jpg", "single0", "Female"), ("s1.jpg", "single1", "Male")])
+    np.save(tmp_path / "emb.npy", np.r_[emb, np.random.default_rng(1).normal(size=(2, 32))].astype(np.float32))
+    args = ["--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "meta.csv"), "--json"]
+    skip, error = (
+        json.loads(run_facenas("fairness-report", *args, *extra).stdout) for extra in ([], ["--singletons", "error"])
+    )
+    assert (skip["probes"], skip["singletons"], skip["singleton_rule"]) == (36, 2, "skip")
+    assert (error["probes"], error["singletons"], error["singleton_rule"]) == (38, 2, "error")
+    assert error["error"] == pytest.approx((skip["error"] * 36 + 2) / 38)
 
 
 def test_fairness_report_errors_are_one_line(tmp_path):
