@@ -73,12 +73,16 @@ class ArcFace(_CosineHead):
         return additive_angular(cos_y, self.margin), None
 
 
+def cos_plus(cos: Tensor, margin: Tensor) -> Tensor:
+    """``cos(theta + m)`` for ``cos = cos(theta)``."""
+    sin = (1.0 - cos * cos).clamp(min=0).sqrt()
+    return cos * torch.cos(margin) - sin * torch.sin(margin)
+
+
 def additive_angular(cos: Tensor, margin: Tensor | float) -> Tensor:
     """``cos(theta + m)`` for ``cos = cos(theta)``, continued linearly past ``theta + m = pi``."""
     margin = torch.as_tensor(margin, dtype=cos.dtype, device=cos.device)
-    sin = (1.0 - cos * cos).clamp(min=0).sqrt()
-    shifted = cos * torch.cos(margin) - sin * torch.sin(margin)
-    return torch.where(cos > torch.cos(math.pi - margin), shifted, cos - margin * torch.sin(margin))
+    return torch.where(cos > torch.cos(math.pi - margin), cos_plus(cos, margin), cos - margin * torch.sin(margin))
 
 
 @register_head("magface")
@@ -86,7 +90,12 @@ class MagFace(_CosineHead):
     """MagFace: an ArcFace margin that grows with the embedding's magnitude ``a`` (clamped to
     ``[l_a, u_a]``): ``m(a) = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m``, and the regulariser
     ``lambda_g * mean(g(a))`` with ``g(a) = a / u_a^2 + 1 / a``. Defaults as FR-NAS: l_a 10,
-    u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32."""
+    u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32.
+
+    Where ``theta + m(a) > pi`` (``cos(theta) <= cos(pi - m)``) the label logit is ``cos(theta)``
+    unchanged, as FR-NAS's MagFace (src/head/metrics.py, ``margin_am = 0``). ``easy_margin``
+    follows the official MagFace's default instead: no margin wherever ``cos(theta) <= 0``.
+    """
 
     def __init__(
         self,
@@ -98,9 +107,11 @@ class MagFace(_CosineHead):
         l_m: float = 0.45,
         u_m: float = 0.8,
         lambda_g: float = 20.0,
+        easy_margin: bool = False,
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale)
         self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g = l_a, u_a, l_m, u_m, lambda_g
+        self.easy_margin = easy_margin
 
     def margin(self, magnitude: Tensor) -> Tensor:
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (magnitude - self.l_a) + self.l_m
@@ -110,7 +121,10 @@ class MagFace(_CosineHead):
 
     def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
         magnitude = embeddings.float().norm(dim=1).clamp(self.l_a, self.u_a)
-        return additive_angular(cos_y, self.margin(magnitude)), self.lambda_g * self.regularizer(magnitude).mean()
+        margin = self.margin(magnitude)
+        valid = cos_y > 0 if self.easy_margin else cos_y > torch.cos(math.pi - margin)
+        target = torch.where(valid, cos_plus(cos_y, margin), cos_y)
+        return target, self.lambda_g * self.regularizer(magnitude).mean()
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
