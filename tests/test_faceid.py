@@ -47,6 +47,7 @@ def test_each_operation_matches_its_definition(code):
     expected = {0: ["BatchNorm2d", "ReLU", "Conv2d"], 1: ["Conv2d", "BatchNorm2d", "ReLU"], 2: ["Conv2d"]}[code % 3]
     assert kinds == expected
     assert OPERATION_NAMES[code].startswith("Bn" if code % 3 == 0 else "Conv")
+    assert all(m.eps == 1e-3 for m in op if isinstance(m, torch.nn.BatchNorm2d))  # timm's and FR-NAS's eps
     assert op(torch.randn(2, 8, 9, 9)).shape == (2, 16, 9, 9)
 
 
@@ -58,18 +59,38 @@ def test_middle_operation_keeps_groups_and_stride():
     assert first.groups == 1 and first.stride == (1, 1) and first.kernel_size == (3, 3)
 
 
-def test_architecture_030_matches_timm_dpn68_and_dpn107():
+@pytest.mark.parametrize(("variant", "name"), [("68", "dpn68"), ("", "dpn107")])
+def test_architecture_030_is_timm_dpn68_and_dpn107(variant, name):
     """030 puts DPN's own operations (1x1 BN-first, grouped 3x3 BN-first, 1x1 BN-first) in every
-    block: the same parameter count as timm's DPN-68 / DPN-107 and the same feature-map shape
-    (the stem's max-pool included)."""
+    block: timm's DPN-68 / DPN-107 (stem max-pool, BN eps 1e-3, BN -> ELU before the pooling).
+    Their state dict loads into ours by name and both give the same features in eval mode.
+
+    The last activation: DPN's is ELU (``fc_act_layer``; timm 0.6 and FR-NAS's copy build it),
+    but timm 1.0's ``get_norm_act_layer`` keeps the ReLU already bound into ``norm_layer``, so
+    the installed timm ends with ReLU; it is set back to ELU here."""
     import timm
 
+    from models.recognition import dpn_state_dict_from_timm
+
+    torch.manual_seed(0)
+    ours, theirs = dpn_search("030", variant).eval(), timm.create_model(name, num_classes=0).eval()
+    theirs.features.conv5_bn_ac.bn.act = torch.nn.ELU()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random BN statistics, so that eps and the BN positions matter
+        for m in theirs.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.05)
+    assert {m.eps for m in theirs.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    ours.load_state_dict(dpn_state_dict_from_timm(theirs.state_dict(), ours))  # strict: every key and shape
     x = torch.randn(1, 3, 64, 64)
-    for variant, name in (("68", "dpn68"), ("", "dpn107")):
-        ours, theirs = dpn_search("030", variant).eval(), timm.create_model(name, num_classes=0).eval()
-        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-        with torch.no_grad():
-            assert ours.forward_features(x).shape == theirs.forward_features(x).shape
+    with torch.no_grad():
+        want_map, want = theirs.forward_features(x), theirs(x)
+        got_map, got = ours.forward_features(x), ours(x)
+    assert got_map.shape == want_map.shape and got.shape == want.shape == (1, ours.num_features)
+    torch.testing.assert_close(got_map, want_map, rtol=1e-4, atol=1e-4 * want_map.abs().max().item())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
 def test_sampled_architectures_build_and_run():
@@ -98,6 +119,7 @@ def test_all_729_architectures_build_with_consistent_shapes():
 def test_names_and_bad_codes():
     assert parse_dpn_name("dpn_search_301") == ("", (3, 0, 1))
     assert parse_dpn_name("dpn_search_small_480") == ("small", (4, 8, 0))
+    assert parse_dpn_name("dpn_search_frnas_530") == ("frnas", (5, 3, 0))
     assert parse_dpn_name("dpn_search_9") is None
     with pytest.raises(ValueError, match="three digits"):
         dpn_search("391x")
@@ -147,16 +169,34 @@ def test_arcface_formula_and_fallback(head_inputs):
     assert logit == pytest.approx(64 * (-1 - 0.5 * math.sin(0.5)), rel=1e-4)
 
 
-def test_magface_margin_regulariser_and_gradient(head_inputs):
-    x, y = head_inputs
-    x = x.clone().requires_grad_(True)
-    head = MagFace(8, 10)  # l_a 10, u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32
-    logits, reg = head(x, y)
+def at_angle(head, labels, thetas, magnitudes):
+    """Embeddings at angle ``theta`` from their class centre, with the given magnitudes."""
+    g = torch.Generator().manual_seed(1)
+    centre = F.normalize(head.weight.detach().double()[labels])
+    other = torch.randn(centre.shape, generator=g, dtype=torch.float64)
+    other = F.normalize(other - (other * centre).sum(1, keepdim=True) * centre)
+    thetas, magnitudes = torch.tensor(thetas).double(), torch.tensor(magnitudes).double()
+    return (magnitudes[:, None] * (thetas.cos()[:, None] * centre + thetas.sin()[:, None] * other)).float()
+
+
+@pytest.mark.parametrize("easy_margin", [False, True])
+def test_magface_margin_both_branches_regulariser_and_gradient(easy_margin):
+    head = MagFace(8, 10, easy_margin=easy_margin)  # l_a 10, u_a 110, l_m 0.45, u_m 0.8, lambda_g 20, scale 32
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8])
+    thetas = [0.3, 1.2, 2.0, 2.2, 2.6, 3.0, 3.1, 0.8, 2.45]
+    x = at_angle(head, labels, thetas, [5.0, 20, 60, 100, 30, 80, 120, 50, 90]).requires_grad_(True)
+    logits, reg = head(x, labels)
     a = x.detach().double().norm(dim=1).clamp(10, 110)
     m = (0.8 - 0.45) / (110 - 10) * (a - 10) + 0.45
-    theta = torch.acos(direct_cos(head, x.detach()).gather(1, y[:, None])[:, 0])
-    target = torch.where(theta + m < math.pi, torch.cos(theta + m), torch.cos(theta) - m * torch.sin(m))
-    torch.testing.assert_close(logits.gather(1, y[:, None])[:, 0].double(), 32 * target, rtol=1e-4, atol=1e-3)
+    theta = torch.acos(direct_cos(head, x.detach()).gather(1, labels[:, None])[:, 0])
+    # FR-NAS: cos(theta + m) while theta + m < pi, else cos(theta) unchanged;
+    # official MagFace (easy margin): cos(theta + m) while theta < pi / 2, else cos(theta)
+    margined = theta < math.pi / 2 if easy_margin else theta + m < math.pi
+    target = torch.where(margined, torch.cos(theta + m), torch.cos(theta))
+    assert margined.any() and (~margined).any()  # both branches are hit
+    torch.testing.assert_close(logits.gather(1, labels[:, None])[:, 0].double(), 32 * target, rtol=1e-4, atol=1e-3)
+    others = torch.ones_like(logits, dtype=torch.bool).scatter(1, labels[:, None], False)
+    torch.testing.assert_close(logits.double()[others], 32 * direct_cos(head, x.detach())[others], rtol=1e-4, atol=1e-3)
     g = a / 110**2 + 1 / a
     assert reg.item() == pytest.approx(20 * g.mean().item(), rel=1e-5)
     # d(lambda_g * mean g(a)) / dx = lambda_g / B * g'(a) * x / |x| with g'(a) = 1/u_a^2 - 1/a^2 (inside the clamp)
@@ -165,7 +205,19 @@ def test_magface_margin_regulariser_and_gradient(head_inputs):
     inside = (raw > 10) & (raw < 110)
     want = 20 / len(x) * (1 / 110**2 - 1 / raw**2)[:, None] * x.detach().double() / raw[:, None]
     torch.testing.assert_close(grad[inside], want[inside], rtol=1e-4, atol=1e-7)
-    assert inside.any()
+    assert inside.any() and (~inside).any()
+
+
+def test_magface_branches_differ_where_the_rules_differ():
+    """theta = 2.0 with m >= 0.45: FR-NAS's rule still applies the margin (2.0 + m < pi), the
+    easy margin does not (theta > pi / 2)."""
+    frnas, easy = MagFace(8, 10), MagFace(8, 10, easy_margin=True)
+    easy.load_state_dict(frnas.state_dict())
+    x = at_angle(frnas, torch.tensor([3]), [2.0], [60.0])
+    cos = math.cos(2.0)
+    m = (0.8 - 0.45) / 100 * 50 + 0.45
+    assert frnas(x, torch.tensor([3]))[0][0, 3].item() == pytest.approx(32 * math.cos(2.0 + m), rel=1e-4)
+    assert easy(x, torch.tensor([3]))[0][0, 3].item() == pytest.approx(32 * cos, rel=1e-4)
 
 
 def test_head_registry_and_focal_loss():

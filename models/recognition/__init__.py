@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from .backbones import create_backbone
 from .dpn import (
+    FRNAS_PUBLISHED,
     OPERATION_NAMES,
     SearchableDPN,
+    code_to_paper,
     dpn_search,
+    dpn_state_dict_from_timm,
+    frnas_network,
+    paper_to_code,
     parse_dpn_name,
     searchable_op,
 )
@@ -23,6 +28,7 @@ from .heads import (
 )
 
 __all__ = [
+    "FRNAS_PUBLISHED",
     "HEADS",
     "OPERATION_NAMES",
     "ArcFace",
@@ -32,10 +38,14 @@ __all__ = [
     "MagFace",
     "SearchableDPN",
     "additive_angular",
+    "code_to_paper",
     "create_backbone",
     "create_head",
     "dpn_search",
+    "dpn_state_dict_from_timm",
     "focal_loss",
+    "frnas_network",
+    "paper_to_code",
     "parse_dpn_name",
     "register_head",
     "searchable_op",

@@ -1,4 +1,4 @@
-"""FaceID: backbone -> embedding neck -> margin head -> loss, with FR-NAS's evaluation."""
+"""FaceID: backbone -> embedding neck (optional) -> margin head -> loss, with FR-NAS's evaluation."""
 
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ class FaceID(pl.LightningModule):
     """Face identification model with FR-NAS's knobs as constructor arguments.
 
     Args:
-        backbone: a timm model name (``resnet50``, ...) or a searchable DPN
-            (``dpn_search_301`` DPN-107-like, ``dpn_search_68_301``, ``dpn_search_small_301``).
+        backbone: a timm model name (``resnet50``, ...), a searchable DPN (``dpn_search_301``
+            DPN-107-like, ``dpn_search_68_301``, ``dpn_search_small_301``,
+            ``dpn_search_frnas_530``) or a published FR-NAS network (``frnas_smac_301``, ...).
         pretrained: local backbone weights (state dict file); nothing is downloaded.
-        embedding_dim, dropout: the neck (BN -> dropout -> linear -> BN).
+        embedding_dim, dropout: the neck (BN -> dropout -> linear -> BN) to ``embedding_dim``
+            outputs. ``embedding_dim: null`` means no neck: the backbone's output is the
+            embedding that feeds the head, as FR-NAS trains its DPNs (whose 1000-d embedding
+            convolution is part of the ``frnas_smac_*`` backbones); ``dropout`` must then be 0.
         head: a registered head (``arcface``, ``cosface``, ``magface``; case-insensitive);
             ``head_args`` override its defaults
             (e.g. ``{"scale": 64, "margin": 0.35}``, or per head:
@@ -62,7 +66,7 @@ class FaceID(pl.LightningModule):
         self,
         backbone: str = "dpn_search_small_301",
         pretrained: str | None = None,
-        embedding_dim: int = 512,
+        embedding_dim: int | None = 512,
         dropout: float = 0.0,
         head: str = "cosface",
         head_args: dict[str, Any] | None = None,
@@ -82,10 +86,15 @@ class FaceID(pl.LightningModule):
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
         if loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
+        if embedding_dim is not None and embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive width or null (no neck), got {embedding_dim}")
+        if embedding_dim is None and dropout:
+            raise ValueError(f"dropout {dropout} needs the neck, but embedding_dim is null (no neck): set dropout 0")
         HEADS.get(head)  # an unknown head fails here, not after the data was read
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained)
-        self.neck = EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
+        self.neck = None if embedding_dim is None else EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
+        self.embedding_size = self.backbone.num_features if embedding_dim is None else embedding_dim
         self.head: nn.Module | None = None
         if num_classes is not None:
             self.build_head(num_classes)
@@ -94,7 +103,7 @@ class FaceID(pl.LightningModule):
 
     def build_head(self, num_classes: int) -> None:
         """Create the margin head for ``num_classes`` training identities."""
-        self.head = create_head(self.hparams.head, self.hparams.embedding_dim, num_classes, **self._head_args())
+        self.head = create_head(self.hparams.head, self.embedding_size, num_classes, **self._head_args())
         self.hparams.num_classes = num_classes
 
     def _head_args(self) -> dict[str, Any]:
@@ -115,11 +124,20 @@ class FaceID(pl.LightningModule):
     # ------------------------------------------------------------------ model
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(pooled backbone features: layer N-1, embeddings: layer N)."""
+        """(layer N-1, embeddings: layer N). With a neck, layer N-1 is the backbone's output
+        (pooled features); without, the backbone's output is the embedding and layer N-1 is
+        what its last layer takes (the FR-NAS DPN's pooled features before its embedding
+        convolution: timm's ``forward_head(..., pre_logits=True)``)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        pooled = self.backbone(images)
-        return pooled, self.neck(pooled)
+        if self.neck is not None:
+            pooled = self.backbone(images)
+            return pooled, self.neck(pooled)
+        if not hasattr(self.backbone, "forward_head"):
+            embeddings = self.backbone(images)
+            return embeddings, embeddings
+        feature_map = self.backbone.forward_features(images)
+        return self.backbone.forward_head(feature_map, pre_logits=True), self.backbone.forward_head(feature_map)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.features(images)[1]
