@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(f"  {v.words.split()[1]:<7} {v.summary}" for v in subverbs))
         return 0 if len(argv) > 1 else 2
     _process_settings()
-    from core.errors import UserError
+    from core.errors import Interrupted, UserError
 
     try:
         if verb is None:
@@ -198,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as exc:  # models.NonFiniteLossError: a diverged training
         print(f"facenas {name}: training stopped: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:  # SIGTERM / SIGINT, stopped at a safe point (core.signals)
+        print(f"facenas {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("facenas: interrupted", file=sys.stderr)
         return 130

@@ -40,6 +40,7 @@ def run(verb: str, argv: list[str]) -> int:
 
     from callbacks.probes import extract_layers, probe_layers
     from training import FaceNASCLI
+    from training.cli import check_checkpoint
 
     cli = FaceNASCLI(
         argv,
@@ -60,6 +61,7 @@ def run(verb: str, argv: list[str]) -> int:
         )
     if not Path(cfg.ckpt).is_file():
         raise UserError(f"checkpoint not found: {cfg.ckpt}")
+    check_checkpoint(cfg.ckpt)
     data = cli.datamodule
     attribute = cfg.attribute or data.hparams.group_column
     if attribute != data.hparams.group_column:  # the same data, grouped by the probed attribute

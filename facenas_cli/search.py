@@ -105,15 +105,23 @@ def study_settings(args):
 
 
 def run(verb: str, argv: list[str]) -> int:
+    from search.store import StudyStore
     from search.study import Study
 
     args = parse(search_parser(verb), argv)
     settings = study_settings(args)
-    if args.resume and not settings.store_path.is_file():
-        raise UserError(f"nothing to resume: {settings.store_path} does not exist")
+    if args.resume:
+        if not settings.store_path.is_file():
+            raise UserError(f"nothing to resume: {settings.store_path} does not exist")
+        try:
+            saved = StudyStore(settings.store_path, read_only=True).get_meta("settings")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if saved is None:
+            raise UserError(f"nothing to resume: {settings.store_path} holds no study")
     _quiet_libraries()
     try:
-        Study(settings).run()
+        Study(settings).run()  # SIGTERM / SIGINT: core.errors.Interrupted, exit code 143 / 130
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -132,7 +140,7 @@ def report(verb: str, argv: list[str]) -> int:
     from search.store import StudyStore
 
     try:
-        write_report(StudyStore(find_study(args.study)), args.out)
+        write_report(StudyStore(find_study(args.study), read_only=True), args.out)  # never writes the store
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -15,7 +16,7 @@ from typing import Any
 from core.registry import Registry
 
 from .runner import TrialJob, run_in_process, run_subprocess
-from .trial import Result, Trial, crashed
+from .trial import Result, Trial, crashed, interrupted
 
 
 class Executor(ABC):
@@ -39,6 +40,11 @@ class Executor(ABC):
 
     def close(self) -> None:
         """Release workers."""
+
+    def interrupt(self) -> None:
+        """Stop the running jobs (the study was asked to stop): each comes back as an
+        *interrupted* result, which the study does not record. In-process trials stop by
+        themselves between two batches (:mod:`core.signals`)."""
 
 
 class _Synchronous(Executor):
@@ -135,21 +141,27 @@ class SubprocessPool(_FutureExecutor):
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(workers):
             self._slots.put(slot)
+        self._stop = threading.Event()
 
     def _run(self, job: TrialJob) -> Result:
         slot = self._slots.get()
         try:
+            if self._stop.is_set():
+                return interrupted("the study stopped before the trial started")
             if self.gpus:
                 job.env = {**job.env, "CUDA_VISIBLE_DEVICES": str(self.gpus[slot % len(self.gpus)])}
-            return run_subprocess(job)
+            return run_subprocess(job, should_stop=self._stop.is_set)
         finally:
             self._slots.put(slot)
 
     def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
         self._futures[self._pool.submit(self._run, job)] = job.trial.id
 
+    def interrupt(self) -> None:
+        self._stop.set()  # every running child is terminated within half a second
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(_FutureExecutor):
@@ -180,6 +192,7 @@ class DaskExecutor(_FutureExecutor):
             self.client = Client(scheduler)
         self.capacity = workers or max(1, len(self.client.scheduler_info().get("workers", {})))
         self._lock = threading.Lock()
+        self._stop_name = f"facenas-stop-{uuid.uuid4().hex}"  # a distributed.Event the trials poll
 
     def _wait(self, futures: list[Any], timeout: float | None) -> set[Any]:
         from distributed import wait as dask_wait
@@ -188,16 +201,48 @@ class DaskExecutor(_FutureExecutor):
             done, _ = dask_wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             return set()
+        except Exception:  # a cancelled future: collect() turns each into a failed result
+            return {f for f in futures if f.status in ("cancelled", "error", "lost")} or set()
         return set(done)
 
     def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        future = self.client.submit(run_subprocess, job, pure=False, key=f"trial-{job.trial.id}-{id(job)}")
+        future = self.client.submit(
+            run_subprocess, job, _DaskStop(self._stop_name), pure=False, key=f"trial-{job.trial.id}-{id(job)}"
+        )
         self._futures[future] = job.trial.id
+
+    def interrupt(self) -> None:
+        from distributed import Event
+
+        # every trial polls it: its `facenas fit` child is terminated, it returns interrupted
+        Event(self._stop_name, client=self.client).set()
 
     def close(self) -> None:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+class _DaskStop:
+    """``should_stop`` of a trial on a Dask worker: whether the study set its stop event
+    (picklable; the event is looked up once, on the worker)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._event: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "_event": None}
+
+    def __call__(self) -> bool:
+        from distributed import Event
+
+        try:
+            if self._event is None:
+                self._event = Event(self.name)
+            return bool(self._event.is_set())
+        except Exception:  # scheduler unreachable: the worker's own fate decides
+            return False
 
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")

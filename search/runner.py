@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gc
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +20,14 @@ from typing import Any
 import yaml
 from lightning.pytorch import Callback
 
+from core import signals
+from core.errors import Interrupted
+
 from .spaces import nested
-from .trial import Objective, Result, Status, Trial, crashed, outcome
+from .trial import Objective, Result, Status, Trial, crashed, interrupted, outcome
+
+# how a `facenas fit` stopped by SIGTERM / SIGINT exits: at a safe point (128 + n) or killed by it (-n)
+_STOPPED = {code: sig.name for sig in (signal.SIGTERM, signal.SIGINT) for code in (128 + sig, -sig)}
 
 
 @dataclass
@@ -99,23 +106,59 @@ def _finished(job: TrialJob, start: float, train_seconds: float = 0.0, pruned: b
     return Result(status, values, time.time() - start, error, job.run_dir, history, train_seconds)
 
 
-def run_subprocess(job: TrialJob) -> Result:
+def terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a child (a `facenas fit` saves its checkpoint and exits), SIGKILL it after ``grace`` s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_subprocess(
+    job: TrialJob, should_stop: Callable[[], bool] | None = None, grace: float = 20.0, poll: float = 0.5
+) -> Result:
     """Train a trial as ``python -m facenas fit`` in a child process: a crash, an out-of-memory
-    kill or a diverged loss cannot take the caller down."""
+    kill or a diverged loss cannot take the caller down.
+
+    ``should_stop`` is asked every ``poll`` seconds; when it says so the child is terminated
+    (SIGTERM, then SIGKILL after ``grace`` seconds) and the result is *interrupted* (never
+    recorded: the trial runs again), as it is when the child itself was stopped by SIGTERM or
+    SIGINT."""
     start = time.time()
     job.write_config()
     # the child dies with this process (the CLI reads the variable), so that a trial re-run
     # after a lost worker or a killed study never races an orphan writing into the same folder
     env = {**os.environ, **job.env, "FACENAS_PARENT_PID": str(os.getpid())}
     log = Path(job.run_dir) / "train.log"
+    stopped = False
     with open(log, "w") as out:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "facenas", *job.args()],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=os.getcwd(),
         )
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=poll if should_stop is not None else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    if should_stop():
+                        stopped = True
+                        terminate(proc, grace)
+                        break
+        except BaseException:  # the caller itself is being stopped (Interrupted in the main thread)
+            terminate(proc, min(grace, 5.0))
+            raise
+    if stopped or proc.returncode in _STOPPED:
+        reason = "the study stopped" if stopped else f"stopped by {_STOPPED[proc.returncode]}"
+        return interrupted(f"{reason} (exit code {proc.returncode})", time.time() - start, job.run_dir)
     if proc.returncode != 0:
         values, history = read_metrics(metrics_file(job.run_dir), job.objectives)
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -149,6 +192,8 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
     from training import FaceNASCLI
 
     start = time.time()
+    if signals.requested() is not None:  # the study is stopping: do not start
+        return interrupted("the study stopped before the trial started", 0.0, job.run_dir)
     job.write_config()
     reporter = PruningReporter(job.objectives[0].metric, report) if report is not None else None
     try:
@@ -157,7 +202,11 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
             FaceNASCLI(job.args(), trainer_defaults={"callbacks": [reporter]} if reporter is not None else {})
             fit_seconds = time.time() - fit_start
         return _finished(job, start, fit_seconds, pruned=reporter is not None and reporter.pruned)
+    except Interrupted as exc:  # SIGTERM / SIGINT: stopped between two batches, to be run again
+        return interrupted(str(exc), time.time() - start, job.run_dir)
     except (Exception, SystemExit) as exc:  # a trial's failure is a result, never the study's end
+        if signals.requested() is not None:  # an error on the way out of a stopped training
+            return interrupted(f"stopped ({type(exc).__name__})", time.time() - start, job.run_dir)
         return crashed(exc, time.time() - start, job.run_dir)
     finally:
         gc.collect()

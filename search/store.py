@@ -2,7 +2,8 @@
 
 Every change is one committed transaction (SQLite's journal makes it atomic), so a study killed
 at any instant keeps every finished trial; trials found ``running`` on resume were in flight
-and are run again.
+and are run again. A file that is not a readable study store (truncated, garbled, another
+program's database) is one :class:`StoreError` naming it, and reports open the store read-only.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .trial import Result, Status, Trial
+
+
+class StoreError(ValueError):
+    """The study store cannot be used (the command line prints it as one line, exit code 2)."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (
@@ -80,31 +87,84 @@ class StoredTrial:
 
 
 class StudyStore:
-    """SQLite-backed record of a study's settings and trials."""
+    """SQLite-backed record of a study's settings and trials.
 
-    def __init__(self, path: str | Path) -> None:
+    Args:
+        path: the SQLite file (created when missing, unless ``read_only``).
+        read_only: open an existing file without ever writing to it (reports).
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
-        if "backend_seed" not in columns:  # a store written before the column existed
-            self._write("ALTER TABLE trials ADD COLUMN backend_seed INTEGER", ())
+        self.read_only = read_only
+        memory = str(path) == ":memory:"
+        try:
+            if read_only:
+                if not self.path.is_file():
+                    raise FileNotFoundError(2, "study store not found", str(self.path))
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            else:
+                if not memory:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions
+            self._check()
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.executescript(_SCHEMA)
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
+                if "backend_seed" not in columns:  # a store written before the column existed
+                    self._write("ALTER TABLE trials ADD COLUMN backend_seed INTEGER", ())
+        except sqlite3.DatabaseError as exc:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"{self.path} is not a readable study store ({exc})") from None
+
+    def _check(self) -> None:
+        """Refuse a damaged file or another program's database before anything is read or written."""
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not tables & {"study", "trials"}:
+            self._conn.close()
+            raise StoreError(
+                f"{self.path} is an SQLite database but not a study store (tables: {', '.join(sorted(tables))})"
+            )
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            self._conn.close()
+            detail = " ".join("; ".join(problems[:3]).split())
+            raise StoreError(f"{self.path} is damaged ({detail}); restore it or move it away")
 
     def close(self) -> None:
         self._conn.close()
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        with self._conn:  # BEGIN ... COMMIT
-            return self._conn.execute(sql, args)
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only")
+        try:
+            with self._conn:  # BEGIN ... COMMIT
+                return self._conn.execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise StoreError(f"{self.path} cannot be written ({exc})") from None
 
     # ---------------------------------------------------------------- study settings
 
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if self.read_only and "no such table" in str(exc):  # an empty file: nothing recorded yet
+                return []
+            raise StoreError(f"{self.path} cannot be read ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} cannot be read ({exc})") from None
+
     def get_meta(self, key: str) -> Any:
-        row = self._conn.execute("SELECT value FROM study WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _loads(row[0])
+        rows = self._read("SELECT value FROM study WHERE key = ?", (key,))
+        return _loads(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: Any) -> None:
         self._write("INSERT OR REPLACE INTO study (key, value) VALUES (?, ?)", (key, _dumps(value)))
@@ -112,8 +172,7 @@ class StudyStore:
     # ---------------------------------------------------------------- trials
 
     def next_id(self) -> int:
-        row = self._conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM trials").fetchone()
-        return int(row[0])
+        return int(self._read("SELECT COALESCE(MAX(id), -1) + 1 FROM trials")[0][0])
 
     def start(self, trial: Trial) -> None:
         """Record a trial as running (replacing an interrupted row with the same id)."""
@@ -150,10 +209,10 @@ class StudyStore:
 
     def trials(self) -> list[StoredTrial]:
         """Every trial in id order."""
-        rows = self._conn.execute(
+        rows = self._read(
             "SELECT id, config, budget, seed, backend_seed, status, objectives, intermediate, error, "
             "run_dir, started, finished, duration FROM trials ORDER BY id"
-        ).fetchall()
+        )
         out = []
         for (
             tid,

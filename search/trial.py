@@ -79,6 +79,8 @@ class Result:
     run_dir: str | None = None
     intermediate: list[tuple[int, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time inside the training command (in-process trials; not stored)
+    # stopped by SIGTERM / SIGINT (the study's or its own): not a result, the trial runs again (not stored)
+    interrupted: bool = False
 
     def costs(self, objectives: list[Objective]) -> list[float]:
         """Objective values as costs (minimised); failed trials cost +inf."""
@@ -97,6 +99,11 @@ def outcome(values: dict[str, float], objectives: list[Objective]) -> tuple[Stat
     if bad:
         return Status.FAILED, f"non-finite objective(s): {', '.join(bad)}"
     return Status.SUCCESS, None
+
+
+def interrupted(reason: str, duration: float = 0.0, run_dir: str | None = None) -> Result:
+    """What a trial stopped by a signal returns: never recorded, it runs again."""
+    return Result(Status.FAILED, {}, duration, reason, run_dir, interrupted=True)
 
 
 def crashed(exc: BaseException, duration: float = 0.0, run_dir: str | None = None) -> Result:

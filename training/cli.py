@@ -7,10 +7,14 @@ so a trial trains exactly as ``facenas fit`` would.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 import types
+import zipfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,10 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from core.errors import UserError
+from core import signals
+from core.errors import Interrupted, UserError
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
@@ -32,7 +38,11 @@ class FaceNASCLI(LightningCLI):
       of the first config file that sets ``model`` (so two models never share a folder);
     * a ``last.ckpt`` rewritten every epoch and a ``best-<epoch>.ckpt`` by the model's
       ``monitor`` (when an evaluation callback is configured); a rich progress bar;
-    * ``--ckpt_path last|best`` found across the run's versions;
+    * ``--ckpt_path last|best`` found across the run's versions, and a checkpoint that cannot be
+      read is one :class:`UserError` naming the file;
+    * SIGTERM or SIGINT stops the run between two batches; ``fit`` then saves a resumable
+      ``last.ckpt`` (``--ckpt_path last`` continues from it) and the command raises
+      :class:`core.errors.Interrupted` (exit code 143 or 130);
     * ``fit`` tests the best checkpoint afterwards (``--test_after_fit``) and prints the final
       metrics (``--metrics_table``);
     * a constructor's ``ValueError`` becomes one :class:`UserError` naming the config key.
@@ -56,17 +66,26 @@ class FaceNASCLI(LightningCLI):
         }
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._graceful: GracefulStop | None = None
         try:
-            super().__init__(
-                LightningModule,
-                LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                args=list(args),
-                run=run,
-                parser_kwargs=parser_kwargs,
-                **kwargs,
-            )
+            with signals.handle_signals() if run else nullcontext() as outermost:
+                try:
+                    super().__init__(
+                        LightningModule,
+                        LightningDataModule,
+                        subclass_mode_model=True,
+                        subclass_mode_data=True,
+                        args=list(args),
+                        run=run,
+                        parser_kwargs=parser_kwargs,
+                        **kwargs,
+                    )
+                except SIGTERMException:  # Lightning's own SIGTERM handling (a SystemExit with code 0)
+                    raise self._interrupted(signal.SIGTERM) from None
+                except Interrupted as exc:
+                    raise self._interrupted(exc.signum) from None
+                if outermost and signals.requested() is not None:  # the signal came as the command finished
+                    raise self._interrupted(signals.requested())
         finally:
             if run:  # one command, one W&B run: closed also when the command fails
                 finish_loggers(getattr(self, "trainer", None))
@@ -99,6 +118,11 @@ class FaceNASCLI(LightningCLI):
             if type(exc).__name__ != "ArgumentError":
                 raise
             raise UserError(one_line_parse_error(str(exc))) from None
+        # LightningCLI reads the hyper-parameters of a ckpt_path file right after parsing
+        subcommand = self.config.get("subcommand")
+        wanted = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if wanted not in (None, "last", "best") and Path(wanted).is_file():
+            check_checkpoint(wanted)
 
     def _section(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -137,8 +161,29 @@ class FaceNASCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
             callbacks.extend(default_checkpoints(self.model, callbacks))
+        self._graceful = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
+        if self._graceful is None:
+            self._graceful = GracefulStop()
+            callbacks.append(self._graceful)
         # passing callbacks replaces the configured list, so it carries those too
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+
+    def _interrupted(self, signum: int) -> Interrupted:
+        """The one-line :class:`Interrupted` of a stopped command: where it stopped and what was saved."""
+        name = signal.Signals(signum).name
+        trainer = getattr(self, "trainer", None)
+        graceful = self._graceful
+        if trainer is None or self.subcommand != "fit":
+            return Interrupted(signum, f"stopped by {name}")
+        where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if graceful is not None and graceful.saved is not None:
+            resume = "resume: the same command with --ckpt_path last"
+            return Interrupted(signum, f"stopped by {name} {where}; saved {graceful.saved} ({resume})")
+        if trainer.global_step == 0:
+            return Interrupted(signum, f"stopped by {name} before the first training step; nothing to save")
+        last = find_checkpoint(trainer, "last")
+        saved = f"the newest checkpoint is {last}" if last is not None else "no checkpoint was saved"
+        return Interrupted(signum, f"stopped by {name} {where}; {saved}")
 
     # ------------------------------------------------------------------ subcommands
 
@@ -148,6 +193,8 @@ class FaceNASCLI(LightningCLI):
         if wanted not in ("last", "best"):
             if wanted is not None and not Path(wanted).is_file():
                 raise UserError(f"checkpoint not found: {wanted}")
+            if wanted is not None:
+                check_checkpoint(wanted)
             return
         found = find_checkpoint(self.trainer, wanted)
         if found is None:
@@ -159,6 +206,7 @@ class FaceNASCLI(LightningCLI):
                 cfg["ckpt_path"] = None
                 return
             raise UserError(f"no '{wanted}' checkpoint found under {run_root(self.trainer)}")
+        check_checkpoint(found)
         if self.trainer.is_global_zero:
             print(f"facenas: using {wanted} checkpoint {found}", file=sys.stderr)
         cfg["ckpt_path"] = str(found)
@@ -196,6 +244,99 @@ class FaceNASCLI(LightningCLI):
     def _finish(self, title: str) -> None:
         if self.config_init[self.subcommand].get("metrics_table", True):
             print_metrics(self.trainer, title)
+
+
+class GracefulStop(Callback):
+    """Stops a run between two batches when the process received SIGTERM or SIGINT
+    (:mod:`core.signals`) and, in ``fit``, saves a resumable ``last.ckpt`` first (written to a
+    temporary file and renamed, so a kill during the save keeps the previous one).
+
+    With several processes (DDP) it leaves SIGTERM to Lightning, which agrees on it across the
+    ranks (every rank then saves through the same collective ``save_checkpoint``), and lets
+    SIGINT interrupt at once without a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.saved: Path | None = None
+        self._deferred: tuple[int, ...] = ()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+        self._deferred = (signal.SIGTERM, signal.SIGINT) if trainer.world_size == 1 else (signal.SIGTERM,)
+        signals.defer(*self._deferred)
+
+    def _release(self) -> None:
+        signals.undefer(*self._deferred)
+        self._deferred = ()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+
+    def _check(self, trainer: Trainer) -> None:
+        if trainer.world_size == 1:
+            signals.check()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._release()
+        stopped = isinstance(exception, SIGTERMException) or (isinstance(exception, Interrupted) and exception.safe)
+        if not stopped or trainer.state.fn != "fit" or trainer.global_step == 0:
+            return
+        path = last_checkpoint_path(trainer)
+        if path is None:  # checkpointing is disabled
+            return
+        partial = path.with_name(path.name + ".part")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, path)
+        self.saved = path
+
+
+def last_checkpoint_path(trainer: Trainer) -> Path | None:
+    """Where ``last.ckpt`` goes: the folder of the run's ``last`` checkpoint callback (else of
+    its first checkpoint callback); None when checkpointing is disabled."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    if not callbacks:
+        return None
+    chosen = next((c for c in callbacks if c.filename == "last"), callbacks[0])
+    return Path(chosen.dirpath) / f"last{chosen.FILE_EXTENSION}"
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise one :class:`UserError` naming ``path`` when it is not a readable checkpoint
+    (truncated, garbled, or not a checkpoint at all), before Lightning or torch fail on it
+    with a traceback. Zip checkpoints (every ``torch.save`` since 1.6) are checked member by
+    member against their CRCs, then unpickled without reading the tensors."""
+    import torch
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise UserError(f"corrupt checkpoint {path}: {bad} fails its checksum")
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    except UserError:
+        raise
+    except Exception as exc:  # zipfile, pickle and torch all have their own errors for a bad file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
 
 
 def default_checkpoints(model: LightningModule, callbacks: list[Callback]) -> list[ModelCheckpoint]:

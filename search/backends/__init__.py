@@ -7,7 +7,7 @@ from typing import Any
 
 from core.registry import Registry
 
-from .base import Budget, Searcher
+from .base import Budget, Searcher, SpaceExhausted
 from .moasha import MOASHA
 from .optuna import OptunaSearcher
 from .random import RandomSearcher
@@ -34,5 +34,6 @@ __all__ = [
     "RandomSearcher",
     "SMACSearcher",
     "Searcher",
+    "SpaceExhausted",
     "create_searcher",
 ]

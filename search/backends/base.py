@@ -12,7 +12,23 @@ from ConfigSpace import Configuration, ConfigurationSpace
 
 from core.values import plain
 
+from ..spaces import config_key, finite_configurations
 from ..trial import Objective, Proposal, Result, Trial
+
+
+def resume_seed(seed: int, n_asked: int) -> int:
+    """The seed a resumed study's sampler continues with: the study's own for a new study, else
+    a deterministic function of (seed, proposals already made), so that it draws a stream the
+    earlier runs did not."""
+    if n_asked == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, n_asked]).generate_state(1)[0] % (2**31 - 1))
+
+
+class SpaceExhausted(Exception):
+    """Raised by :meth:`Searcher.ask` when the backend has no configuration left to propose."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,13 @@ class Searcher(ABC):
         """Learn from a finished trial (also called on resume for every stored trial, including
         trials this instance never asked for)."""
 
+    def advance(self, n_asked: int) -> None:
+        """Called once when a study resumes, after every stored trial was told: earlier runs of
+        the study made ``n_asked`` proposals. A backend whose proposals come from a seeded
+        random stream moves past them (or reseeds from ``(seed, n_asked)``), so that a resumed
+        study never draws its first configurations again. Default: nothing to do (backends
+        that avoid what they were told, like SMAC)."""
+
     def report(self, trial: Trial, step: int, value: float) -> bool:
         """An intermediate value of the first objective; return True to stop the trial early."""
         return False
@@ -84,6 +107,24 @@ class Searcher(ABC):
 
     def costs(self, result: Result) -> list[float]:
         return result.costs(self.objectives)
+
+    def sample_unseen(self, seen: set[str], tries: int = 200) -> dict[str, Any]:
+        """A uniform sample of the space whose :func:`config_key` is not in ``seen``: rejection
+        sampling, then, for a finite space, a seeded draw among the configurations left.
+        Raises :class:`SpaceExhausted` when a finite space has none left."""
+        config: dict[str, Any] = {}
+        for _ in range(tries):
+            config = self.config_dict(self.space.sample_configuration())
+            if config_key(config) not in seen:
+                return config
+        if not hasattr(self, "_finite"):
+            self._finite = finite_configurations(self.space)
+        if self._finite is None:  # an infinite space where 200 samples collided: accept the repeat
+            return config
+        left = [c for c in self._finite if config_key(c) not in seen]
+        if not left:
+            raise SpaceExhausted(f"all {len(self._finite)} configurations of the space were proposed")
+        return left[int(self.space.random.randint(len(left)))]
 
 
 class WorstCosts:

@@ -17,8 +17,9 @@ from ConfigSpace import ConfigurationSpace
 
 from core.pareto import ranking
 
+from ..spaces import config_key
 from ..trial import Objective, Proposal, Result, Status, Trial
-from .base import Budget, Searcher
+from .base import Budget, Searcher, SpaceExhausted, resume_seed
 
 
 class MOASHA(Searcher):
@@ -27,7 +28,8 @@ class MOASHA(Searcher):
     Budgets are the rungs ``min, min*eta, ...`` of the study budget. When a worker is free, the
     highest rung with a promotable configuration wins: among a rung's finished results, the top
     ``floor(n / eta)`` by non-dominated sorting (crowding distance breaks ties) go up one rung;
-    otherwise a new random configuration starts at the lowest rung. Failed trials rank last.
+    otherwise a new random configuration (one never proposed before) starts at the lowest
+    rung. Failed trials rank last.
 
     Args:
         eta: reduction factor (default: the budget's).
@@ -49,10 +51,14 @@ class MOASHA(Searcher):
             dict
         )  # rung -> key -> (config, costs)
         self._promoted: dict[int, set[str]] = defaultdict(set)
+        self._started: set[str] = set()  # configurations proposed or told at the lowest rung
+
+    def advance(self, n_asked: int) -> None:
+        self.space.seed(resume_seed(self.seed, n_asked))
 
     @staticmethod
     def _key(config: dict) -> str:
-        return repr(sorted(config.items()))
+        return config_key(config)
 
     def _rung(self, budget: float | None) -> int:
         return min(range(len(self.rungs)), key=lambda i: abs(self.rungs[i] - (budget or self.rungs[0])))
@@ -77,12 +83,18 @@ class MOASHA(Searcher):
                 if key not in self._promoted[rung] and math.isfinite(max(done[key][1])):
                     self._promoted[rung].add(key)
                     return Proposal(dict(done[key][0]), self.rungs[rung + 1])
-        return Proposal(self.config_dict(self.space.sample_configuration()), self.rungs[0])
+        try:
+            config = self.sample_unseen(self._started)
+        except SpaceExhausted:
+            return None  # nothing new to start: wait for results that allow promotions
+        self._started.add(self._key(config))
+        return Proposal(config, self.rungs[0])
 
     def tell(self, trial: Trial, result: Result) -> None:
         rung = self._rung(trial.budget)
         costs = self.costs(result) if result.status == Status.SUCCESS else [math.inf] * len(self.objectives)
         key = self._key(trial.config)
         self._results[rung][key] = (trial.config, costs)
+        self._started.add(key)
         if rung > 0:  # on resume, a result at a higher rung means it was promoted from below
             self._promoted[rung - 1].add(key)

@@ -18,7 +18,7 @@ from ConfigSpace import (
 from core.values import plain
 
 from ..trial import Objective, Proposal, Result, Status, Trial
-from .base import Budget, Searcher
+from .base import Budget, Searcher, resume_seed
 
 SAMPLERS = ("tpe", "motpe", "nsga2", "random")
 PRUNERS = (None, "hyperband", "asha", "median")
@@ -100,12 +100,7 @@ class OptunaSearcher(Searcher):
 
         if self.pruner_name and len(objectives) > 1:
             raise ValueError("Optuna cannot prune multi-objective studies; remove the pruner or use one objective")
-        if self.sampler_name in ("tpe", "motpe"):
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
-        elif self.sampler_name == "nsga2":
-            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
-        else:
-            sampler = optuna.samplers.RandomSampler(seed=seed)
+        sampler = self._sampler(seed)
         low = int(budget.min) if budget is not None else 1
         high = int(budget.max) if budget is not None else 1
         eta = int(budget.eta) if budget is not None else 3
@@ -121,6 +116,20 @@ class OptunaSearcher(Searcher):
             pruner=pruner,
         )
         self.distributions = {hp.name: distribution(hp) for hp in space.values()}
+
+    def _sampler(self, seed: int) -> Any:
+        import optuna
+
+        if self.sampler_name in ("tpe", "motpe"):
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        if self.sampler_name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def advance(self, n_asked: int) -> None:
+        """A seeded Optuna sampler would draw its first (random start-up) samples again: it
+        continues from a seed derived from (seed, proposals made), the told trials intact."""
+        self.study.sampler = self._sampler(resume_seed(self.seed, n_asked))
 
     def ask(self) -> Proposal | None:
         trial = self.study.ask()

@@ -13,7 +13,7 @@ from typing import Any
 from ConfigSpace import ConfigurationSpace
 
 from ..trial import Objective, Proposal, Result, Status, Trial
-from .base import Budget, Searcher, WorstCosts
+from .base import Budget, Searcher, SpaceExhausted, WorstCosts
 
 FACADES = ("hpo", "mf", "hyperband", "random")
 
@@ -137,8 +137,13 @@ class SMACSearcher(Searcher):
         self._worst = WorstCosts(len(objectives))
 
     def ask(self) -> Proposal | None:
-        with _sequential():
-            info = self.smac.ask()
+        from smac.main.exceptions import ConfigurationSpaceExhaustedException
+
+        try:
+            with _sequential():
+                info = self.smac.ask()
+        except ConfigurationSpaceExhaustedException:
+            raise SpaceExhausted("SMAC found no configuration it has not evaluated") from None
         return Proposal(self.config_dict(info.config), info.budget, info, info.seed)
 
     def tell(self, trial: Trial, result: Result) -> None:
