@@ -14,6 +14,7 @@ _EXPORTS = {
     "average_precision": "detection_ap",
     "evaluate_detections": "detection_ap",
     "match_detections": "detection_ap",
+    "BadEmbeddingsError": "fairness",
     "FairnessResult": "fairness",
     "GroupStats": "fairness",
     "evaluate_fairness": "fairness",

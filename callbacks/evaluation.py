@@ -19,8 +19,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
-from .fairness import Singletons
+from .fairness import MAX_BAD_FRACTION, BadEmbeddingsError, Singletons
 from .metrics import DetectionAveragePrecision, IdentificationFairness
 
 _STAGES = {"validate": "val", "test": "test"}
@@ -58,9 +59,13 @@ class MetricCallback(Callback):
         values = metric.compute()  # synchronises the states of all ranks: every rank holds the result
         # sync_dist averages identical values (a no-op) and keeps Lightning from warning about DDP
         pl_module.log_dict({f"{prefix}/{k}": v.float() for k, v in self._select(values).items()}, sync_dist=True)
+        self._report(values, trainer, prefix)
 
     def _select(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return values
+
+    def _report(self, values: dict[str, torch.Tensor], trainer: pl.Trainer, prefix: str) -> None:
+        """Warn about what the metric left out (after logging its values)."""
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module, "val")
@@ -147,8 +152,11 @@ class FairnessMetrics(MetricCallback):
     ``<stage>/error``, ``accuracy``, ``rank``, ``rank_by_identity``, ``disparity``, ``ratio``,
     ``rank_disparity``, ``rank_ratio`` (rank: images of other identities closer than the nearest
     mate, FR-NAS's paper text), ``rank_disparity_id``, ``rank_ratio_id`` (rank by identity:
-    FR-NAS's released code and published numbers), ``error_ratio``, ``probes``, ``singletons``
-    and per group ``<metric>_<group>``; any of them can be a search objective.
+    FR-NAS's released code and published numbers), ``error_ratio``, ``probes``, ``singletons``,
+    ``bad_embeddings`` (rows left out: ``nonfinite_rows`` with a NaN or infinite value,
+    ``zero_rows`` all zeros; with a warning) and per group ``<metric>_<group>``; any of them can
+    be a search objective. More than ``max_bad_fraction`` unusable rows stop the run with a
+    ``FloatingPointError`` naming the stage and epoch (``facenas fit``: one line, exit code 1).
 
     Args:
         group_names: names of the group indices the model returns; default: the datamodule's
@@ -157,6 +165,8 @@ class FairnessMetrics(MetricCallback):
             maximum over all ordered pairs of groups.
         singletons: images whose identity has no other image: ``"skip"`` them, or count them as
             errors with rank -1 (``"error"``: FR-NAS's code).
+        max_bad_fraction: embedding rows with a NaN or infinite value or all zeros are left out
+            of probes and gallery; above this fraction of them the run stops.
     """
 
     def __init__(
@@ -164,10 +174,12 @@ class FairnessMetrics(MetricCallback):
         group_names: Sequence[str] | None = None,
         reference_group: str | None = None,
         singletons: Singletons = "skip",
+        max_bad_fraction: float = MAX_BAD_FRACTION,
     ) -> None:
         self.group_names = list(group_names) if group_names is not None else None
         self.reference_group = reference_group
         self.singletons = singletons
+        self.max_bad_fraction = max_bad_fraction
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.group_names is None:
@@ -177,8 +189,26 @@ class FairnessMetrics(MetricCallback):
 
     def _make_metric(self) -> IdentificationFairness:
         return IdentificationFairness(
-            group_names=self.group_names, reference_group=self.reference_group, singletons=self.singletons
+            group_names=self.group_names,
+            reference_group=self.reference_group,
+            singletons=self.singletons,
+            max_bad_fraction=self.max_bad_fraction,
         )
+
+    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        try:
+            super()._end(trainer, pl_module, prefix)
+        except BadEmbeddingsError as exc:  # a diverged model: a failed training, not a user error
+            raise FloatingPointError(f"{prefix} embeddings at epoch {trainer.current_epoch}: {exc}") from None
+
+    def _report(self, values: dict[str, torch.Tensor], trainer: pl.Trainer, prefix: str) -> None:
+        bad = int(values["bad_embeddings"])
+        if bad:
+            rank_zero_warn(
+                f"{prefix} epoch {trainer.current_epoch}: {bad} embedding rows left out of the fairness metrics "
+                f"({int(values['nonfinite_rows'])} with a NaN or infinite value, {int(values['zero_rows'])} all "
+                f"zeros; logged as {prefix}/bad_embeddings)"
+            )
 
     def _wants(self, outputs: Any) -> bool:
         return isinstance(outputs, dict) and "embeddings" in outputs and "identities" in outputs

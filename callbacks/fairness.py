@@ -11,6 +11,11 @@ The torchmetrics wrapper is :class:`callbacks.metrics.IdentificationFairness`.
   (default): they are not probes. ``"error"`` (FR-NAS's code): they are probes in error with
   ``rank = rank_by_identity = -1``, FR-NAS's "no same-identity image" value, which its group means
   average in like any other rank.
+* Unusable embedding rows (any NaN or infinite value, or all zeros: no direction to compare)
+  are counted (``nonfinite_rows``, ``zero_rows``), reported, and left out of the probes and of
+  the gallery, as if the images were absent; more than ``max_bad_fraction`` of them (default 5%)
+  is a :class:`BadEmbeddingsError`. Scored as they are, they pass for correct: a NaN row's
+  similarities are NaN, never "strictly closer", so every probe would get rank 0.
 * Per group: accuracy, error, mean rank, mean rank_by_identity, n (probes). Between a group ``a``
   and a reference: disparity ``|acc_a - acc_ref|``, ratio ``|1 - acc_a / acc_ref|``,
   rank_disparity ``|rank_a - rank_ref|``, rank_ratio ``|1 - rank_a / rank_ref|``, the same two
@@ -35,24 +40,42 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from core.errors import UserError
+
 # similarity-matrix elements per chunk: 8M (32 MB float32 + 8 MB bool + 32 MB int32 buffers)
 _CHUNK_ELEMENTS = 8_000_000
 
 
 Singletons = Literal["skip", "error"]
 
+# default limit on unusable embedding rows: a few broken rows (a bad image, a half-written file)
+# are left out and reported; more means a diverged model or a broken export, and scoring what
+# is left would measure a different, easier set (fewer distractors)
+MAX_BAD_FRACTION = 0.05
+# rows whose norm is below this (or overflows) are scaled by their largest value before
+# normalising, which would otherwise leave them far from unit length
+_TINY_NORM = 1e-6
+
+
+class BadEmbeddingsError(UserError, ValueError):
+    """Too many embedding rows are non-finite or all zeros to score the rest."""
+
 
 @dataclass
 class ProbeRanks:
     """Per-probe results: ``index`` (P,) positions in the input, ``rank`` and ``rank_by_identity``
     (P,); ``singletons``: how many images had no other image of their identity, skipped or (rule
-    ``"error"``) among the probes with rank -1."""
+    ``"error"``) among the probes with rank -1; ``nonfinite_rows`` / ``zero_rows``: how many
+    embedding rows were left out as unusable, and ``excluded`` their positions (input order)."""
 
     index: Tensor
     rank: Tensor
     rank_by_identity: Tensor
     singletons: int = 0
     singleton_rule: Singletons = "skip"
+    nonfinite_rows: int = 0
+    zero_rows: int = 0
+    excluded: Tensor | None = None
 
 
 def identification_ranks(
@@ -60,6 +83,7 @@ def identification_ranks(
     identities: Tensor,
     *,
     singletons: Singletons = "skip",
+    max_bad_fraction: float = MAX_BAD_FRACTION,
     chunk_elements: int = _CHUNK_ELEMENTS,
     progress: bool = False,
 ) -> ProbeRanks:
@@ -70,6 +94,9 @@ def identification_ranks(
         embeddings: (N, D) float; normalised here.
         identities: (N,) int64 identity labels.
         singletons: ``"skip"`` or ``"error"`` (FR-NAS's code), see the module docstring.
+        max_bad_fraction: rows with a NaN or infinite value and all-zero rows are left out (of
+            the probes and the gallery) and counted; more than this fraction of them raises
+            :class:`BadEmbeddingsError`.
         progress: show a progress bar over the chunks (command-line use).
 
     Returns:
@@ -77,8 +104,31 @@ def identification_ranks(
     """
     if singletons not in ("skip", "error"):
         raise ValueError(f"singletons must be 'skip' or 'error', got {singletons!r}")
-    emb = torch.nn.functional.normalize(embeddings.float(), dim=1)
-    ids = identities.reshape(-1).to(emb.device).long()
+    x = embeddings.float()
+    if x.ndim != 2 or len(x) != identities.numel():
+        raise ValueError(f"expected (N, D) embeddings and N identities, got {tuple(x.shape)} and {identities.numel()}")
+    ids = identities.reshape(-1).to(x.device).long()
+    nonfinite = ~torch.isfinite(x).all(dim=1)
+    zero = ~nonfinite & ~(x != 0).any(dim=1)
+    unusable = nonfinite | zero
+    excluded = torch.nonzero(unusable).reshape(-1)
+    n_nonfinite, n_zero = int(nonfinite.sum().item()), int(zero.sum().item())
+    if n_nonfinite + n_zero > max_bad_fraction * len(x):
+        raise BadEmbeddingsError(
+            f"{n_nonfinite + n_zero} of {len(x)} embedding rows are unusable ({n_nonfinite} with a NaN or "
+            f"infinite value, {n_zero} all zeros; 0-based rows {_first(excluded)}), more than max_bad_fraction="
+            f"{max_bad_fraction:g}: the model diverged or the embeddings are broken"
+        )
+    kept = None
+    if len(excluded):
+        kept = torch.nonzero(~unusable).reshape(-1)
+        x, ids = x[kept], ids[kept]
+    # rows too small or too large for float32's norm: scale by their largest value first
+    norm = torch.linalg.vector_norm(x, dim=1)
+    odd = ~torch.isfinite(norm) | (norm < _TINY_NORM)
+    if bool(odd.any()):
+        x = x / torch.where(odd, x.abs().amax(dim=1), 1.0)[:, None]
+    emb = torch.nn.functional.normalize(x, dim=1)
     n = len(ids)
     # identities as contiguous column blocks: block k holds columns [start[k], start[k] + count[k])
     _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
@@ -125,7 +175,24 @@ def identification_ranks(
         rank = torch.full((n,), -1, dtype=torch.long, device=emb.device).index_copy_(0, probes, rank)
         rank_id = torch.full((n,), -1, dtype=torch.long, device=emb.device).index_copy_(0, probes, rank_id)
         probes = torch.arange(n, device=emb.device)
-    return ProbeRanks(probes, rank, rank_id, singletons=n_single, singleton_rule=singletons)
+    if kept is not None:  # positions in the input
+        probes = kept[probes]
+    return ProbeRanks(
+        probes,
+        rank,
+        rank_id,
+        singletons=n_single,
+        singleton_rule=singletons,
+        nonfinite_rows=n_nonfinite,
+        zero_rows=n_zero,
+        excluded=excluded,
+    )
+
+
+def _first(index: Tensor, count: int = 5) -> str:
+    """``"3, 17, 42, ..."``: the first row positions (0-based) of ``index``."""
+    shown = ", ".join(str(i) for i in index[:count].tolist())
+    return shown + (", ..." if len(index) > count else "")
 
 
 def _inverse_permutation(perm: Tensor) -> Tensor:
@@ -148,7 +215,9 @@ class GroupStats:
 @dataclass
 class FairnessResult:
     """Overall error, mean ranks and the FR-NAS fairness metrics (rank disparity and rank ratio
-    for both ranks), with per-group statistics and the singletons skipped or counted."""
+    for both ranks), with per-group statistics, the singletons skipped or counted, and the
+    embedding rows left out as unusable (``nonfinite_rows``, ``zero_rows``; ``bad_embeddings``
+    in :meth:`as_dict` is their sum; ``excluded_rows`` their 0-based positions)."""
 
     probes: int
     error: float
@@ -164,6 +233,9 @@ class FairnessResult:
     groups: dict[str, GroupStats] = field(default_factory=dict)
     singletons: int = 0
     singleton_rule: Singletons = "skip"
+    nonfinite_rows: int = 0
+    zero_rows: int = 0
+    excluded_rows: list[int] = field(default_factory=list)
 
     _KEYS = (
         "probes",
@@ -179,11 +251,14 @@ class FairnessResult:
         "error_ratio",
         "singletons",
         "singleton_rule",
+        "nonfinite_rows",
+        "zero_rows",
     )
 
     def as_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self._KEYS}
         out["accuracy"] = 1.0 - self.error if self.probes else math.nan
+        out["bad_embeddings"] = self.nonfinite_rows + self.zero_rows
         out["groups"] = {g: vars(s).copy() for g, s in self.groups.items()}
         return out
 
@@ -254,6 +329,9 @@ def fairness_metrics(
         groups=stats,
         singletons=ranks.singletons,
         singleton_rule=ranks.singleton_rule,
+        nonfinite_rows=ranks.nonfinite_rows,
+        zero_rows=ranks.zero_rows,
+        excluded_rows=[] if ranks.excluded is None else ranks.excluded.tolist(),
     )
 
 
@@ -265,11 +343,18 @@ def evaluate_fairness(
     reference_group: str | None = None,
     *,
     singletons: Singletons = "skip",
+    max_bad_fraction: float = MAX_BAD_FRACTION,
     chunk_elements: int = _CHUNK_ELEMENTS,
     progress: bool = False,
 ) -> FairnessResult:
-    """Ranks and fairness metrics of a set of embeddings in one call."""
+    """Ranks and fairness metrics of a set of embeddings in one call (unusable rows: see
+    :func:`identification_ranks`)."""
     ranks = identification_ranks(
-        embeddings, identities, singletons=singletons, chunk_elements=chunk_elements, progress=progress
+        embeddings,
+        identities,
+        singletons=singletons,
+        max_bad_fraction=max_bad_fraction,
+        chunk_elements=chunk_elements,
+        progress=progress,
     )
     return fairness_metrics(ranks, groups, group_names, reference_group)

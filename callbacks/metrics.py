@@ -16,7 +16,7 @@ from .detection_ap import (
     image_scales,
     match_detections,
 )
-from .fairness import FairnessResult, ProbeRanks, Singletons, evaluate_fairness, fairness_metrics
+from .fairness import MAX_BAD_FRACTION, FairnessResult, ProbeRanks, Singletons, evaluate_fairness, fairness_metrics
 
 
 class DetectionAveragePrecision(Metric):
@@ -114,9 +114,11 @@ class IdentificationFairness(Metric):
     States are the embeddings, identities and group indices (concatenated across DDP ranks);
     ``compute`` runs the chunked core and returns ``error``, ``accuracy``, ``rank``,
     ``rank_by_identity``, ``disparity``, ``ratio``, ``rank_disparity``, ``rank_ratio``,
-    ``rank_disparity_id``, ``rank_ratio_id``, ``error_ratio``, ``probes``, ``singletons`` and per
+    ``rank_disparity_id``, ``rank_ratio_id``, ``error_ratio``, ``probes``, ``singletons``,
+    ``nonfinite_rows``, ``zero_rows``, ``bad_embeddings`` (their sum: rows left out) and per
     group ``<metric>_<group>`` for accuracy, error, rank, rank_by_identity, n. ``singletons``:
-    ``"skip"`` or ``"error"`` (FR-NAS's code; see :mod:`callbacks.fairness`).
+    ``"skip"`` or ``"error"`` (FR-NAS's code; see :mod:`callbacks.fairness`). More than
+    ``max_bad_fraction`` unusable rows raise :class:`callbacks.fairness.BadEmbeddingsError`.
     """
 
     full_state_update = False
@@ -126,12 +128,14 @@ class IdentificationFairness(Metric):
         group_names: Sequence[str] | None = None,
         reference_group: str | None = None,
         singletons: Singletons = "skip",
+        max_bad_fraction: float = MAX_BAD_FRACTION,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.group_names = list(group_names) if group_names is not None else None
         self.reference_group = reference_group
         self.singletons = singletons
+        self.max_bad_fraction = max_bad_fraction
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("identities", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -164,6 +168,7 @@ class IdentificationFairness(Metric):
             self.group_names,
             self.reference_group,
             singletons=self.singletons,
+            max_bad_fraction=self.max_bad_fraction,
         )
 
     def compute(self) -> dict[str, Tensor]:

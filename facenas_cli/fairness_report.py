@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 from .common import parse, print_json, table, tool_parser
@@ -14,8 +15,20 @@ def run(verb: str, argv: list[str]) -> int:
         "and by identity, disparity, ratio, error ratio) of saved embeddings (facenas predict writes them for a "
         "FaceID model: embeddings/embeddings.npy + meta.csv).",
     )
-    parser.add_argument("--embeddings", type=str, required=True, help=".npy file of shape (N, D); row i is image i")
-    parser.add_argument("--meta", type=str, required=True, help="CSV with one row per embedding row (same order)")
+    parser.add_argument(
+        "--embeddings",
+        type=str,
+        required=True,
+        help="array of shape (N, D), row i is image i: a .npy, an .npz holding one array, or FILE.npz:KEY for "
+        "one array of several. Rows with a NaN or infinite value or all zeros are left out and counted",
+    )
+    parser.add_argument(
+        "--meta",
+        type=str,
+        required=True,
+        help="UTF-8 CSV with a header and one row per embedding row (same order); every row as many fields "
+        "as the header, a non-empty identity; an empty group: no group",
+    )
     parser.add_argument("--identity_column", type=str, default="identity", help="identity column of --meta")
     parser.add_argument(
         "--group_column",
@@ -41,6 +54,13 @@ def run(verb: str, argv: list[str]) -> int:
         help="images whose identity has no other image: skip them (default), or count them as "
         "errors with rank -1 (error: FR-NAS's code)",
     )
+    parser.add_argument(
+        "--max_bad_fraction",
+        type=float,
+        default=0.05,
+        help="leave out embedding rows with a NaN or infinite value or all zeros, up to this fraction of "
+        "them; more is an error (exit 2)",
+    )
     parser.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto (cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parse(parser, argv)
@@ -55,9 +75,18 @@ def run(verb: str, argv: list[str]) -> int:
         reference_group=args.reference_group,
         age_bins=args.age_bins,
         singletons=args.singletons,
+        max_bad_fraction=args.max_bad_fraction,
         device=args.device,
         progress=True,
-    ).as_dict()
+    )
+    if result.excluded_rows:
+        shown = ", ".join(str(i) for i in result.excluded_rows[:5]) + (", ..." if len(result.excluded_rows) > 5 else "")
+        print(
+            f"facenas {verb}: {len(result.excluded_rows)} embedding rows left out ({result.nonfinite_rows} with a "
+            f"NaN or infinite value, {result.zero_rows} all zeros; 0-based rows {shown} of --embeddings and --meta)",
+            file=sys.stderr,
+        )
+    result = result.as_dict()
     if args.json:
         print_json(result)
         return 0
@@ -77,7 +106,12 @@ def run(verb: str, argv: list[str]) -> int:
     table(
         f"identification over {result['probes']} probes",
         ("metric", "value"),
-        [(k, f"{result[k]:.4f}") for k in metrics] + [(counted, str(result["singletons"]))],
+        [(k, f"{result[k]:.4f}") for k in metrics]
+        + [(counted, str(result["singletons"]))]
+        + [
+            ("rows left out: NaN/inf", str(result["nonfinite_rows"])),
+            ("rows left out: all zeros", str(result["zero_rows"])),
+        ],
     )
     table(
         f"per {args.group_column}",

@@ -5,6 +5,9 @@ Group attributes are normalised to lower-case words: perceived gender becomes ``
 ``"male"``; a numeric age column becomes an ``age_bin`` (FR-NAS's AgeDB bins 1-25, 26-50,
 51-75, 76-110). Unreadable images are counted in the :class:`DataReport` and skipped (with
 ``verify`` other than ``"none"``); a malformed line raises :class:`DataError` naming it.
+Text files are read as UTF-8 (a leading byte-order mark is dropped); bytes that are not UTF-8
+raise :class:`DataError` naming the file and line. A CSV row with fewer or more fields than
+the header is an error naming its line (blank lines are skipped).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +79,47 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's content: UTF-8, a leading byte-order mark dropped (``utf-8-sig``: files
+    saved by Excel start with one, which would otherwise stick to the first column name).
+    Other bytes raise :class:`DataError` naming the file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8", path, line) from None
+
+
+def read_csv_table(
+    path: str | Path, required: Sequence[str] = ()
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV with a header line: the column names (stripped) and ``(line, {column: value})`` per
+    row. A missing ``required`` column, a repeated column name, or a row with fewer or more
+    fields than the header raises :class:`DataError` naming the file and line; blank lines are
+    skipped."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    if not header:
+        raise DataError("empty file: expected a header line naming the columns", path, 1)
+    for col in required:
+        if col not in header:
+            raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", path, 1)
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"column {repeated[0]!r} appears more than once in the header", path, 1)
+    rows = []
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise DataError(
+                f"{len(values)} fields where the header has {len(header)} ({', '.join(header)})", path, reader.line_num
+            )
+        rows.append((reader.line_num, dict(zip(header, values))))
+    return header, rows
+
+
 def read_identity_folders(
     root: str | Path, *, verify: str = "header", report: DataReport | None = None, attributes: str | Path | None = None
 ) -> list[IdentitySample]:
@@ -89,12 +134,9 @@ def read_identity_folders(
     report = report if report is not None else DataReport(source=str(root))
     per_identity: dict[str, dict[str, str | None]] = {}
     if attributes is not None:
-        with open(_require_file(Path(attributes), "identity attribute file"), newline="") as f:
-            reader = csv.DictReader(f)
-            if "identity" not in (reader.fieldnames or []):
-                raise DataError("column 'identity' missing", attributes, 1)
-            for row in reader:
-                per_identity[row["identity"].strip()] = _groups(row, exclude=("identity",))
+        _, rows = read_csv_table(_require_file(Path(attributes), "identity attribute file"), ("identity",))
+        for _, row in rows:
+            per_identity[row["identity"].strip()] = _groups(row, exclude=("identity",))
     samples = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         groups = per_identity.get(folder.name, {})
@@ -128,8 +170,7 @@ def _groups(row: dict[str, str], exclude: Iterable[str]) -> dict[str, str | None
 
 def _celeba_table(path: Path) -> tuple[list[str], dict[str, tuple[int, list[str]]]]:
     """Parse CelebA's ``count / header / rows`` text tables: header and ``{image: (line, values)}``."""
-    with open(_require_file(path, "CelebA file"), encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_text(_require_file(path, "CelebA file")).splitlines()
     if len(lines) < 2:
         raise DataError("expected a count line and a header line", path, 1)
     header = lines[1].split()
@@ -175,31 +216,30 @@ def read_celeba(
     boxes = _celeba_table(Path(bbox_file))[1] if bbox_file is not None else {}
     marks = _celeba_table(Path(landmarks_file))[1] if landmarks_file is not None else {}
     samples = []
-    with open(identity_path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DataError(f"expected 'image identity', found {line.strip()!r}", identity_path, number)
-            name, identity = parts
-            gender = None
-            if name in attrs and male_col is not None:
-                gender = "male" if attrs[name][1][male_col] == "1" else "female"
-            bbox = None
-            if name in boxes:
-                x, y, w, h = (float(v) for v in boxes[name][1][:4])
-                bbox = (x, y, x + w, y + h)
-            landmarks = np.array(marks[name][1][:10], dtype=np.float32).reshape(5, 2) if name in marks else None
-            samples.append(
-                IdentitySample(
-                    image=str(root / name),
-                    identity=identity,
-                    attributes={"gender": gender},
-                    bbox=bbox,
-                    landmarks=landmarks,
-                )
+    for number, line in enumerate(read_text(identity_path).splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DataError(f"expected 'image identity', found {line.strip()!r}", identity_path, number)
+        name, identity = parts
+        gender = None
+        if name in attrs and male_col is not None:
+            gender = "male" if attrs[name][1][male_col] == "1" else "female"
+        bbox = None
+        if name in boxes:
+            x, y, w, h = (float(v) for v in boxes[name][1][:4])
+            bbox = (x, y, x + w, y + h)
+        landmarks = np.array(marks[name][1][:10], dtype=np.float32).reshape(5, 2) if name in marks else None
+        samples.append(
+            IdentitySample(
+                image=str(root / name),
+                identity=identity,
+                attributes={"gender": gender},
+                bbox=bbox,
+                landmarks=landmarks,
             )
+        )
     return _verified(samples, verify, report, identity_path)
 
 
@@ -213,19 +253,18 @@ def read_vggface2(
     genders: dict[str, str | None] = {}
     if meta is not None:
         meta_path = _require_file(Path(meta), "VGGFace2 identity_meta.csv")
-        with open(meta_path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f, skipinitialspace=True)
-            header = [h.strip() for h in next(reader, [])]
-            for col in ("Class_ID", "Gender"):
-                if col not in header:
-                    raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", meta_path, 1)
-            ci, gi = header.index("Class_ID"), header.index("Gender")
-            for number, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) <= max(ci, gi):
-                    raise DataError(f"expected {len(header)} columns, found {len(row)}", meta_path, number)
-                genders[row[ci].strip()] = normalize_gender(row[gi])
+        reader = csv.reader(io.StringIO(read_text(meta_path), newline=""), skipinitialspace=True)
+        header = [h.strip() for h in next(reader, [])]
+        for col in ("Class_ID", "Gender"):
+            if col not in header:
+                raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", meta_path, 1)
+        ci, gi = header.index("Class_ID"), header.index("Gender")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) <= max(ci, gi):
+                raise DataError(f"expected {len(header)} columns, found {len(row)}", meta_path, reader.line_num)
+            genders[row[ci].strip()] = normalize_gender(row[gi])
     samples = read_identity_folders(root, verify="none", report=DataReport())
     for sample in samples:
         sample.attributes["gender"] = genders.get(sample.identity)
@@ -248,22 +287,17 @@ def read_identity_csv(
     root = Path(images) if images is not None else path.parent
     report = report if report is not None else DataReport(source=str(path))
     samples = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for col in (image_column, identity_column):
-            if col not in header:
-                raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", path, 1)
-        for number, row in enumerate(reader, start=2):
-            if not row.get(image_column) or not row.get(identity_column):
-                raise DataError(f"empty {image_column!r} or {identity_column!r}", path, number)
-            samples.append(
-                IdentitySample(
-                    image=str(root / row[image_column].strip()),
-                    identity=row[identity_column].strip(),
-                    attributes=_groups(row, exclude=(image_column, identity_column)),
-                )
+    _, rows = read_csv_table(path, (image_column, identity_column))
+    for number, row in rows:
+        if not row[image_column].strip() or not row[identity_column].strip():
+            raise DataError(f"empty {image_column!r} or {identity_column!r}", path, number)
+        samples.append(
+            IdentitySample(
+                image=str(root / row[image_column].strip()),
+                identity=row[identity_column].strip(),
+                attributes=_groups(row, exclude=(image_column, identity_column)),
             )
+        )
     return _verified(samples, verify, report, path)
 
 
@@ -365,30 +399,27 @@ def read_embedding_table(
     group_column: str = "gender",
     age_bins: bool = False,
 ) -> EmbeddingTable:
-    """Read an ``.npy`` of shape (N, D) and a CSV with one row per embedding (same order), as
+    """Read embeddings of shape (N, D) and a CSV with one row per embedding (same order), as
     ``callbacks.EmbeddingWriter`` writes them. Group values are lower-cased; with ``age_bins``
-    a numeric column is binned into FR-NAS's age bins."""
-    emb_path, meta_path = Path(embeddings), Path(meta)
-    for path in (emb_path, meta_path):
-        _require_file(path, "embeddings" if path == emb_path else "metadata CSV")
-    try:
-        values = np.load(emb_path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"not a .npy array ({exc})", emb_path) from None
-    if values.ndim != 2:
-        raise DataError(f"expected a (N, D) array, got shape {values.shape}", emb_path)
-    with open(meta_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for col in (identity_column, group_column):
-            if col not in header:
-                raise DataError(f"column {col!r} missing (columns: {', '.join(header)})", meta_path)
-        rows = list(reader)
+    a numeric column is binned into FR-NAS's age bins.
+
+    ``embeddings`` is an ``.npy`` file, an ``.npz`` holding one array, or ``file.npz:key`` for
+    one array of several. The CSV is read by :func:`read_csv_table` (UTF-8, byte-order mark
+    dropped, every row as many fields as the header); a missing column, an empty identity, a
+    row count that differs from N, an array that is not 2-D or not numeric raise
+    :class:`DataError` naming the file (and line). A row with an empty group has no group."""
+    values, emb_path = load_embeddings(embeddings)
+    meta_path = _require_file(Path(meta), "metadata CSV")
+    _, rows = read_csv_table(meta_path, (identity_column, group_column))
     if len(rows) != len(values):
-        raise DataError(f"{len(rows)} rows for the {len(values)} embeddings of {emb_path}", meta_path)
+        raise DataError(
+            f"{len(rows)} data rows, but {emb_path} has {len(values)} embedding rows "
+            "(one row per embedding, same order)",
+            meta_path,
+        )
 
     def group_of(line: int, row: dict) -> str | None:
-        value = (row[group_column] or "").strip()
+        value = row[group_column].strip()
         if not value:
             return None
         if age_bins:
@@ -398,13 +429,57 @@ def read_embedding_table(
                 raise DataError(f"{group_column}={value!r} is not a number", meta_path, line) from None
         return value.lower()
 
-    labels = [group_of(i + 2, r) for i, r in enumerate(rows)]
+    for line, row in rows:
+        if not row[identity_column].strip():
+            raise DataError(f"empty {identity_column!r}", meta_path, line)
+    labels = [group_of(line, r) for line, r in rows]
     names = sorted({g for g in labels if g is not None})
     index = {g: i for i, g in enumerate(names)}
-    identities = {v: i for i, v in enumerate(sorted({r[identity_column] for r in rows}))}
+    identities = {v: i for i, v in enumerate(sorted({r[identity_column].strip() for _, r in rows}))}
     return EmbeddingTable(
         np.ascontiguousarray(values, dtype=np.float32),
-        np.array([identities[r[identity_column]] for r in rows], dtype=np.int64),
+        np.array([identities[r[identity_column].strip()] for _, r in rows], dtype=np.int64),
         np.array([index[g] if g is not None else -1 for g in labels], dtype=np.int64),
         names,
     )
+
+
+def load_embeddings(spec: str | Path) -> tuple[np.ndarray, Path]:
+    """A numeric (N, D) array from ``file.npy``, ``file.npz`` (its only array) or
+    ``file.npz:key``, and the file's path; anything else raises :class:`DataError` naming the
+    file (and, for an ``.npz`` of several arrays, their keys)."""
+    path, key = Path(spec), None
+    text = str(spec)
+    if not path.is_file() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        if head.lower().endswith(".npz") or Path(head).is_file():
+            path, key = Path(head), tail
+    _require_file(path, "embeddings")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise DataError("not a NumPy .npy or .npz file (it lacks their header; save with numpy.save)", path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.files)
+                if key is None and len(keys) != 1:
+                    found = ", ".join(repr(k) for k in keys) if keys else "none"
+                    raise DataError(f"an .npz of {len(keys)} arrays ({found}): name one as {path}:<key>", path)
+                if key is not None and key not in keys:
+                    raise DataError(f"no array {key!r} (arrays: {', '.join(repr(k) for k in keys)})", path)
+                values = loaded[key if key is not None else keys[0]]
+        elif key is not None:
+            raise DataError(f"{path}:{key}: only an .npz holds named arrays", path)
+        else:
+            values = loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"not a NumPy .npy or .npz array file ({exc})", path) from None
+    if values.ndim != 2:
+        raise DataError(f"expected a 2-D (N, D) array, one row per image, got shape {values.shape}", path)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"expected numbers, got an array of dtype {values.dtype}", path)
+    return values, path
