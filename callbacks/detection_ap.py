@@ -11,6 +11,8 @@ Semantics (per image, then pooled over all images):
   ground truth (ignored ones included): IoU >= threshold and that box ignored -> neither TP nor
   FP; not yet matched -> TP; already matched -> FP. A detection whose best IoU is below the
   threshold is FP, unless its own scaled ``sqrt(w * h)`` is below ``min_size`` (then ignored).
+* A detection that is not a box (a NaN or infinite coordinate or score, zero or negative width
+  or height) is never scored, in training as from files (where the reader also reports it).
 * AP is the area under the interpolated precision envelope (VOC all-point) of all counted
   detections sorted by score; recall is divided by the number of non-ignored ground truths.
 
@@ -29,9 +31,22 @@ import torch
 from torch import Tensor
 
 from core.boxes import box_sizes, paired_iou
+from core.errors import UserError
 
 # pairs (detection, ground truth of its image) evaluated at once; bounds memory to ~100 MB
 _PAIR_CHUNK = 4_000_000
+
+
+class BadThreshold(UserError, ValueError):
+    """An IoU threshold outside (0, 1]: no detection could match (above 1) or every overlap,
+    however slight, would (0 or below)."""
+
+
+def check_iou_threshold(iou: float) -> float:
+    """``iou`` when it is in (0, 1], else :class:`BadThreshold`."""
+    if not (isinstance(iou, int | float) and 0 < iou <= 1):
+        raise BadThreshold(f"iou must be in (0, 1], got {iou!r}")
+    return float(iou)
 
 
 @dataclass
@@ -74,11 +89,19 @@ def match_detections(
         The scores and TP flags of the counted (non-ignored) detections and the number of
         non-ignored ground truths.
     """
+    check_iou_threshold(iou_threshold)
     device = det_boxes.device
     det_boxes = det_boxes.reshape(-1, 4).double()
     gt_boxes = gt_boxes.reshape(-1, 4).to(device).double()
     det_scores = det_scores.reshape(-1).to(device)
     det_image = det_image.reshape(-1).to(device).long()
+    usable = (
+        torch.isfinite(det_boxes).all(dim=1)
+        & torch.isfinite(det_scores)
+        & (det_boxes[:, 2:] > det_boxes[:, :2]).all(dim=1)
+    )
+    if not bool(usable.all()):  # not boxes: never scored
+        det_boxes, det_scores, det_image = det_boxes[usable], det_scores[usable], det_image[usable]
     gt_image = gt_image.reshape(-1).to(device).long()
     gt_ignore = (
         torch.zeros(len(gt_boxes), dtype=torch.bool, device=device)

@@ -17,18 +17,20 @@ from datamodules.detection.formats import attach_box_attributes, read_detection,
 from datamodules.recognition.formats import read_embedding_table
 from datamodules.records import DataError, DataReport
 
-from .detection_ap import evaluate_detections
-from .fairness import FairnessResult, Singletons, evaluate_fairness
+from .detection_ap import check_iou_threshold, evaluate_detections
+from .fairness import MAX_BAD_FRACTION, BadEmbeddingsError, FairnessResult, Singletons, evaluate_fairness
 
 
 @dataclass
 class DetectionFilesResult:
-    """AP of a prediction folder (``result``: the JSON-ready dict), the reader's report, and
-    the images that had no prediction file (scored as no detections)."""
+    """AP of a prediction folder (``result``: the JSON-ready dict), the ground-truth reader's
+    report, the images that had no prediction file (scored as no detections), and the
+    prediction reader's report (files skipped, detections dropped)."""
 
     result: dict[str, Any]
     report: DataReport
     missing: list[str] = field(default_factory=list)
+    predictions: DataReport = field(default_factory=DataReport)
 
 
 def split_members(split_file: str | Path, split: str) -> set[str]:
@@ -64,7 +66,13 @@ def evaluate_detection_files(
 ) -> DetectionFilesResult:
     """AP@``iou`` of WIDER-format predictions (``<pred>/<event>/<stem>.txt``) against ground
     truth in any detection format, optionally per attribute group and restricted to the images
-    of one split of a split file (``facenas predict`` predicts the test split)."""
+    of one split of a split file (``facenas predict`` predicts the test split).
+
+    An image without a prediction file is scored as having no detections; an image whose
+    prediction file is unreadable (see :func:`read_wider_predictions`) is left out of the score
+    (``skipped_images``) and reported. Ground truth with no image, or no face, to score is a
+    :class:`DataError`."""
+    check_iou_threshold(iou)
     if short_side is not None and images is None:
         raise DataError("short_side needs the image folder (sizes are read from the image files)")
     with counting("reading ground truth"):
@@ -72,7 +80,22 @@ def evaluate_detection_files(
     if split_file is not None:
         members = split_members(split_file, split)
         samples = [s for s in samples if s.name in members]
-    preds = read_wider_predictions(pred, report)
+        if not samples:
+            raise DataError(f"no image of the ground truth {gt} is in split {split!r} of this split file", split_file)
+    skipped: list[str] = []
+    pred_report = DataReport(source=str(pred))
+    preds = read_wider_predictions(pred, pred_report, skipped)
+    num_images = len(samples)
+    if skipped:
+        left_out = set(skipped)
+        samples = [s for s in samples if Path(s.name).with_suffix("").as_posix() not in left_out]
+        if not samples:
+            first = next(i for i in pred_report.issues if i.reason.endswith("prediction_file"))
+            raise DataError(
+                f"every image's prediction file was skipped ({len(skipped)} files), e.g. {first.where()}: "
+                f"{first.detail}",
+                pred,
+            )
     columns = attach_box_attributes(samples, attributes, columns=attribute_columns) if attributes else []
     groups = [
         (col, value)
@@ -91,18 +114,26 @@ def evaluate_detection_files(
         attributes=[s.attributes for s in samples],
         groups=groups,
     ).as_dict()
+    if result["num_gt"] == 0:
+        dropped = f"; the reader dropped or ignored: {dict(report.counts())}" if report.issues else ""
+        raise DataError(
+            f"no face to score in {len(samples)} images: every ground-truth box is ignored (invalid, difficult, "
+            f"crowd{', smaller than min_size' if min_size > 0 else ''}) or there is none{dropped}",
+            gt,
+        )
     missing = [k for k in keys if k not in preds]
     result.update(
         {
             "num_images": len(samples),
             "images_without_predictions": len(missing),
+            "skipped_images": num_images - len(samples),
             "iou": iou,
             "min_size": min_size,
             "short_side": short_side,
             "split": split if split_file is not None else None,
         }
     )
-    return DetectionFilesResult(result, report, missing)
+    return DetectionFilesResult(result, report, missing, pred_report)
 
 
 def evaluate_embedding_files(
@@ -114,11 +145,15 @@ def evaluate_embedding_files(
     reference_group: str | None = None,
     age_bins: bool = False,
     singletons: Singletons = "skip",
+    max_bad_fraction: float = MAX_BAD_FRACTION,
     device: str = "auto",
     progress: bool = False,
 ) -> FairnessResult:
-    """FR-NAS identification error and fairness of saved embeddings (``.npy``) described by a
-    metadata CSV (one row per embedding), as ``callbacks.EmbeddingWriter`` writes them."""
+    """FR-NAS identification error and fairness of saved embeddings (``.npy``, or ``.npz``: see
+    :func:`datamodules.recognition.formats.load_embeddings`) described by a metadata CSV (one
+    row per embedding), as ``callbacks.EmbeddingWriter`` writes them. Rows with a NaN or
+    infinite value or all zeros are left out and counted; more than ``max_bad_fraction`` of
+    them is a :class:`DataError` naming the embeddings file."""
     table = read_embedding_table(
         embeddings, meta, identity_column=identity_column, group_column=group_column, age_bins=age_bins
     )
@@ -127,12 +162,16 @@ def evaluate_embedding_files(
         raise DataError(f"reference group {reference_group!r} not in {group_column} values {table.group_names}", meta)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return evaluate_fairness(
-        torch.from_numpy(table.embeddings).to(device),
-        torch.from_numpy(table.identities),
-        torch.from_numpy(table.groups),
-        table.group_names,
-        reference,
-        singletons=singletons,
-        progress=progress,
-    )
+    try:
+        return evaluate_fairness(
+            torch.from_numpy(table.embeddings).to(device),
+            torch.from_numpy(table.identities),
+            torch.from_numpy(table.groups),
+            table.group_names,
+            reference,
+            singletons=singletons,
+            max_bad_fraction=max_bad_fraction,
+            progress=progress,
+        )
+    except BadEmbeddingsError as exc:
+        raise DataError(str(exc), embeddings) from None

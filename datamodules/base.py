@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .records import DataError
+
 
 class SplitDataModule(pl.LightningDataModule):
     """A data module whose ``splits`` hold train / val / test samples; subclasses build a
@@ -20,6 +22,26 @@ class SplitDataModule(pl.LightningDataModule):
     ``batch_size``, ``eval_batch_size`` and ``num_workers`` size the loaders."""
 
     splits: dict[str, list[Any]]
+
+    # the splits each stage runs on
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+    def _require_splits(self, stage: Any) -> None:
+        """An empty split that ``stage`` runs on is one clear error (Lightning would silently
+        skip validation or test on it); validation is not needed when the trainer disables it."""
+        stage = str(getattr(stage, "value", stage) or "")
+        needed = list(self.STAGE_SPLITS.get(stage, ()))
+        if stage == "predict" and "predict" in self.splits:
+            needed = ["predict"]
+        if stage == "fit" and self.trainer is not None and self.trainer.limit_val_batches == 0:
+            needed.remove("val")
+        for part in needed:
+            if part in self.splits and not self.splits[part]:
+                raise DataError(f"the {part} split is empty: {self._why_empty(part)}; `facenas {stage}` needs it")
+
+    def _why_empty(self, part: str) -> str:
+        """Why ``part`` may have come out empty, for the error message."""
+        return "no sample of the data falls in it"
 
     def _synthetic_folder(self, *settings: Any) -> Path:
         """The cache folder of the synthetic data these settings generate, under

@@ -12,6 +12,28 @@ from core.progress import tick
 from .records import DataReport, DetectionSample
 
 VERIFY_MODES = ("none", "header", "full")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey PNGs open in one of these
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file to 8-bit RGB (Pillow; torchvision's decoders are deprecated in
+    favour of TorchCodec, which facenas does not need). 16-bit grey is scaled to 8 bits
+    (``convert("RGB")`` would clip every value above 255 to white).
+
+    Raises:
+        OSError: the file is missing, unreadable, truncated, or declares more pixels than
+            Pillow decodes safely (a decompression bomb).
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode in _SIXTEEN_BIT:
+                grey = np.asarray(image).astype(np.int64).clip(0, 65535)
+                return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+            return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise OSError(f"too large to decode: {exc}") from None
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -37,7 +59,9 @@ def probe_image(path: str | Path, verify: str = "header") -> tuple[int, int] | N
     ``"full"`` decodes every pixel (also catches truncated files).
 
     Raises:
-        OSError: the file is missing, not an image, or (with ``"full"``) truncated.
+        OSError: the file is missing, not an image, declares more pixels than Pillow decodes
+            safely (``Image.MAX_IMAGE_PIXELS``, a decompression bomb), or (with ``"full"``)
+            truncated.
     """
     if verify == "none":
         return None
@@ -52,6 +76,8 @@ def probe_image(path: str | Path, verify: str = "header") -> tuple[int, int] | N
         raise OSError(f"not a readable image: {exc}") from exc
     except SyntaxError as exc:  # PIL raises SyntaxError for some malformed headers
         raise OSError(f"malformed image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise OSError(f"too large to decode: {exc}") from exc
 
 
 def verify_sample_image(

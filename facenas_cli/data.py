@@ -70,6 +70,8 @@ def check(verb: str, argv: list[str]) -> int:
 
 
 def synth(verb: str, argv: list[str]) -> int:
+    from jsonargparse.typing import PositiveInt
+
     parser = tool_parser(
         verb,
         "Write a seeded synthetic data set in the real formats, so that every reader, model and "
@@ -82,18 +84,18 @@ def synth(verb: str, argv: list[str]) -> int:
     parser.add_argument(
         "--out", type=str, required=True, help="output folder (reused when it already holds the same set)"
     )
-    parser.add_argument("--images", type=int, default=100, help="detection: number of images")
+    parser.add_argument("--images", type=PositiveInt, default=100, help="detection: number of images")
     parser.add_argument(
         "--domains",
         type=list[str],
         default=["plain"],
         help="detection: domain styles, round-robin: plain, crowd, masked, lowlight, fisheye, cartoon",
     )
-    parser.add_argument("--width", type=int, default=640, help="detection: image width")
-    parser.add_argument("--height", type=int, default=480, help="detection: image height")
-    parser.add_argument("--identities", type=int, default=100, help="identities: number of identities")
-    parser.add_argument("--per_identity", type=int, default=10, help="identities: images per identity")
-    parser.add_argument("--size", type=int, default=112, help="identities: image side")
+    parser.add_argument("--width", type=PositiveInt, default=640, help="detection: image width")
+    parser.add_argument("--height", type=PositiveInt, default=480, help="detection: image height")
+    parser.add_argument("--identities", type=PositiveInt, default=100, help="identities: number of identities")
+    parser.add_argument("--per_identity", type=PositiveInt, default=10, help="identities: images per identity")
+    parser.add_argument("--size", type=PositiveInt, default=112, help="identities: image side")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pixels")
     args = parse(parser, argv)
     if args.task == "detection":

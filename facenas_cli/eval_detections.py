@@ -22,7 +22,7 @@ def run(verb: str, argv: list[str]) -> int:
     parser.add_argument(
         "--pred", type=str, required=True, help="prediction folder in WIDER format: <event>/<image stem>.txt"
     )
-    parser.add_argument("--iou", type=PositiveFloat, default=0.5, help="IoU threshold of a true positive")
+    parser.add_argument("--iou", type=PositiveFloat, default=0.5, help="IoU threshold of a true positive, in (0, 1]")
     parser.add_argument(
         "--min_size",
         type=float,
@@ -77,8 +77,20 @@ def run(verb: str, argv: list[str]) -> int:
         split=args.split,
     )
     result = found.result
-    if found.report.issues:
-        print(found.report.summary(), file=sys.stderr)
+    for report in (found.report, found.predictions):
+        if report.issues:
+            print(report.summary(), file=sys.stderr)
+    skipped = [i for i in found.predictions.issues if i.reason.endswith("prediction_file")]
+    for issue in skipped[:20]:
+        print(f"  {issue.reason} at {issue.where()}: {issue.detail}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"  ... {len(skipped) - 20} more skipped prediction files", file=sys.stderr)
+    if result["skipped_images"]:
+        print(
+            f"facenas: {result['skipped_images']} images left out of the score: their prediction files were "
+            "skipped (reasons above)",
+            file=sys.stderr,
+        )
     if found.missing:
         print(
             f"facenas: {len(found.missing)} of {result['num_images']} images have no prediction file (counted as no "

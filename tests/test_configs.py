@@ -177,6 +177,16 @@ def test_pretrained_config_predicts_a_folder_with_given_weights(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
+def shipped_detector_built() -> bool:
+    from models.detection.pretrained import SHIPPED, WEIGHTS_DIR
+
+    return (WEIGHTS_DIR / SHIPPED["wider_subset_320"][0]).is_file()
+
+
+@pytest.mark.skipif(
+    not shipped_detector_built(),
+    reason="the shipped detector is exported from the WIDER-subset run of benchmarks/RESULTS.md when it ends",
+)
 def test_shipped_detector_finds_wider_faces(tmp_path):
     """The shipped detector, on the first WIDER validation images: it finds most large faces."""
     import torch
@@ -185,7 +195,7 @@ def test_shipped_detector_finds_wider_faces(tmp_path):
     from datamodules.detection.formats import read_wider, read_wider_predictions
 
     root = data_path("widerface")
-    samples, _ = read_wider(root / "wider_face_split/wider_face_val_bbx_gt.txt", root / "WIDER_val/images")
+    samples = read_wider(root / "wider_face_split/wider_face_val_bbx_gt.txt", root / "WIDER_val/images")
     photos = tmp_path / "photos"
     for sample in samples[:12]:
         target = photos / sample.name

@@ -462,3 +462,27 @@ def test_head_args_per_head_for_searches():
     assert FaceID(head="magface", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.l_m == 0.3
     assert FaceID(head="CosFace", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.margin == 0.2
     assert FaceID(head="arcface", head_args=per_head, num_classes=3, backbone="dpn_search_small_000").head.margin == 0.5
+
+
+def test_identification_data_refuses_an_empty_validation_split_and_scales_16_bit_images(tmp_path):
+    from datamodules.images import open_rgb
+    from datamodules.records import DataError
+
+    settings = dict(
+        synthetic_identities=6,
+        synthetic_images_per_identity=4,
+        synthetic_size=32,
+        image_size=32,
+        synthetic_root=str(tmp_path / "ids"),
+        split_by="identity",
+        num_workers=0,
+    )
+    data = FaceIDDataModule(**settings, split_file=str(tmp_path / "none.json"), split_ratios=[1, 0, 0])
+    with pytest.raises(DataError, match=r"the val split is empty: the split by identity with ratios \[1, 0, 0\]"):
+        data.setup("fit")
+    ok = FaceIDDataModule(**settings, split_file=str(tmp_path / "ok.json"), split_ratios=[4, 1, 1])
+    ok.setup("fit")  # every split has identities
+    # a 16-bit grey PNG keeps its grey level instead of turning white
+    Image.fromarray(np.full((8, 8), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert np.asarray(open_rgb(tmp_path / "deep.png"))[0, 0].tolist() == [117, 117, 117]  # 30000 / 65535 * 255

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 
 LAYERS = {
@@ -56,3 +58,20 @@ def test_benchmarks_do_not_import_tests():
         if imported == "tests"
     ]
     assert not found, found
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name != "timing.py"),  # a helper
+)
+def test_benchmark_scripts_start(script):
+    """Every benchmark script imports what it needs from the current layout and parses its
+    arguments (a moved function breaks it here, not when someone runs the benchmark)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout.lower()

@@ -10,11 +10,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..base import SplitDataModule
-from ..images import image_folder
+from ..images import image_folder, open_rgb
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
 from .formats import DETECTION_FORMATS, attach_box_attributes, read_detection
@@ -25,10 +24,8 @@ _STRIDE = 32  # evaluation batches are padded to a multiple of the coarsest feat
 
 
 def load_image(path: str) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB CHW tensor (Pillow; torchvision's decoders are
-    deprecated in favour of TorchCodec, which facenas does not need)."""
-    with Image.open(path) as image:
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    """Decode an image file to a uint8 RGB CHW tensor (see :func:`datamodules.images.open_rgb`)."""
+    return torch.from_numpy(np.asarray(open_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 class DetectionDataset(Dataset):
@@ -220,8 +217,22 @@ class FaceDetectionDataModule(SplitDataModule):
             self._synthetic()  # generate once, on one process
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        if not self.splits:
+            self._read_splits(stage)
+        self._require_splits(stage)
+
+    def _why_empty(self, part: str) -> str:
+        h = self.hparams
+        if part == "test" and h.test_annotations is not None:
+            return f"no image of {h.test_annotations} could be read"
+        if part != "train" and h.val_annotations is not None:
+            return f"no image of {h.val_annotations} could be read"
+        if part == "predict":
+            return f"no image of {h.images} could be read"
+        total = sum(len(v) for v in self.splits.values())
+        return f"the split ratios {list(h.split_ratios)} leave it none of the {total} images"
+
+    def _read_splits(self, stage: str | None) -> None:
         h = self.hparams
         if h.images is not None:
             if stage != "predict":

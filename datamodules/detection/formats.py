@@ -6,11 +6,23 @@ Every reader takes the annotation file (or folder), the images root, and ``verif
 errors (a count line that is not a number, a missing file) raise :class:`DataError` naming the
 file and line; bad boxes and unreadable images are counted in the :class:`DataReport`, reported
 with their line, and skipped.
+
+Every text file is read as UTF-8 (a byte-order mark at its start is skipped); any other encoding
+is a :class:`DataError` naming the file and line. :func:`read_detection` refuses annotations
+without a single image entry.
+
+Duplicate image entries (one name in two entries of a file, or in two files of a folder) follow
+one rule in every reader: an entry whose boxes repeat an earlier entry's exactly is skipped
+(reason ``duplicate_image``, counted as dropped); otherwise its boxes are appended to the first
+entry's image, in file order (reason ``duplicate_image``, counted as repaired), and their
+``source_index`` continues the first entry's numbering.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -28,12 +40,67 @@ from ..records import DataError, DataReport, DetectionSample
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 
 
+def _decode_line(raw: bytes, path: Path, number: int) -> str:
+    """One line of a UTF-8 text file (a BOM on the first line is dropped); other encodings are
+    a :class:`DataError` naming the file and line."""
+    if number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8",
+            path,
+            number,
+        ) from None
+
+
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataError("annotation file not found", path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            yield number, line.strip()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            yield number, _decode_line(raw, path, number).strip()
+
+
+class _NotUTF8(DataError):
+    """A text file that is not UTF-8: ``problem`` is the message without the file and line."""
+
+    def __init__(self, problem: str, file: Path, line: int) -> None:
+        super().__init__(problem, file, line)
+        self.problem = problem
+
+
+def _read_text(path: Path) -> str:
+    """A whole UTF-8 text file (BOM dropped), or a :class:`DataError` naming file and line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _NotUTF8(
+            f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {column}); save the file as UTF-8", path, line
+        ) from None
+
+
+def _numbers(text: str) -> list[float] | None:
+    """The numbers of a line, or None when a token is not a number."""
+    try:
+        return [float(v) for v in text.split()]
+    except ValueError:
+        return None
+
+
+def _is_record(text: str) -> bool:
+    """A line of four or more numbers: a box (or ellipse) line, never an image name."""
+    values = _numbers(text)
+    return values is not None and len(values) >= 4
+
+
+def _is_name(text: str) -> bool:
+    """A single token that is not a number: an image name, never a box line."""
+    return len(text.split()) == 1 and _numbers(text) is None
 
 
 def _box_values(text: str, path: Path, line: int, report: DataReport, name: str, minimum: int) -> list[float] | None:
@@ -56,11 +123,22 @@ def _counted_blocks(path: Path, items: str) -> Iterator[tuple[int, str, list[tup
     of zeros, as in the official WIDER files."""
     lines = list(_numbered_lines(path))
     i = 0
+    previous: tuple[str, int, int] | None = None  # the last block's name, count line and count
     while i < len(lines):
         number, name = lines[i]
         if not name:
             i += 1
             continue
+        if _is_record(name):
+            if previous is None:
+                raise DataError(f"expected an image name, found {name!r}", path, number)
+            last, last_count_line, last_count = previous
+            raise DataError(
+                f"{last!r} announces {last_count} {items} but more follow (line {number} is not an image name: "
+                f"{name!r})",
+                path,
+                last_count_line,
+            )
         if i + 1 >= len(lines):
             raise DataError(f"image {name!r} has no count line", path, number)
         count_line, count_text = lines[i + 1]
@@ -73,8 +151,17 @@ def _counted_blocks(path: Path, items: str) -> Iterator[tuple[int, str, list[tup
         if count < 0:
             raise DataError(f"negative count {count} for {name!r}", path, count_line)
         body = lines[i + 2 : i + 2 + count]
+        for k, (body_line, text) in enumerate(body):
+            if _is_name(text):
+                raise DataError(
+                    f"{name!r} announces {count} {items} but the next image name, {text!r} (line {body_line}), "
+                    f"comes after {k}",
+                    path,
+                    count_line,
+                )
         if len(body) < count:
             raise DataError(f"{name!r} announces {count} {items} but the file ends after {len(body)}", path, count_line)
+        previous = (name, count_line, count)
         i += 2 + count
         if count == 0 and i < len(lines) and lines[i][1] and all(v == "0" for v in lines[i][1].split()):
             i += 1
@@ -89,6 +176,86 @@ def _finish(
         report.boxes_read += len(sample)
         return None
     return sanitize_boxes(sample, report, path)
+
+
+def _per_box(sample: DetectionSample, values: np.ndarray | None, fill: float) -> np.ndarray:
+    return values if values is not None else np.full(len(sample), fill)
+
+
+def _merged(first: DetectionSample, more: DetectionSample, offset: int) -> DetectionSample:
+    """``first`` with the boxes of ``more`` (a later entry of the same image) appended; the
+    later entry's ``source_index`` is shifted by ``offset`` (the earlier entries' box count)."""
+    landmarks = None
+    if first.landmarks is not None or more.landmarks is not None:
+        landmarks = np.concatenate(
+            [
+                s.landmarks if s.landmarks is not None else np.full((len(s), 5, 2), np.nan, np.float32)
+                for s in (first, more)
+            ]
+        )
+    keys = dict.fromkeys([*first.attributes, *more.attributes])
+    return DetectionSample(
+        image=first.image,
+        name=first.name,
+        boxes=np.concatenate([first.boxes, more.boxes]),
+        ignore=np.concatenate([first.ignore, more.ignore]),
+        landmarks=landmarks,
+        attributes={
+            k: [*first.attributes.get(k, [None] * len(first)), *more.attributes.get(k, [None] * len(more))]
+            for k in keys
+        },
+        width=first.width,
+        height=first.height,
+        lines=None
+        if first.lines is None and more.lines is None
+        else np.concatenate([_per_box(first, first.lines, -1), _per_box(more, more.lines, -1)]).astype(int),
+        source_index=None
+        if first.source_index is None and more.source_index is None
+        else np.concatenate(
+            [_per_box(first, first.source_index, -1), _per_box(more, more.source_index, -1) + offset]
+        ).astype(int),
+    )
+
+
+class _Images:
+    """The samples a reader keeps, one per image name: a later entry of a name already seen is
+    skipped when its boxes repeat the first entry's exactly, else merged into it (see the
+    module docstring); either way it is reported with its file and line."""
+
+    def __init__(self, report: DataReport) -> None:
+        self.samples: list[DetectionSample] = []
+        self.report = report
+        self._first: dict[str, list] = {}  # name -> [index, where, boxes in the source so far]
+
+    def add(self, sample: DetectionSample | None, file: Path, line: int | None, source_boxes: int = 0) -> None:
+        """Keep ``sample`` (None: skipped by the reader); ``source_boxes``: its entry's box count
+        in the source file, the offset of a later entry's ``source_index``."""
+        if sample is None:
+            return
+        first = self._first.get(sample.name)
+        if first is None:
+            self._first[sample.name] = [len(self.samples), f"{file}:{line}" if line else str(file), source_boxes]
+            self.samples.append(sample)
+            return
+        index, where, offset = first
+        kept = self.samples[index]
+        if np.array_equal(kept.boxes, sample.boxes) and np.array_equal(kept.ignore, sample.ignore):
+            self.report.add(file, line, "duplicate_image", f"{sample.name}: repeats the entry at {where} (skipped)")
+            return
+        self.report.add(
+            file,
+            line,
+            "duplicate_image",
+            f"{sample.name}: a second entry (first at {where}); its {len(sample)} boxes are merged into that image",
+            bad=False,
+        )
+        self.samples[index] = _merged(kept, sample, offset)
+        first[2] += source_boxes
+
+
+def _attribute(value: float) -> str | None:
+    """A WIDER attribute flag as its label, or None when it is not an integer."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else None
 
 
 def _xywh_to_xyxy(values: np.ndarray) -> np.ndarray:
@@ -117,7 +284,7 @@ def read_wider(
     path = Path(annotations)
     root = Path(images) if images is not None else Path()
     report = report if report is not None else DataReport(source=str(path))
-    samples: list[DetectionSample] = []
+    samples = _Images(report)
     for number, name, body in _counted_blocks(path, "boxes"):
         boxes, ignore, line_numbers, index, attrs = [], [], [], [], {k: [] for k in WIDER_ATTRIBUTES if k != "invalid"}
         for k, (box_line, text) in enumerate(body):
@@ -125,13 +292,22 @@ def read_wider(
             if values is None:
                 continue
             flags = (values[4:10] + [0.0] * 6)[:6]
+            labels = [_attribute(v) for v in flags]
+            bad = [f"{key}={v:g}" for key, v, label in zip(WIDER_ATTRIBUTES, flags, labels) if label is None]
+            if bad:
+                report.add(
+                    path,
+                    box_line,
+                    "bad_attribute",
+                    f"{name}: {', '.join(bad)} is not an integer; the box is kept as an ignore region",
+                )
             boxes.append(values[:4])
-            ignore.append(flags[3] != 0)
+            ignore.append(bool(bad) or labels[3] != "0")
             line_numbers.append(box_line)
             index.append(k)
-            for key, value in zip(WIDER_ATTRIBUTES, flags):
+            for key, label in zip(WIDER_ATTRIBUTES, labels):
                 if key != "invalid":
-                    attrs[key].append(str(int(value)))
+                    attrs[key].append(label)
         sample = DetectionSample(
             image=str(root / name),
             name=name,
@@ -141,10 +317,8 @@ def read_wider(
             lines=np.array(line_numbers, dtype=int),
             source_index=np.array(index, dtype=int),
         )
-        sample = _finish(sample, path, number, verify, report)
-        if sample is not None:
-            samples.append(sample)
-    return samples
+        samples.add(_finish(sample, path, number, verify, report), path, number, len(body))
+    return samples.samples
 
 
 def read_retinaface(
@@ -162,7 +336,7 @@ def read_retinaface(
     path = Path(annotations)
     root = Path(images) if images is not None else Path()
     report = report if report is not None else DataReport(source=str(path))
-    samples: list[DetectionSample] = []
+    samples = _Images(report)
     current: dict | None = None
 
     def flush() -> None:
@@ -177,16 +351,19 @@ def read_retinaface(
             lines=np.array(current["lines"], dtype=int),
             source_index=np.arange(len(current["boxes"])),
         )
-        sample = _finish(sample, path, current["line"], verify, report)
-        if sample is not None:
-            samples.append(sample)
+        samples.add(
+            _finish(sample, path, current["line"], verify, report), path, current["line"], len(current["boxes"])
+        )
 
     for number, text in _numbered_lines(path):
         if not text:
             continue
         if text.startswith("#"):
             flush()
-            current = {"name": text[1:].split()[0], "line": number, "boxes": [], "landmarks": [], "lines": []}
+            words = text[1:].split()
+            if not words:
+                raise DataError("'#' without an image name", path, number)
+            current = {"name": words[0], "line": number, "boxes": [], "landmarks": [], "lines": []}
             continue
         if current is None:
             raise DataError("box line before the first '# <image>' line", path, number)
@@ -202,7 +379,7 @@ def read_retinaface(
         current["landmarks"].append(marks)
         current["lines"].append(number)
     flush()
-    return samples
+    return samples.samples
 
 
 def _ellipse_box(ra: float, rb: float, theta: float, cx: float, cy: float) -> list[float]:
@@ -231,7 +408,7 @@ def read_fddb(
         raise DataError("no *ellipseList.txt files in folder", path)
     root = Path(images) if images is not None else Path()
     report = report if report is not None else DataReport(source=str(path))
-    samples: list[DetectionSample] = []
+    samples = _Images(report)
     for file in files:
         for number, name, body in _counted_blocks(file, "ellipses"):
             boxes, line_numbers = [], []
@@ -250,10 +427,8 @@ def read_fddb(
                 lines=np.array(line_numbers, dtype=int),
                 source_index=np.arange(len(boxes)),
             )
-            sample = _finish(sample, file, number, verify, report)
-            if sample is not None:
-                samples.append(sample)
-    return samples
+            samples.add(_finish(sample, file, number, verify, report), file, number, len(body))
+    return samples.samples
 
 
 def _parse_xml(file: Path) -> ET.Element:
@@ -285,7 +460,7 @@ def read_voc(
     root = Path(images) if images is not None else Path()
     keep_classes = None if classes is None else set(classes)
     report = report if report is not None else DataReport(source=str(path))
-    samples = []
+    samples = _Images(report)
     for file in files:
         xml = _parse_xml(file)
         name = xml.findtext("filename")
@@ -317,10 +492,8 @@ def read_voc(
                 int(float(size.findtext("width") or 0)) or None,
                 int(float(size.findtext("height") or 0)) or None,
             )
-        sample = _finish(sample, file, None, verify, report)
-        if sample is not None:
-            samples.append(sample)
-    return samples
+        samples.add(_finish(sample, file, None, verify, report), file, None, len(xml.findall(".//object")))
+    return samples.samples
 
 
 # dlib's 68-point scheme (iBUG 300-W) -> the 5 points RetinaFace uses
@@ -351,7 +524,7 @@ def read_dlib(
     xml = _parse_xml(path)
     root = Path(images) if images is not None else path.parent
     report = report if report is not None else DataReport(source=str(path))
-    samples = []
+    samples = _Images(report)
     for image in xml.iter("image"):
         name = image.get("file")
         if not name:
@@ -380,10 +553,8 @@ def read_dlib(
         )
         if verify == "none" and image.get("width"):
             sample.width, sample.height = int(image.get("width")), int(image.get("height"))  # type: ignore[arg-type]
-        sample = _finish(sample, path, None, verify, report)
-        if sample is not None:
-            samples.append(sample)
-    return samples
+        samples.add(_finish(sample, path, None, verify, report), path, None, len(boxes))
+    return samples.samples
 
 
 def read_coco(
@@ -403,7 +574,7 @@ def read_coco(
     if not path.is_file():
         raise DataError("annotation file not found", path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
     for key in ("images", "annotations"):
@@ -420,8 +591,8 @@ def read_coco(
         if wanted is not None and ann.get("category_id") not in wanted:
             continue
         per_image.setdefault(ann.get("image_id"), []).append((k, ann))
-    samples = []
-    for info in data["images"]:
+    samples = _Images(report)
+    for number, info in enumerate(data["images"]):
         anns = per_image.get(info.get("id"), [])
         boxes, ignore, marks, index = [], [], [], []
         for k, ann in anns:
@@ -438,7 +609,9 @@ def read_coco(
                 marks.append(np.array(kp, dtype=np.float32).reshape(5, 3)[:, :2])
             else:
                 marks.append(np.full((5, 2), np.nan, dtype=np.float32))
-        name = info["file_name"]
+        name = info.get("file_name")
+        if not isinstance(name, str) or not name:
+            raise DataError(f"images[{number}] has no file_name", path)
         sample = DetectionSample(
             image=str(root / name),
             name=name,
@@ -450,10 +623,8 @@ def read_coco(
         )
         if verify == "none" and info.get("width"):
             sample.width, sample.height = int(info["width"]), int(info["height"])
-        sample = _finish(sample, path, None, verify, report)
-        if sample is not None:
-            samples.append(sample)
-    return samples
+        samples.add(_finish(sample, path, None, verify, report), path, None)
+    return samples.samples
 
 
 DETECTION_FORMATS: Registry[Callable[..., list[DetectionSample]]] = Registry("detection format")
@@ -471,10 +642,14 @@ for _name, _reader in (
 def read_detection(
     format: str, annotations: str | Path, images: str | Path | None = None, *, verify: str = "header", **kwargs
 ) -> tuple[list[DetectionSample], DataReport]:
-    """Read any detection format by name (see ``DETECTION_FORMATS``); returns samples and report."""
+    """Read any detection format by name (see ``DETECTION_FORMATS``); returns samples and report.
+    Annotations without a single image entry are a :class:`DataError` (an empty file, or the
+    wrong one, must not read as a data set with nothing to learn or score)."""
     reader = DETECTION_FORMATS.get(format)
     report = DataReport(source=str(annotations))
     samples = reader(annotations, images, verify=verify, report=report, **kwargs)
+    if report.images_read == 0:
+        raise DataError(f"no image entry in the annotations ({format} format): is the file empty?", annotations)
     return samples, report
 
 
@@ -496,7 +671,7 @@ def attach_box_attributes(
     path = Path(csv_path)
     if not path.is_file():
         raise DataError("attribute file not found", path)
-    with open(path, newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         for col in (file_column, index_column):
@@ -546,10 +721,76 @@ def write_wider_predictions(out_dir: str | Path, name: str, boxes: np.ndarray, s
     return target
 
 
+def _prediction_rows(file: Path, report: DataReport) -> list[list[float]] | None:
+    """The ``x y w h score`` rows of one WIDER prediction file, or None (reported, with its
+    line) when the file is skipped: not UTF-8, no header (image name, then the number of
+    detections), or a count that differs from the number of detection lines. Rows that are
+    not five numbers, or have a non-finite value, or no area, are reported and dropped."""
+    try:
+        text = _read_text(file)
+    except _NotUTF8 as exc:
+        report.add(file, exc.line, "unreadable_prediction_file", f"{exc.problem}; file skipped")
+        return None
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    while lines and not lines[-1][1]:
+        lines.pop()
+    if not lines:
+        report.add(file, 1, "bad_prediction_file", "empty: expected the image name and the number of detections")
+        return None
+    if _is_record(lines[0][1]):
+        report.add(
+            file,
+            1,
+            "bad_prediction_file",
+            f"{lines[0][1]!r} is a detection, not the image name: the two header lines (image name, number of "
+            "detections) are missing; file skipped",
+        )
+        return None
+    count_text = lines[1][1] if len(lines) > 1 else ""
+    try:
+        count = int(count_text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        report.add(
+            file, 2, "bad_prediction_file", f"expected the number of detections, found {count_text!r}; file skipped"
+        )
+        return None
+    body = [(n, line) for n, line in lines[2:] if line]
+    report.boxes_read += len(body)
+    if len(body) != count:
+        report.add(
+            file,
+            2,
+            "bad_prediction_file",
+            f"the header announces {count} detections but {len(body)} lines follow; file skipped",
+        )
+        return None
+    rows = []
+    for number, line in body:
+        row = _numbers(line)
+        if row is None or len(row) < 5:
+            report.add(file, number, "malformed_prediction", repr(line))
+        elif not all(map(math.isfinite, row[:5])):
+            report.add(file, number, "nan_prediction", repr(line))
+        elif row[2] <= 0 or row[3] <= 0:
+            report.add(file, number, "empty_prediction", f"w={row[2]:g} h={row[3]:g}")
+        else:
+            rows.append(row[:5])
+    return rows
+
+
 def read_wider_predictions(
-    pred_dir: str | Path, report: DataReport | None = None
+    pred_dir: str | Path, report: DataReport | None = None, skipped: list[str] | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read a WIDER prediction folder: ``{"<event>/<stem>": (boxes xyxy (D, 4), scores (D,))}``."""
+    """Read a WIDER prediction folder: ``{"<event>/<stem>": (boxes xyxy (D, 4), scores (D,))}``.
+
+    Each file holds the image name, the number of detections, and one ``x y w h score`` line
+    per detection. A file that cannot be read that way (see :func:`_prediction_rows`) is
+    reported in ``report`` and left out; its key is appended to ``skipped`` when given.
+    Detections with a non-finite value or no area are reported and dropped. The report counts
+    files as images and detection lines as boxes.
+    """
     root = Path(pred_dir)
     if not root.is_dir():
         raise DataError("prediction folder not found", root)
@@ -557,22 +798,12 @@ def read_wider_predictions(
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for file in track(sorted(root.rglob("*.txt")), "reading predictions"):
         key = file.relative_to(root).with_suffix("").as_posix()
-        rows = []
-        with open(file) as f:
-            text = f.read().splitlines()
-        for number, line in enumerate(text[2:], start=3):
-            values = line.split()
-            if not values:
-                continue
-            try:
-                row = [float(v) for v in values[:5]]
-            except ValueError:
-                report.add(file, number, "malformed_prediction", repr(line))
-                continue
-            if len(row) < 5 or not all(map(math.isfinite, row)):
-                report.add(file, number, "malformed_prediction", repr(line))
-                continue
-            rows.append(row)
+        report.images_read += 1
+        rows = _prediction_rows(file, report)
+        if rows is None:
+            if skipped is not None:
+                skipped.append(key)
+            continue
         arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
         out[key] = (_xywh_to_xyxy(arr[:, :4]).astype(np.float64), arr[:, 4])
     return out

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
 from ..base import SplitDataModule
+from ..images import open_rgb
 from ..records import DataError, DataReport, IdentitySample
 from ..splits import DEFAULT_RATIOS, split_identities
 from .formats import IDENTITY_FORMATS, read_identities
@@ -85,8 +86,7 @@ class IdentityDataset(Dataset):
         for offset in range(len(self.samples)):
             sample = self.samples[(index + offset) % len(self.samples)]
             try:
-                with Image.open(sample.image) as img:
-                    image = crop_face(img.convert("RGB"), sample.bbox, self.crop_margin)
+                image = crop_face(open_rgb(sample.image), sample.bbox, self.crop_margin)
             except (OSError, ValueError) as exc:
                 warnings.warn(f"skipping unreadable image {sample.image}: {exc}", stacklevel=1)
                 continue
@@ -119,7 +119,8 @@ class FaceIDDataModule(SplitDataModule):
         reader_args: extra reader arguments, e.g. ``{"attributes_file": "list_attr_celeba.txt"}``
             for CelebA's gender, ``{"identity_column": "person"}`` for a CSV.
         group_column: the demographic attribute of the fairness metrics (``gender``; ``race`` or
-            ``age_bin`` when the data has them).
+            ``age_bin`` when the data has them); a name that is not a column of data with
+            group columns is an error.
         split_by, split_ratios, split_file, seed: the split.
         balance_groups: keep as many identities of every group as the smallest group has
             (FR-NAS trains on gender-balanced subsets).
@@ -209,8 +210,18 @@ class FaceIDDataModule(SplitDataModule):
         return [s for s in samples if s.identity in keep]
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        if not self.splits:
+            self._read_splits()
+        self._require_splits(stage)
+
+    def _why_empty(self, part: str) -> str:
+        h = self.hparams
+        return (
+            f"the split by {h.split_by} with ratios {list(h.split_ratios)} leaves it none of the "
+            f"{sum(len(v) for v in self.splits.values())} images"
+        )
+
+    def _read_splits(self) -> None:
         h = self.hparams
         if h.format is None:
             labels = self._synthetic()
@@ -221,6 +232,12 @@ class FaceIDDataModule(SplitDataModule):
                 h.format, h.annotations, h.images, verify=h.verify, **(h.reader_args or {})
             )
             source = Path(h.annotations or h.images).stem
+        columns = sorted({k for s in samples for k in s.attributes})
+        if columns and h.group_column not in columns:  # else every group would be silently empty
+            raise DataError(
+                f"group_column {h.group_column!r} is not a column of the data (columns: {', '.join(columns)})",
+                h.annotations or h.images,
+            )
         self.report.merge(report)
         counts: dict[str, int] = defaultdict(int)
         for s in samples:

@@ -97,7 +97,8 @@ class RetinaFaceNet(nn.Module):
 
     @staticmethod
     def _flat(x: Tensor, n: int) -> Tensor:
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, n)
+        batch, channels, height, width = x.shape  # explicit sizes: a batch of 0 images has no -1 to infer
+        return x.permute(0, 2, 3, 1).reshape(batch, height * width * channels // n, n)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feats = [ctx(f) for ctx, f in zip(self.context, self.fpn(self.backbone(images)))]
@@ -294,8 +295,10 @@ class RetinaFace(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         images = batch["images"]
+        if images.shape[0] == 0:  # every image of the batch was unreadable (each one warned): skip the step
+            return None
         scores, boxes, marks = self(images)
         size = images.shape[-2:]
         losses = self.criterion(scores, boxes, marks, self.anchors(*size), batch["targets"], self.anchor_grid(*size))
@@ -321,7 +324,8 @@ class RetinaFace(pl.LightningModule):
         return losses["loss"]
 
     def _evaluate(self, batch: dict[str, Any]) -> dict[str, Any]:
-        dets = self.detect(batch["images"])
+        # a batch whose images were all unreadable (each one warned) is empty: nothing to detect
+        dets = self.detect(batch["images"]) if len(batch["meta"]) else []
         preds = []
         for det, meta in zip(dets, batch["meta"]):
             scale = meta["scale"]
