@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.pareto import hypervolume, hypervolume_history
 from search.replay import OBJECTIVES, FRNASTable
-from search.report import hypervolume, hypervolume_history
 from search.study import Study, StudySettings
 from search.trial import Objective, Status
 
