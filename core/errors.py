@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A mistake in the input (a config value, a file, a name) with a message naming it."""
@@ -31,3 +33,36 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def one_line_parse_error(message: str) -> str:
+    """jsonargparse's nested, multi-line errors as one line: the full dotted key and the
+    innermost reason (``model.init_args.optimizer: Expected a typing.Literal['sgd', ...]. Got
+    value: rmsprop``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys: list[str] = []
+    reason = ""
+    for line in lines:
+        match = _PARSER_KEY.search(line)
+        if match:
+            key = match.group(1)
+            keys.append(key)
+            rest = line[match.end() :].lstrip(": ").strip()
+            reason = rest
+            continue
+        if line.startswith(
+            ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+        ):
+            continue
+        if "Problem with given class_path" in line:
+            keys.append("init_args")
+            continue
+        if keys and not reason:
+            reason = line.lstrip("- ")
+    if not keys:
+        return " ".join(lines)
+    dotted = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
+    return f"{dotted}: {reason or ' '.join(lines)}"

@@ -24,7 +24,7 @@ def parse(parser, argv: Sequence[str]):
     """Parse, turning jsonargparse's errors into one :class:`UserError` line."""
     from jsonargparse import ArgumentError
 
-    from training import one_line_parse_error
+    from core.errors import one_line_parse_error
 
     try:
         return parser.parse_args(list(argv))

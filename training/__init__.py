@@ -3,6 +3,6 @@ search trial (in-process, subprocess, Dask) build their trainer, model and data 
 
 from __future__ import annotations
 
-from .cli import FaceNASCLI, find_checkpoint, finish_loggers, one_line_parse_error, print_metrics, run_root
+from .cli import FaceNASCLI, find_checkpoint, finish_loggers, print_metrics, run_root
 
-__all__ = ["FaceNASCLI", "find_checkpoint", "finish_loggers", "one_line_parse_error", "print_metrics", "run_root"]
+__all__ = ["FaceNASCLI", "find_checkpoint", "finish_loggers", "print_metrics", "run_root"]

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from core import signals
-from core.errors import Interrupted, UserError
+from core.errors import Interrupted, UserError, one_line_parse_error
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
@@ -378,42 +378,9 @@ def run_name(config: Any) -> str:
     return str(class_path or "model").rpartition(".")[2].lower()
 
 
-_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
-
-
 def _cause(exc: BaseException) -> BaseException | None:
     """The error ``exc`` was raised from (``raise ... from None`` ends the chain)."""
     return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-
-
-def one_line_parse_error(message: str) -> str:
-    """jsonargparse's nested, multi-line errors as one line: the full dotted key and the
-    innermost reason (``model.init_args.optimizer: Expected a typing.Literal['sgd', ...]. Got
-    value: rmsprop``)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    keys: list[str] = []
-    reason = ""
-    for line in lines:
-        match = _PARSER_KEY.search(line)
-        if match:
-            key = match.group(1)
-            keys.append(key)
-            rest = line[match.end() :].lstrip(": ").strip()
-            reason = rest
-            continue
-        if line.startswith(
-            ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
-        ):
-            continue
-        if "Problem with given class_path" in line:
-            keys.append("init_args")
-            continue
-        if keys and not reason:
-            reason = line.lstrip("- ")
-    if not keys:
-        return " ".join(lines)
-    dotted = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
-    return f"{dotted}: {reason or ' '.join(lines)}"
 
 
 def config_key(exc: BaseException) -> str | None:

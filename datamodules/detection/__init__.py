@@ -3,12 +3,6 @@ WIDER prediction writer, and the synthetic face generator."""
 
 from __future__ import annotations
 
-from .datamodule import (
-    DetectionDataset,
-    FaceDetectionDataModule,
-    collate_eval,
-    collate_train,
-)
 from .formats import (
     DETECTION_FORMATS,
     attach_box_attributes,
@@ -44,3 +38,16 @@ __all__ = [
     "synthesize_detection_image",
     "write_wider_predictions",
 ]
+
+
+# the data modules (and Lightning under them) are imported on first use, so that the readers
+# serve `facenas data check` and `eval-detections` without paying for Lightning
+_LAZY = {"DetectionDataset", "FaceDetectionDataModule", "collate_eval", "collate_train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,6 @@ verification pairs, and the synthetic identity generator."""
 
 from __future__ import annotations
 
-from .datamodule import FaceIDDataModule, IdentityDataset, crop_face
 from .formats import (
     AGE_BINS,
     IDENTITY_FORMATS,
@@ -48,3 +47,16 @@ __all__ = [
     "sample_identity",
     "write_verification_bin",
 ]
+
+
+# the data modules (and Lightning under them) are imported on first use, so that the readers
+# serve `facenas data check` and `eval-detections` without paying for Lightning
+_LAZY = {"FaceIDDataModule", "IdentityDataset", "crop_face"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
