@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import UserError
 from core.progress import counting
 from datamodules.detection.formats import attach_box_attributes, read_detection, read_wider_predictions
 from datamodules.recognition.formats import read_embedding_table
@@ -162,6 +163,10 @@ def evaluate_embedding_files(
         raise DataError(f"reference group {reference_group!r} not in {group_column} values {table.group_names}", meta)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # an unknown device name, or one this machine lacks
+        raise UserError(f"device {device!r} cannot be used: {str(exc).splitlines()[0]}") from None
     try:
         return evaluate_fairness(
             torch.from_numpy(table.embeddings).to(device),

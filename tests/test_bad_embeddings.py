@@ -390,3 +390,10 @@ def test_identity_group_column_that_does_not_exist_lists_the_columns(tmp_path):
 def mk(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_fairness_report_names_a_device_it_cannot_use(tmp_path):
+    emb, ids, groups = identities()
+    args = write_set(tmp_path, emb, ids, groups)
+    out = run_facenas("fairness-report", *args, "--group_column", "gender", "--device", "bogus")
+    one_line_error(out, "device 'bogus' cannot be used")
