@@ -25,7 +25,7 @@ _STRIDE = 32  # evaluation batches are padded to a multiple of the coarsest feat
 
 def load_image(path: str) -> torch.Tensor:
     """Decode an image file to a uint8 RGB CHW tensor (see :func:`datamodules.images.open_rgb`)."""
-    return torch.from_numpy(np.asarray(open_rgb(path))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 class DetectionDataset(Dataset):
