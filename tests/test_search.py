@@ -236,10 +236,10 @@ def toy_space(tmp_path: Path) -> str:
     return str(path)
 
 
-def toy_base(tmp_path: Path, checkpoints: bool = False, **module_args) -> str:
+def toy_base(tmp_path: Path, checkpoints: bool = False, batch_size: int = 4, **module_args) -> str:
     config = {
         "model": {"class_path": "demos.toy.ToySearchModule", "init_args": module_args},
-        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 4}},
+        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": batch_size}},
         "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_checkpointing": checkpoints},
     }
     path = tmp_path / "toy_base.yaml"

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from ConfigSpace import Categorical, ConfigurationSpace, Float
+from ConfigSpace import Categorical, ConfigurationSpace
 from rich.console import Console
 
 from search.spaces import config_key
@@ -30,6 +30,8 @@ from search.study import Study, StudySettings
 from search.trial import Objective, Result, Status, Trial
 
 from .conftest import REPO, run_facenas
+from .test_search import toy_base as search_toy_base
+from .test_search import toy_space
 
 # ----------------------------------------------------------------------------- resume and exhaustion
 
@@ -156,23 +158,8 @@ def test_a_repeated_proposal_is_answered_from_the_store():
 # ----------------------------------------------------------------------------- toy training studies
 
 
-def toy_space(tmp_path: Path) -> str:
-    cs = ConfigurationSpace(name="toy", seed=0)
-    cs.add([Float("x", (0.0, 1.0)), Float("y", (0.0, 1.0))])
-    path = tmp_path / "toy_space.json"
-    cs.to_json(path)
-    return str(path)
-
-
 def toy_base(tmp_path: Path, checkpoints: bool = False, **module_args) -> str:
-    config = {
-        "model": {"class_path": "demos.toy.ToySearchModule", "init_args": module_args},
-        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 2}},
-        "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_checkpointing": checkpoints},
-    }
-    path = tmp_path / "toy_base.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return search_toy_base(tmp_path, checkpoints, batch_size=2, **module_args)
 
 
 def search_yaml(tmp_path: Path, sleep: float = 0.15, **extra) -> Path:
