@@ -35,8 +35,16 @@ class LoadReport:
         return ", ".join(parts)
 
 
+class WeightsMismatch(ValueError):
+    """A strict load found tensors missing from the file or with other shapes."""
+
+    def __init__(self, report: LoadReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
 def load_local_weights(
-    module: nn.Module, path: str | Path, translate: Callable[[str], str | None] | None = None
+    module: nn.Module, path: str | Path, translate: Callable[[str], str | None] | None = None, strict: bool = False
 ) -> LoadReport:
     """Load a local state dict (a ``.pth`` / ``.ckpt`` file, optionally under ``state_dict``,
     ``module.`` prefixes removed) into ``module``.
@@ -46,7 +54,9 @@ def load_local_weights(
 
     Matching names with matching shapes are loaded. When some of the module's tensors are not
     in the file, or the file has tensors the module lacks, a warning says how many and names
-    one of each; when nothing matches it is an error (the file is for another network).
+    one of each; when nothing matches it is an error (the file is for another network). With
+    ``strict`` every tensor of the module must be in the file with its shape, else
+    :class:`WeightsMismatch` (nothing is loaded).
     """
     path = Path(path)
     if not path.is_file():
@@ -74,6 +84,8 @@ def load_local_weights(
                 usable[key] = value
             else:
                 report.mismatched.append(key)
+    if strict and (report.missing or report.mismatched):
+        raise WeightsMismatch(report)
     if not usable:
         raise ValueError(f"{path}: no tensor matches the module's parameters (names or shapes differ)")
     module.load_state_dict(usable, strict=False)

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, batched_nms
 
+from core.weights import WeightsMismatch, load_local_weights
+
 from ..errors import check_finite_loss
 from ..optim import build_optimizer
 from .anchors import (
@@ -243,21 +245,13 @@ class RetinaFace(pl.LightningModule):
     def _load_weights(self, weights: str) -> None:
         """The whole detector's tensors from a shipped name or an exported file; all must fit
         (half-precision files are cast to the parameters' dtype)."""
-        state = torch.load(resolve_weights(weights), map_location="cpu", weights_only=True)
-        own = self.net.state_dict()
-        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-        missing = [k for k in own if k not in state]
-        if wrong or missing:
-            example = (
-                f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here"
-                if wrong
-                else f"{missing[0]} is missing"
-            )
+        try:
+            load_local_weights(self.net, resolve_weights(weights), strict=True)
+        except WeightsMismatch as exc:
             raise ValueError(
-                f"weights {weights!r} do not fit this detector ({len(wrong)} shapes differ, {len(missing)} "
-                f"tensors missing; e.g. {example}): set backbone, channels and anchors as it was trained"
-            )
-        self.net.load_state_dict(state, strict=False)
+                f"weights {weights!r} do not fit this detector ({exc}): set backbone, channels and anchors as it "
+                "was trained"
+            ) from None
 
     def anchor_grid(self, height: int, width: int) -> AnchorGrid:
         """The anchor layout of an input of this size."""
