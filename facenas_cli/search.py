@@ -26,7 +26,10 @@ def search_parser(verb: str = "search"):
     )
     parser.add_argument("--name", type=str, required=True, help="study name (store and runs under runs/search/<name>)")
     parser.add_argument(
-        "--space", type=str, required=True, help="hyperfd_hpo, frnas_joint, frnas_phase1, or a ConfigSpace .json"
+        "--space",
+        type=str,
+        required=True,
+        help="hyperfd_hpo, hyperfd_nas, hyperfd_joint, frnas_joint, frnas_phase1, or a ConfigSpace .json",
     )
     parser.add_argument(
         "--objectives",

@@ -14,7 +14,7 @@ import yaml
 
 from core.pareto import hypervolume_history, pareto_mask, reference_point
 
-from .spaces import apply_mapping, nested
+from .spaces import apply_mapping, compact_config, derived_names, nested, with_derived
 from .store import StoredTrial, StudyStore
 from .trial import Objective, Status
 
@@ -91,11 +91,13 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
     finished = [t for t in trials if t.status != Status.RUNNING]
     names = [o.metric for o in objectives]
     params = sorted({k for t in trials for k in t.trial.config})
+    derived = sorted({k for t in trials for k in derived_names(t.trial.config)})
     with open(out / "trials.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "status", "budget", *names, "duration_s", *params, "error"])
+        writer.writerow(["id", "status", "budget", *names, "duration_s", *derived, *params, "error"])
         for t in trials:
             values = t.result.values if t.result else {}
+            full = with_derived(t.trial.config)
             writer.writerow(
                 [
                     t.trial.id,
@@ -103,6 +105,7 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
                     t.trial.budget,
                     *[values.get(n, "") for n in names],
                     round(t.result.duration, 2) if t.result else "",
+                    *[full.get(p, "") for p in derived],
                     *[t.trial.config.get(p, "") for p in params],
                     (t.result.error or "") if t.result else "",
                 ]
@@ -204,12 +207,13 @@ def _print_summary(
     table.add_column("budget", justify="right")
     for o in objectives:
         table.add_column(f"{o.metric} ({o.mode})", justify="right")
-    table.add_column("configuration")
+    table.add_column("configuration", overflow="fold")
     marked = {b["id"] for b in summary.get("best", summary.get("pareto", []))}
     for t in trials:
         values = t.result.values if t.result else {}
         cells = [f"{values[o.metric]:.4f}" if o.metric in values else "-" for o in objectives]
-        config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.trial.config.items())
+        shown = compact_config(t.trial.config)
+        config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         style = "bold" if t.trial.id in marked else None
         table.add_row(
             str(t.trial.id),

@@ -7,6 +7,12 @@
   log-uniform [0.09, 0.8]).
 * ``frnas_phase1``: the FR-NAS study's 29 timm backbones x head x optimizer x learning-rate
   schedule (the grid of ``analysis_vgg_val_phase1.csv``).
+* ``hyperfd_nas``: HyperFD Table 3, the ProxylessNAS x0.5 detector backbones: the depth of
+  stages 2-6 (``depth_s<s>``) and every layer's expand ratio and kernel (``s<s>_l<l>_expand``,
+  ``s<s>_l<l>_kernel``), the layers beyond a stage's depth inactive. A mapping takes the
+  architecture's canonical string as the derived value ``arch``
+  (``model.init_args.backbone: "proxyless_x05:{arch}"``).
+* ``hyperfd_joint``: ``hyperfd_hpo`` x ``hyperfd_nas`` in one space.
 * any ConfigSpace JSON file (``space: path/to/space.json``).
 """
 
@@ -95,6 +101,110 @@ def hyperfd_hpo_table2(seed: int = 0) -> ConfigurationSpace:
     return hyperfd_hpo(seed, third_lr=3e-2, name="hyperfd_hpo_lr3e-2")
 
 
+def _nas_parameters() -> list[Any]:
+    """The hyperparameters and conditions of HyperFD's NAS space (stage 7 has depth 1)."""
+    from models.detection import proxyless as px
+
+    items: list[Any] = []
+    for stage, depths in zip(px.STAGES, px.DEPTHS):
+        depth = Categorical(f"depth_s{stage}", list(depths), ordered=True) if len(depths) > 1 else None
+        if depth is not None:
+            items.append(depth)
+        for layer in range(1, max(depths) + 1):
+            choices = [
+                Categorical(f"s{stage}_l{layer}_expand", list(px.EXPANDS), ordered=True),
+                Categorical(f"s{stage}_l{layer}_kernel", list(px.KERNELS), ordered=True),
+            ]
+            items += choices
+            if depth is not None and layer > min(depths):
+                items += [InCondition(c, depth, [d for d in depths if d >= layer]) for c in choices]
+    return items
+
+
+def nas_arch(config: Mapping[str, Any]) -> str:
+    """The canonical architecture string of a ``hyperfd_nas`` (or ``hyperfd_joint``)
+    configuration."""
+    from models.detection import proxyless as px
+
+    stages = []
+    for stage, depths in zip(px.STAGES, px.DEPTHS):
+        depth = int(config.get(f"depth_s{stage}", depths[0]) if len(depths) > 1 else depths[0])
+        stages.append(
+            tuple(
+                px.Layer(int(config[f"s{stage}_l{i}_expand"]), int(config[f"s{stage}_l{i}_kernel"]))
+                for i in range(1, depth + 1)
+            )
+        )
+    return str(px.ProxylessArch(tuple(stages)))
+
+
+# values a mapping may use like parameters, computed from the configuration: name -> (the
+# parameters it is computed from, the function)
+DERIVED: dict[str, tuple[re.Pattern[str], Callable[[Mapping[str, Any]], Any]]] = {
+    "arch": (re.compile(r"depth_s\d|s\d_l\d_(expand|kernel)"), nas_arch),
+}
+
+
+def derived_names(parameters: Any) -> dict[str, list[str]]:
+    """The :data:`DERIVED` values computable from these parameter names, with the names each
+    is computed from."""
+    out = {}
+    for name, (pattern, _) in DERIVED.items():
+        sources = [p for p in parameters if pattern.fullmatch(p)]
+        if sources:
+            out[name] = sources
+    return out
+
+
+def with_derived(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration plus the :data:`DERIVED` values it has the parameters for."""
+    out = dict(config)
+    for name in derived_names(config):
+        if name not in out:
+            out[name] = DERIVED[name][1](config)
+    return out
+
+
+def compact_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration for people to read: the parameters a :data:`DERIVED` value is computed
+    from replaced by that value (``arch=d2-1-3-4-2-1:...`` for the 30-odd NAS parameters)."""
+    derived = derived_names(config)
+    consumed = {p for sources in derived.values() for p in sources}
+    out = {k: v for k, v in config.items() if k not in consumed}
+    out.update({name: DERIVED[name][1](config) for name in derived})
+    return out
+
+
+@register_space("hyperfd_nas")
+def hyperfd_nas(seed: int = 0) -> ConfigurationSpace:
+    """HyperFD Table 3: ~1.4e15 ProxylessNAS x0.5 architectures (see
+    :mod:`models.detection.proxyless`); every configuration is a valid architecture and
+    distinct configurations give distinct :func:`nas_arch` strings."""
+    cs = ConfigurationSpace(name="hyperfd_nas", seed=seed)
+    cs.add(_nas_parameters())
+    return cs
+
+
+@register_space("hyperfd_joint")
+def hyperfd_joint(seed: int = 0) -> ConfigurationSpace:
+    """HyperFD's HPO space and NAS space in one: any backend searches both at once."""
+    cs = ConfigurationSpace(name="hyperfd_joint", seed=seed)
+    cs.add(list(hyperfd_hpo(seed).values()))
+    cs.add(_nas_parameters())
+    return cs
+
+
+def pool(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct architectures of ``hyperfd_nas`` drawn uniformly (HyperFD: a candidate
+    pool of 200 per dataset), as canonical strings, the same for the same seed; a smaller pool
+    is the start of a larger one."""
+    space = hyperfd_nas(seed)
+    archs: dict[str, None] = {}
+    while len(archs) < n:
+        archs.setdefault(nas_arch(space.sample_configuration()))
+    return list(archs)
+
+
 @register_space("frnas_joint")
 def frnas_joint(seed: int = 0) -> ConfigurationSpace:
     """FR-NAS Table 6: 729 DPN architectures x 3 heads x 3 optimizers x conditional learning rate."""
@@ -168,8 +278,10 @@ def apply_mapping(config: Mapping[str, Any], mapping: Mapping[str, str]) -> dict
     Several keys may take the same parameter; a key whose parameters are all inactive in this
     configuration (conditional ones) is left out, and when several keys name one dotted key
     the first active one wins (``model.init_args.lr`` from ``lr_adam`` or ``lr_sgd``).
+    :data:`DERIVED` values (``arch``) are used like parameters.
     """
     out: dict[str, Any] = {}
+    config = with_derived(config)
     for key, source in mapping.items():
         target = key.split("|")[0].strip()
         if target in out:
@@ -207,7 +319,8 @@ def check_mapping(mapping: Mapping[str, str], space: ConfigurationSpace) -> list
     """Refuse a mapping source that names no parameter of ``space`` (its key would silently
     keep the training default while reports show the sampled value); return the space's
     parameters that no key uses."""
-    names = set(space.keys())
+    derived = derived_names(space.keys())
+    names = set(space.keys()) | set(derived)
     for key, source in mapping.items():
         used = mapping_sources(source)
         if not used:
@@ -219,7 +332,8 @@ def check_mapping(mapping: Mapping[str, str], space: ConfigurationSpace) -> list
                 f"{space.name!r} (its parameters: {', '.join(sorted(names))})"
             )
     used = {n for source in mapping.values() for n in mapping_sources(source)}
-    return sorted(names - used)
+    used |= {source for name in used & set(derived) for source in derived[name]}
+    return sorted(names - used - set(derived))
 
 
 # the top-level keys of a `facenas fit` config (LightningCLI's fit subcommand and FaceNASCLI's own)

@@ -1,8 +1,9 @@
 """Detection backbones by name: feature maps at strides 8, 16 and 32.
 
 ``mobilenet_v2_<width>`` (HyperFD's default is ``mobilenet_v2_0.5``: torchvision's MobileNetV2
-with ``width_mult=0.5``) or any timm model that supports ``features_only`` (``timm/<name>`` or a
-bare timm name). Pretrained weights come only from a local file; nothing is downloaded.
+with ``width_mult=0.5``), an architecture of HyperFD's NAS space (``proxyless_x05:<arch>``, see
+:mod:`models.detection.proxyless`) or any timm model that supports ``features_only``
+(``timm/<name>`` or a bare timm name). Pretrained weights come only from a local file; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from torch import Tensor, nn
 
 from core.registry import Registry
 from core.weights import load_local_weights
+
+from .proxyless import ProxylessBackbone
 
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("detection backbone")
 register_backbone = BACKBONES.register
@@ -66,6 +69,9 @@ for _width in (0.25, 0.5, 0.75, 1.0):
     register_backbone(f"mobilenet_v2_{_width}")(lambda width=_width, **kw: MobileNetV2Features(width, **kw))
 
 
+register_backbone("proxyless_x05")(lambda arch="largest", **kw: ProxylessBackbone(arch, **kw))
+
+
 class TimmFeatures(nn.Module):
     """A timm model with ``features_only=True``, keeping the maps at strides 8, 16, 32."""
 
@@ -90,9 +96,13 @@ class TimmFeatures(nn.Module):
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None) -> nn.Module:
-    """Build a backbone by name; returns a module with ``out_channels`` and ``strides`` whose
-    forward gives three feature maps."""
-    if name in BACKBONES:
+    """Build a backbone by name (``family:argument`` passes the argument to a registered
+    family, e.g. ``proxyless_x05:largest``); returns a module with ``out_channels`` and
+    ``strides`` whose forward gives three feature maps."""
+    family, sep, argument = name.partition(":")
+    if sep and family in BACKBONES:
+        backbone = BACKBONES.get(family)(argument)
+    elif name in BACKBONES:
         backbone = BACKBONES.get(name)()
     else:
         import timm

@@ -166,6 +166,10 @@ class RetinaFace(pl.LightningModule):
         weights: the whole detector's weights: the name of a shipped detector
             (``wider_subset_320``, see :mod:`models.detection.pretrained`) or a state-dict file
             written by its export; every tensor must fit.
+        remap_from: for a ``proxyless_x05:<arch>`` backbone, a checkpoint (or exported weights)
+            of another architecture of the NAS space, usually ``proxyless_x05:largest``: its
+            backbone is remapped onto this architecture by FNA's rules
+            (:mod:`models.detection.remap`) and the rest of the detector loaded as it is.
         channels: FPN and context-module channels (80 in HyperFD).
         leaky: LeakyReLU slope in FPN and context modules.
         anchor_sizes: anchor sides per level (2 square anchors per cell at strides 8/16/32).
@@ -199,6 +203,7 @@ class RetinaFace(pl.LightningModule):
         backbone: str = "mobilenet_v2_0.5",
         pretrained: str | None = None,
         weights: str | None = None,
+        remap_from: str | None = None,
         channels: int = 80,
         leaky: float = 0.1,
         anchor_sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
@@ -234,8 +239,12 @@ class RetinaFace(pl.LightningModule):
             landmark_weight=landmark_weight,
             variances=variances,
         )
+        if weights is not None and remap_from is not None:
+            raise ValueError("give the detector's weights or remap_from, not both")
         if weights is not None:
             self._load_weights(weights)
+        if remap_from is not None:
+            self._remap_from(remap_from)
         self._anchors: dict[tuple[int, int, str], Tensor] = {}
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -251,6 +260,31 @@ class RetinaFace(pl.LightningModule):
             raise ValueError(
                 f"weights {weights!r} do not fit this detector ({exc}): set backbone, channels and anchors as it "
                 "was trained"
+            ) from None
+
+    def _remap_from(self, path: str) -> None:
+        """The detector of another NAS-space architecture, its backbone remapped onto ours."""
+        from .proxyless import ProxylessArch, ProxylessBackbone
+        from .remap import remap
+
+        if not isinstance(self.net.backbone, ProxylessBackbone):
+            raise ValueError(f"remap_from needs a proxyless_x05:<arch> backbone, not {self.hparams.backbone!r}")
+        state = torch.load(resolve_weights(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        if any(k.startswith("net.") for k in state):  # a training checkpoint: the network's tensors
+            state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+        try:
+            seed = ProxylessArch.from_state_dict(state, "backbone.")
+        except ValueError as exc:
+            raise ValueError(f"remap_from {path}: {exc}") from None
+        mapped = remap(state, seed, self.net.backbone.arch)
+        try:
+            self.net.load_state_dict(mapped)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise ValueError(
+                f"remap_from {path}: its detector does not fit this one outside the backbone (set channels and "
+                f"anchors as it was trained): {first[1].strip() if len(first) > 1 else first[0]}"
             ) from None
 
     def anchor_grid(self, height: int, width: int) -> AnchorGrid:
