@@ -74,3 +74,16 @@ def tick() -> None:
     callback = _tick.get()
     if callback is not None:
         callback()
+
+
+@contextmanager
+def bar(description: str, total: int, completed: int = 0) -> Iterator[Callable[[], None]]:
+    """A bar the caller advances itself (``with bar(...) as advance: ... advance()``), starting
+    at ``completed`` of ``total`` (work finished by an earlier run); a no-op when bars are
+    disabled. Unlike :func:`counting` it does not take the readers' :func:`tick`."""
+    if not progress_enabled():
+        yield lambda: None
+        return
+    with Progress(*_COLUMNS, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total, completed=completed)
+        yield lambda: progress.advance(task)

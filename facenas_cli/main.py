@@ -100,6 +100,34 @@ VERBS: tuple[Verb, ...] = (
         "facenas search-report detection_quickstart",
         "search:report",
     ),
+    Verb(
+        "benchmark build",
+        "HyperFD benchmark",
+        "train a performance lookup table: every pool configuration on every dataset",
+        "facenas benchmark build --config configs/benchmark/tiny.yaml",
+        "benchmark:build",
+    ),
+    Verb(
+        "benchmark export",
+        "HyperFD benchmark",
+        "a lookup table as CSV, one row per entry",
+        "facenas benchmark export runs/benchmark/tiny --out table.csv",
+        "benchmark:export",
+    ),
+    Verb(
+        "benchmark report",
+        "HyperFD benchmark",
+        "a lookup table's AP spread, seed noise, best configurations, cross-dataset correlations",
+        "facenas benchmark report runs/benchmark/tiny",
+        "benchmark:report",
+    ),
+    Verb(
+        "benchmark augment",
+        "HyperFD benchmark",
+        "cluster a dataset into sub-datasets (subset split files) by meta-features",
+        "facenas benchmark augment --benchmark b.yaml --dataset wider --features label_stats --out data/subsets",
+        "benchmark:augment",
+    ),
 )
 
 
@@ -173,9 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     verb, rest = _find(argv)
     name = verb.words if verb is not None else argv[0]
-    if verb is None and argv[0] == "data" and (len(argv) == 1 or argv[1] in ("-h", "--help")):
-        subverbs = [v for v in VERBS if v.words.startswith("data ")]
-        print("usage: facenas data {" + ",".join(v.words.split()[1] for v in subverbs) + "} [options]\n")
+    groups = {v.words.split()[0] for v in VERBS if " " in v.words}  # data, benchmark
+    if verb is None and argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        subverbs = [v for v in VERBS if v.words.startswith(f"{argv[0]} ")]
+        print(f"usage: facenas {argv[0]} {{" + ",".join(v.words.split()[1] for v in subverbs) + "} [options]\n")
         print("\n".join(f"  {v.words.split()[1]:<7} {v.summary}" for v in subverbs))
         return 0 if len(argv) > 1 else 2
     _process_settings()

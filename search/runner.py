@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import math
 import os
 import signal
 import subprocess
@@ -55,15 +56,18 @@ class TrialJob:
         return path
 
     def args(self) -> list[str]:
-        """The ``facenas`` arguments that train this trial (after :meth:`write_config`)."""
+        """The ``facenas`` arguments that train this trial (after :meth:`write_config`). The best
+        checkpoint is tested only when an objective is a ``test/`` metric (a lookup table's
+        test AP); a search never looks at the test split."""
         args = ["fit"]
         for base in self.base_configs:
             args += ["--config", base]
+        tests = any(o.metric.startswith("test/") for o in self.objectives)
         return args + [
             "--config",
             str(Path(self.run_dir) / "trial.yaml"),
             "--test_after_fit",
-            "false",
+            str(tests).lower(),
             "--metrics_table",
             "false",
         ]
@@ -82,8 +86,9 @@ def metrics_file(run_dir: str | Path) -> Path:
 
 
 def read_metrics(metrics_csv: Path, objectives: list[Objective]) -> tuple[dict[str, float], list[tuple[int, float]]]:
-    """Last logged value of every objective in a CSVLogger ``metrics.csv``, and the first
-    objective's history as (epoch, value)."""
+    """The value of every objective in a CSVLogger ``metrics.csv`` (the last logged, or the best
+    for ``reduce: best``; NaN is never the best), and the first objective's history as (epoch,
+    value)."""
     values: dict[str, float] = {}
     history: list[tuple[int, float]] = []
     if not metrics_csv.is_file():
@@ -93,7 +98,10 @@ def read_metrics(metrics_csv: Path, objectives: list[Objective]) -> tuple[dict[s
             for o in objectives:
                 text = row.get(o.metric, "")
                 if text not in ("", None):
-                    values[o.metric] = float(text)
+                    value = float(text)
+                    held = values.get(o.metric)
+                    if o.reduce == "last" or held is None or o.cost(value) < o.cost(held) or math.isnan(held):
+                        values[o.metric] = value
                     if o is objectives[0]:
                         history.append((int(float(row.get("epoch") or 0)), float(text)))
     return values, history

@@ -107,6 +107,9 @@ class Study:
         settings: the study.
         objective: instead of training, a function ``Trial -> Result`` (tabular benchmarks).
         console: where progress lines go (default: a rich console).
+        quiet: no progress lines, warnings or report.
+        on_record: called with every trial the study records as finished (a caller's own
+            progress display, e.g. the benchmark builder's).
     """
 
     def __init__(
@@ -115,11 +118,13 @@ class Study:
         objective: Callable[[Trial], Result] | None = None,
         console: Console | None = None,
         quiet: bool = False,
+        on_record: Callable[[Trial, Result], None] | None = None,
     ) -> None:
         self.settings = settings
         self.objective = objective
         self.console = console or Console()
         self.quiet = quiet
+        self.on_record = on_record
         self.exhausted: str | None = None  # why the study ended before n_trials, when it did
 
     def check(self) -> None:
@@ -155,6 +160,7 @@ class Study:
         if saved is None:
             store.set_meta("settings", mine)
             return
+        saved = {**saved, "objectives": [asdict(Objective(**o)) for o in saved.get("objectives") or []]}  # new fields
         changed = [k for k in _IDENTITY if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(
@@ -352,6 +358,8 @@ class Study:
         finished += 1
         if not self.quiet:
             self._line(trial, result, finished)
+        if self.on_record is not None:
+            self.on_record(trial, result)
         return finished
 
     def _propose(self, searcher: Searcher) -> Proposal | None:

@@ -27,15 +27,21 @@ class Objective:
         mode: ``min`` or ``max``.
         allow_nonfinite: whether an infinite or NaN value is a legitimate result (a fairness
             ratio whose reference group is perfect is infinite) instead of a failed trial.
+        reduce: which logged value is the trial's: ``last`` (the end of training) or ``best``
+            (the best over the run, the value of the checkpoint a ``ModelCheckpoint`` on this
+            metric keeps: HyperFD's protocol picks the best validation checkpoint).
     """
 
     metric: str
     mode: str = "min"
     allow_nonfinite: bool = False
+    reduce: str = "last"
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
             raise ValueError(f"objective mode must be 'min' or 'max', got {self.mode!r} for {self.metric}")
+        if self.reduce not in ("last", "best"):
+            raise ValueError(f"objective reduce must be 'last' or 'best', got {self.reduce!r} for {self.metric}")
 
     def cost(self, value: float | None) -> float:
         """The value as a cost to minimise (max objectives are negated; missing is +inf)."""

@@ -37,7 +37,13 @@ def test_top_level_help_lists_every_verb():
         "data synth",
         "search",
         "search-report",
+        "benchmark build",
+        "benchmark export",
+        "benchmark report",
+        "benchmark augment",
     } == {v.words for v in VERBS}
+    group = run_facenas("benchmark")
+    assert group.returncode == 2 and "usage: facenas benchmark {build,export,report,augment}" in group.stdout
 
 
 @pytest.mark.parametrize("verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"]])

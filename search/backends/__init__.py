@@ -10,6 +10,7 @@ from core.registry import Registry
 from .base import Budget, Searcher, SpaceExhausted
 from .moasha import MOASHA
 from .optuna import OptunaSearcher
+from .pool import PoolSearcher
 from .random import RandomSearcher
 from .smac import SMACSearcher
 
@@ -18,6 +19,7 @@ BACKENDS.register("random", RandomSearcher)
 BACKENDS.register("smac", SMACSearcher)
 BACKENDS.register("optuna", OptunaSearcher)
 BACKENDS.register("moasha", MOASHA)
+BACKENDS.register("pool", PoolSearcher)
 
 
 def create_searcher(spec: str | dict[str, Any]) -> Searcher:
@@ -31,6 +33,7 @@ __all__ = [
     "MOASHA",
     "Budget",
     "OptunaSearcher",
+    "PoolSearcher",
     "RandomSearcher",
     "SMACSearcher",
     "Searcher",
