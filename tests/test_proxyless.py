@@ -302,3 +302,37 @@ def test_arch_graph_is_a_chain_with_op_and_stage_one_hots():
             assert row[len(OPS) :].argmax().item() == stage - 2
     mixed = arch_graph(MIXED)
     assert mixed.num_nodes == 13 and mixed.x[0, OPS.index("e4k3")] == 1 and mixed.x[1, OPS.index("e6k5")] == 1
+
+
+def test_remap_from_a_mobilenet_v2_detector_where_layers_coincide(tmp_path):
+    """MobileNetV2 x0.5 is d2-3-4-3-3-1 of the space with every layer e6k3 (torchvision rounds
+    stage 2 to 16 channels where the space has 12): its layers map onto the largest network's,
+    exactly where shapes coincide, kernels centred in zeros."""
+    from models.detection.pretrained import export_weights
+
+    torch.manual_seed(0)
+    mnv2 = RetinaFace()
+    randomise_bn(mnv2.net)
+    torch.save({"state_dict": mnv2.state_dict()}, tmp_path / "mnv2.ckpt")
+    export_weights(tmp_path / "mnv2.ckpt", tmp_path / "mnv2.pt")
+    model = RetinaFace(backbone="proxyless_x05:largest", remap_from=str(tmp_path / "mnv2.ckpt"))
+    got, seed = model.net.state_dict(), mnv2.net.state_dict()
+    assert torch.equal(got["backbone.stem.0.weight"], seed["backbone.stages.0.0.0.weight"])
+    assert torch.equal(got["backbone.stages.stage1.0.project.0.weight"], seed["backbone.stages.0.1.conv.1.weight"])
+    # stage 4, layer 1 (features.8): the same widths; kernel 3 in the centre of 7
+    dw = got["backbone.stages.stage4.1.depthwise.0.weight"]
+    assert torch.equal(dw[:, :, 2:5, 2:5], seed["backbone.stages.1.8.conv.1.0.weight"])
+    dw[:, :, 2:5, 2:5] = 0
+    assert not dw.any()
+    bn = "running_var"
+    assert torch.equal(got[f"backbone.stages.stage4.1.project.1.{bn}"], seed[f"backbone.stages.1.8.conv.3.{bn}"])
+    # stage 5 has 3 layers in MobileNetV2, 4 in the largest network: the 4th repeats the 3rd (features.13)
+    assert torch.equal(got["backbone.stages.stage5.3.expand.0.weight"], seed["backbone.stages.1.13.conv.0.0.weight"])
+    # stage 2: 16 channels in torchvision, 12 in the space: the leading ones
+    assert torch.equal(got["backbone.stages.stage2.0.project.0.weight"], seed["backbone.stages.0.2.conv.2.weight"][:12])
+    assert torch.equal(got["fpn.laterals.2.0.weight"], seed["fpn.laterals.2.0.weight"])
+    exported = RetinaFace(backbone="proxyless_x05:largest", remap_from=str(tmp_path / "mnv2.pt")).net.state_dict()
+    assert torch.equal(exported["fpn.merges.0.0.weight"], seed["fpn.merges.0.0.weight"].half().float())
+    with pytest.raises(ValueError, match="neither a NAS-space nor a MobileNetV2 detector"):
+        torch.save({"state_dict": {"net.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
+        RetinaFace(backbone="proxyless_x05:largest", remap_from=str(tmp_path / "other.ckpt"))

@@ -73,25 +73,71 @@ def remap(
     ``seed_arch``, or of a detector or training checkpoint that contains one, keys with any
     prefix) by the depth, width and kernel rules of this module. Keys outside the backbone are
     copied as they are."""
-    seed_arch, target_arch = ProxylessArch.parse(seed_arch), ProxylessArch.parse(target_arch)
+    seed_arch = ProxylessArch.parse(seed_arch)
     prefix = backbone_prefix(seed_state)
     found = ProxylessArch.from_state_dict(dict(seed_state), prefix)
     if found != seed_arch:
         raise ValueError(f"the seed state dict holds architecture {found}, not the seed architecture {seed_arch}")
-    seed_depths = dict(zip(range(2, 8), seed_arch.depths))
+    return _remap(seed_state, prefix, seed_arch.depths, target_arch)
+
+
+def _remap(
+    seed_state: Mapping[str, Tensor], prefix: str, seed_depths: tuple[int, ...], target_arch: str | ProxylessArch
+) -> dict[str, Tensor]:
+    depths = dict(zip(range(2, 8), seed_depths))
     out = {
         k: v.clone()
         for k, v in seed_state.items()
         if not (k.startswith(f"{prefix}stem.") or k.startswith(f"{prefix}stages."))
     }
-    template = ProxylessBackbone(target_arch).state_dict()
-    for key, initial in template.items():
+    for key, initial in ProxylessBackbone(target_arch).state_dict().items():
         source = key
         if f"{prefix}{key}" not in seed_state:
             match = _LAYER_KEY.match(key)
             if match is None:  # every non-layer key is shared by all architectures
                 raise KeyError(f"seed state dict lacks {prefix}{key}")
             stage, rest = int(match[1]), match[3]
-            source = f"stages.stage{stage}.{seed_depths[stage] - 1}.{rest}"
+            source = f"stages.stage{stage}.{depths[stage] - 1}.{rest}"
         out[f"{prefix}{key}"] = adapt(seed_state[f"{prefix}{source}"], initial)
     return out
+
+
+# torchvision MobileNetV2's blocks (``features.<i>``) as layers of the NAS space: index -> (stage, layer)
+_MNV2_LAYERS = {1: (1, 0)} | {
+    i: (stage, layer)
+    for stage, first, depth in ((2, 2, 2), (3, 4, 3), (4, 7, 4), (5, 11, 3), (6, 14, 3), (7, 17, 1))
+    for layer, i in enumerate(range(first, first + depth))
+}
+MOBILENET_V2_DEPTHS = (2, 3, 4, 3, 3, 1)  # MobileNetV2 is d2-3-4-3-3-1 of the space, every layer e6k3
+
+
+def remap_mobilenet_v2(state: Mapping[str, Tensor], target_arch: str | ProxylessArch) -> dict[str, Tensor]:
+    """A MobileNetV2 detector's state dict (``mobilenet_v2_<width>`` backbone, keys
+    ``[net.]backbone.stages.<s>.<i>.conv...``) remapped onto an architecture of the space by the
+    same rules. MobileNetV2 is the architecture ``d2-3-4-3-3-1`` with every layer e6k3, except that
+    torchvision rounds the x0.5 widths to multiples of 8 (stage 2 has 16 channels where the space
+    has 12): those layers take the leading channels, as any narrower target does. This is the
+    "start from the shipped WIDER-pretrained MobileNetV2 detector where layers coincide" of
+    HyperFD's largest network."""
+    pattern = re.compile(r"^(?P<prefix>.*backbone\.)stages\.\d\.(?P<index>\d+)\.(?P<rest>.*)$")
+    renamed: dict[str, Tensor] = {}
+    prefix = None
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match is None:
+            renamed[key] = value
+            continue
+        prefix = match["prefix"]
+        index, rest = int(match["index"]), match["rest"]
+        if index == 0:
+            renamed[f"{prefix}stem.{rest}"] = value
+            continue
+        if index not in _MNV2_LAYERS:
+            raise ValueError(f"{key}: not a layer of a MobileNetV2 detector's backbone")
+        stage, layer = _MNV2_LAYERS[index]
+        parts = ("expand", "depthwise", "project.0", "project.1")[1 if index == 1 else 0 :]
+        conv, _, tail = rest.removeprefix("conv.").partition(".")
+        renamed[f"{prefix}stages.stage{stage}.{layer}.{parts[int(conv)]}.{tail}"] = value
+    if prefix is None:
+        raise ValueError("no MobileNetV2 backbone tensors (backbone.stages.<s>.<i>.conv...) in this state dict")
+    return _remap(renamed, prefix, MOBILENET_V2_DEPTHS, target_arch)

@@ -166,10 +166,11 @@ class RetinaFace(pl.LightningModule):
         weights: the whole detector's weights: the name of a shipped detector
             (``wider_subset_320``, see :mod:`models.detection.pretrained`) or a state-dict file
             written by its export; every tensor must fit.
-        remap_from: for a ``proxyless_x05:<arch>`` backbone, a checkpoint (or exported weights)
-            of another architecture of the NAS space, usually ``proxyless_x05:largest``: its
-            backbone is remapped onto this architecture by FNA's rules
-            (:mod:`models.detection.remap`) and the rest of the detector loaded as it is.
+        remap_from: for a ``proxyless_x05:<arch>`` backbone, a checkpoint (or exported weights,
+            or a shipped detector's name) of another architecture of the NAS space, usually
+            ``proxyless_x05:largest``, or of a MobileNetV2 x0.5 detector: its backbone is
+            remapped onto this architecture by FNA's rules (:mod:`models.detection.remap`) and
+            the rest of the detector loaded as it is.
         channels: FPN and context-module channels (80 in HyperFD).
         leaky: LeakyReLU slope in FPN and context modules.
         anchor_sizes: anchor sides per level (2 square anchors per cell at strides 8/16/32).
@@ -265,7 +266,7 @@ class RetinaFace(pl.LightningModule):
     def _remap_from(self, path: str) -> None:
         """The detector of another NAS-space architecture, its backbone remapped onto ours."""
         from .proxyless import ProxylessArch, ProxylessBackbone
-        from .remap import remap
+        from .remap import remap, remap_mobilenet_v2
 
         if not isinstance(self.net.backbone, ProxylessBackbone):
             raise ValueError(f"remap_from needs a proxyless_x05:<arch> backbone, not {self.hparams.backbone!r}")
@@ -273,11 +274,13 @@ class RetinaFace(pl.LightningModule):
         state = state.get("state_dict", state)
         if any(k.startswith("net.") for k in state):  # a training checkpoint: the network's tensors
             state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-        try:
-            seed = ProxylessArch.from_state_dict(state, "backbone.")
-        except ValueError as exc:
-            raise ValueError(f"remap_from {path}: {exc}") from None
-        mapped = remap(state, seed, self.net.backbone.arch)
+        if any(k.startswith("backbone.stem.") for k in state):
+            mapped = remap(state, ProxylessArch.from_state_dict(state, "backbone."), self.net.backbone.arch)
+        else:  # a MobileNetV2 detector (the shipped one): the layers where it coincides with the space
+            try:
+                mapped = remap_mobilenet_v2(state, self.net.backbone.arch)
+            except ValueError as exc:
+                raise ValueError(f"remap_from {path}: {exc} (neither a NAS-space nor a MobileNetV2 detector)") from None
         try:
             self.net.load_state_dict(mapped)
         except RuntimeError as exc:
