@@ -77,7 +77,7 @@ def test_canonical_form_is_readable_and_shows_the_architecture():
     assert canonical(nas) == f"arch={nas_arch(nas)}"
 
 
-def wait_for_entries(store_path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_entries(store_path, n: int, proc: subprocess.Popen, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if store_path.is_file():
