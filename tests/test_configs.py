@@ -44,6 +44,7 @@ def test_every_config_is_covered():
             "logger/wandb.yaml",
         }
         | {f"search/{p.name}" for p in (CONFIGS / "search").glob("*.yaml")}
+        | {f"benchmark/{p.name}" for p in (CONFIGS / "benchmark").glob("*.yaml")}
     )
     assert shipped == covered
 
@@ -254,6 +255,26 @@ def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val/rank_disparity" in out.stdout
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "benchmark").glob("*.yaml")))
+def test_benchmark_config_plans_its_studies(config):
+    """Every shipped benchmark YAML parses through `facenas benchmark build`'s options, and each of
+    its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
+    from facenas_cli.benchmark import build_parser
+    from facenas_cli.common import parse
+    from search.hyperfd.benchmark import BenchmarkSettings
+    from search.study import Study
+
+    args = parse(build_parser(), ["--config", str(CONFIGS / "benchmark" / config)])
+    settings = BenchmarkSettings(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
+    settings.base = [str(REPO / p) for p in settings.base]
+    studies = list(settings.studies())
+    assert len(studies) == len(settings.datasets) * len(settings.seeds)
+    for _, _, configs, study in studies:
+        study.base = settings.base
+        Study(study, quiet=True).check()
+        assert len(configs) == study.n_trials
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
