@@ -138,6 +138,21 @@ def nas_arch(config: Mapping[str, Any]) -> str:
     return str(px.ProxylessArch(tuple(stages)))
 
 
+def nas_config(arch: str) -> dict[str, Any]:
+    """The ``hyperfd_nas`` parameters of an architecture string (the inverse of :func:`nas_arch`)."""
+    from models.detection import proxyless as px
+
+    parsed = px.ProxylessArch.parse(arch)
+    config: dict[str, Any] = {}
+    for stage, depths, layers in zip(px.STAGES, px.DEPTHS, parsed.stages):
+        if len(depths) > 1:
+            config[f"depth_s{stage}"] = len(layers)
+        for i, layer in enumerate(layers, 1):
+            config[f"s{stage}_l{i}_expand"] = layer.expand
+            config[f"s{stage}_l{i}_kernel"] = layer.kernel
+    return config
+
+
 # values a mapping may use like parameters, computed from the configuration: name -> (the
 # parameters it is computed from, the function)
 DERIVED: dict[str, tuple[re.Pattern[str], Callable[[Mapping[str, Any]], Any]]] = {

@@ -41,6 +41,23 @@ def resolve_weights(weights: str) -> Path:
     return path
 
 
+def load_detector_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The network tensors of a detector file and its hyper-parameters (empty for an exported
+    file): an exported state dict, ``{"state_dict": ...}``, or a Lightning checkpoint (``net.``
+    and ``module.`` prefixes removed). A file that is not one is a ValueError naming it."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means "not a weights file"
+        raise ValueError(f"{path}: not a detector weights file or checkpoint ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a state dict")
+    hparams = dict(obj.get("hyper_parameters") or {})
+    state = obj.get("state_dict", obj)
+    if any(k.startswith("net.") for k in state):  # a LightningModule's state: the network's tensors
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}, hparams
+
+
 def export_weights(checkpoint: str | Path, out: str | Path) -> dict[str, int]:
     """Write a Lightning checkpoint's ``net.*`` tensors (the detector without its training state)
     as a half-precision state dict, the format ``RetinaFace(weights=...)`` loads. Integer

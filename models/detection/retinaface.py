@@ -28,7 +28,7 @@ from .anchors import (
 )
 from .backbones import create_backbone
 from .loss import MultiBoxLoss
-from .pretrained import resolve_weights
+from .pretrained import load_detector_state, resolve_weights
 
 
 def _conv(cin: int, cout: int, kernel: int, leaky: float | None) -> Conv2dNormActivation:
@@ -270,10 +270,7 @@ class RetinaFace(pl.LightningModule):
 
         if not isinstance(self.net.backbone, ProxylessBackbone):
             raise ValueError(f"remap_from needs a proxyless_x05:<arch> backbone, not {self.hparams.backbone!r}")
-        state = torch.load(resolve_weights(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        if any(k.startswith("net.") for k in state):  # a training checkpoint: the network's tensors
-            state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+        state, _ = load_detector_state(resolve_weights(path))
         if any(k.startswith("backbone.stem.") for k in state):
             mapped = remap(state, ProxylessArch.from_state_dict(state, "backbone."), self.net.backbone.arch)
         else:  # a MobileNetV2 detector (the shipped one): the layers where it coincides with the space

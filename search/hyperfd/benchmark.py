@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..spaces import compact_config, config_key, finite_configurations, load_space, pool
+from ..spaces import compact_config, config_key, finite_configurations, load_space, nas_config, pool
 from ..store import StudyStore
 from ..study import Study, StudySettings
 from ..trial import Objective, Result, Trial
@@ -120,7 +120,7 @@ class BenchmarkSettings:
         if grid is None:
             if self.space != "hyperfd_nas" or "n" not in spec:
                 raise ValueError(f"space {self.space!r} is not finite: give pool {{n, seed}} (hyperfd_nas) or configs")
-            return [_nas_config(arch) for arch in pool(int(spec["n"]), int(spec.get("seed", 0)))]
+            return [nas_config(arch) for arch in pool(int(spec["n"]), int(spec.get("seed", 0)))]
         if spec.get("all"):
             return grid
         if "n" not in spec:
@@ -183,21 +183,6 @@ def dataset_module(benchmark: str | Path, dataset: str) -> Any:
     overrides.update({f"data.init_args.{k}": v for k, v in chosen.data.items()})
     config = training_config(settings.base, overrides)["data"]
     return _import(config["class_path"])(**(config.get("init_args") or {}))
-
-
-def _nas_config(arch: str) -> dict[str, Any]:
-    """The ``hyperfd_nas`` parameters of an architecture string."""
-    from models.detection.proxyless import DEPTHS, STAGES, ProxylessArch
-
-    parsed = ProxylessArch.parse(arch)
-    config: dict[str, Any] = {}
-    for stage, depths, layers in zip(STAGES, DEPTHS, parsed.stages):
-        if len(depths) > 1:
-            config[f"depth_s{stage}"] = len(layers)
-        for i, layer in enumerate(layers, 1):
-            config[f"s{stage}_l{i}_expand"] = layer.expand
-            config[f"s{stage}_l{i}_kernel"] = layer.kernel
-    return config
 
 
 def canonical(config: Mapping[str, Any]) -> str:

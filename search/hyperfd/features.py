@@ -230,23 +230,6 @@ class _ImageExtractor(FeatureExtractor):
         return out
 
 
-def _detector_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The network tensors (``net.`` prefix removed) and the hyper-parameters (empty for an exported
-    file) of a detector file: an exported state dict, ``{"state_dict": ...}``, or a Lightning .ckpt."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means "not a weights file"
-        raise ValueError(f"{path}: not a detector weights file or checkpoint ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state dict")
-    hparams = obj.get("hyper_parameters") or {}
-    state = obj.get("state_dict", obj)
-    if any(k.startswith("net.") for k in state):  # a LightningModule's state: the network's tensors
-        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
-    return state, dict(hparams)
-
-
 @register_extractor("detector")
 class DetectorFeatures(_ImageExtractor):
     """Global-average-pooled FPN features of a RetinaFace: the GAPs of the FPN levels
@@ -278,13 +261,13 @@ class DetectorFeatures(_ImageExtractor):
         backbone: str = "mobilenet_v2_0.5",
         leaky: float = 0.1,
     ) -> None:
-        from models.detection.pretrained import resolve_weights
+        from models.detection.pretrained import load_detector_state, resolve_weights
         from models.detection.retinaface import RetinaFaceNet
 
         super().__init__(batch_size, device)
         self.size = int(size)
         path = resolve_weights(str(weights))  # a clear FileNotFoundError naming a missing file
-        state, hparams = _detector_state(path)
+        state, hparams = load_detector_state(path)
         self.backbone = str(hparams.get("backbone", backbone))
         leaky = float(hparams.get("leaky", leaky))
         if "fpn.laterals.0.0.weight" not in state or "score_heads.0.weight" not in state:

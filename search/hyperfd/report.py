@@ -32,14 +32,16 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def analyse(root: str | Path) -> dict[str, Any]:
-    """The report's numbers, as a JSON-ready dict."""
-    table = [r for r in rows(root) if r["status"] == "success" and r["val_ap50"] is not None]
+def analyse(root: str | Path, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The report's numbers, as a JSON-ready dict (``entries``: the table's rows when the caller
+    has read them already)."""
+    entries = rows(root) if entries is None else entries
+    table = [r for r in entries if r["status"] == "success" and r["val_ap50"] is not None]
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in table:
         by_dataset[row["dataset"]].append(row)
     failed = defaultdict(int)
-    for row in rows(root):
+    for row in entries:
         if row["status"] != "success":
             failed[row["dataset"]] += 1
     datasets: dict[str, Any] = {}
@@ -140,14 +142,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(root: str | Path, result: dict[str, Any], out: Path) -> list[Path]:
+def plots(entries: list[dict[str, Any]], result: dict[str, Any], out: Path) -> list[Path]:
     """ap_distribution.png (Figure 2), val_vs_test.png (Figure 3), spearman.png (Figure 4)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = [r for r in rows(root) if r["status"] == "success" and r["test_ap50"] is not None]
+    table = [r for r in entries if r["status"] == "success" and r["test_ap50"] is not None]
     names = result["names"]
     main = {n: result["datasets"][n]["main_seed"] for n in names}
     pool = {n: [r for r in table if r["dataset"] == n and r["seed"] == main[n]] for n in names}
@@ -194,8 +196,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> tuple[str, 
     Markdown and the files written."""
     out = Path(out) if out is not None else Path(root) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    result = analyse(root)
+    entries = rows(root)  # every store read once
+    result = analyse(root, entries)
     text = markdown(result)
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps(json_safe(result), indent=1))
-    return text, [out / "report.md", out / "report.json", *plots(root, result, out)]
+    return text, [out / "report.md", out / "report.json", *plots(entries, result, out)]
