@@ -24,7 +24,7 @@ from core.values import json_safe
 from .benchmark import rows
 
 
-def _spearman(a: list[float], b: list[float]) -> float:
+def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
     if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
@@ -74,7 +74,7 @@ def analyse(root: str | Path, entries: list[dict[str, Any]] | None = None) -> di
                 "max": float(np.nanmax(test)),
                 "std": spread,
             },
-            "val_test_spearman": _spearman(val, test),
+            "val_test_spearman": spearman(val, test),
             "seed_noise_std": noise,
             "noise_configs": len(repeated),
             "spread_over_noise": spread / noise if noise and not math.isnan(noise) else math.nan,
@@ -85,7 +85,7 @@ def analyse(root: str | Path, entries: list[dict[str, Any]] | None = None) -> di
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             shared = sorted(set(pools[a]) & set(pools[b]))
-            matrix[i, j] = _spearman([pools[a][k] for k in shared], [pools[b][k] for k in shared])
+            matrix[i, j] = spearman([pools[a][k] for k in shared], [pools[b][k] for k in shared])
     off = [matrix[i, j] for i in range(len(names)) for j in range(len(names)) if i < j and not math.isnan(matrix[i, j])]
     strong = [n for n in names if datasets[n]["spread_over_noise"] > 2]
     return {

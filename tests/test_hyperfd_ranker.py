@@ -1,0 +1,251 @@
+"""HyperFD's ranker, its losses, the online protocol and the methods compared on it
+(search/hyperfd/ranker.py, online.py, methods.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from search.hyperfd.methods import BestOnSource, HyperFD, HyperSTAR, SCoT, TrAutoML, ZeroShotTransfer
+from search.hyperfd.online import (
+    BudgetExceeded,
+    OnlineTask,
+    RandomSearch,
+    TaskData,
+    evaluate,
+    normalized_rank,
+    random_rank_closed_form,
+    run_online,
+    single_thread,
+    summarize_runs,
+)
+from search.hyperfd.ranker import (
+    ConfigEncoder,
+    HPOEncoder,
+    SynapticIntelligence,
+    Transformations,
+    preference_similarity,
+    ranknet_loss,
+    triplet_loss,
+)
+from search.spaces import config_key, finite_configurations, load_space, nas_config
+
+GRID = finite_configurations(load_space("hyperfd_hpo"))
+N_IMAGES = 37  # a count no other dimension of the ranker has
+
+
+def planted_table(n_offline: int = 6, n_online: int = 6, configs: list | None = None, seed: int = 0):
+    """Datasets of two families: family 0 prefers SGD and large learning rates, family 1 Adam and
+    small ones; the family shows in the first per-image feature (+3 or -3)."""
+    rng = np.random.default_rng(seed)
+    configs = configs or GRID
+    table = {}
+    for i in range(n_offline + n_online):
+        family = i % 2
+        name = ("wider" if i == 0 else f"off{i}") if i < n_offline else f"on{i}"
+        data = TaskData(name, {}, {}, {})
+        for c in configs:
+            key = config_key(c)
+            match = (c["optimizer"] == "sgd") == (family == 0)
+            lr = [3e-4, 1e-3, 3e-3].index(c["lr"])
+            value = 0.5 + 0.3 * match + 0.05 * (lr if family == 0 else 2 - lr) + rng.normal(0, 0.02)
+            data.configs[key], data.val[key], data.test[key] = c, value, value + rng.normal(0, 0.01)
+        features = rng.normal(0, 1, size=(N_IMAGES, 7))
+        features[:, 0] += 3.0 if family == 0 else -3.0
+        data.features = {"label_stats": features}
+        table[name] = data
+    return table
+
+
+# ------------------------------------------------------------------------- protocol and metric
+
+
+def test_random_search_matches_the_closed_form():
+    mean, std = random_rank_closed_form(216, 4)
+    assert (round(mean, 2), round(std, 2)) == (20.09, 16.22)  # the supplementary's random rows
+    rng = np.random.default_rng(0)
+    values = rng.permutation(216).astype(float)  # distinct APs
+    data = TaskData("d", {config_key(c): c for c in GRID}, {}, {})
+    data.val = {config_key(c): v for c, v in zip(GRID, values)}
+    data.test = dict(data.val)
+    results = run_online(RandomSearch(), [], [data] * 3000, budget=4, seed=1)
+    ranks = np.array([r["rank"] for r in results])
+    assert all(r["evaluated"] == 4 for r in results)
+    assert ranks.mean() == pytest.approx(mean, abs=4 * std / math.sqrt(len(ranks)))
+    assert ranks.std() == pytest.approx(std, rel=0.05)
+
+
+def test_normalized_rank_counts_strictly_higher_validation_ap():
+    data = TaskData("d", {}, {"a": 0.9, "b": 0.8, "c": 0.8, "d": 0.1}, {})
+    assert normalized_rank(data, "a") == 25.0
+    assert normalized_rank(data, "b") == normalized_rank(data, "c") == 50.0
+    assert normalized_rank(data, "d") == 100.0
+
+
+def test_online_task_enforces_the_budget():
+    table = planted_table(0, 1, GRID[:10])
+    task = OnlineTask(next(iter(table.values())), budget=2)
+    first = task.evaluate(task.pool[0])
+    task.evaluate(task.pool[1])
+    assert task.evaluate(task.pool[0]) == first  # asking again costs nothing
+    with pytest.raises(BudgetExceeded):
+        task.evaluate(task.pool[2])
+    assert task.remaining == 0
+
+
+# ------------------------------------------------------------------------- ranker pieces
+
+
+def test_hpo_encoder_is_one_hot_per_parameter():
+    encoder = HPOEncoder(load_space("hyperfd_hpo"))
+    assert encoder.dim == 2 + 3 + 2 + 3 + 3 + 2
+    codes = np.array([encoder.encode(c) for c in GRID])
+    assert (codes.sum(1) == 6).all()
+    assert len({tuple(c) for c in codes}) == 216
+    with pytest.raises(ValueError, match="lr=0.5"):
+        encoder.encode({**GRID[0], "lr": 0.5})
+
+
+def test_config_encoders_of_the_three_spaces():
+    small, large = nas_config("smallest"), nas_config("largest")
+    nas = ConfigEncoder(load_space("hyperfd_nas")).eval()
+    out = nas([small, large])
+    assert out.shape == (2, 64) and not torch.allclose(out[0], out[1])
+    joint = ConfigEncoder(load_space("hyperfd_joint")).eval()
+    assert joint([{**GRID[0], **large}]).shape == (1, 128)
+    assert ConfigEncoder(load_space("hyperfd_hpo"))(GRID[:3]).shape == (3, 64)
+
+
+def test_ranknet_loss_is_the_pairwise_logistic_loss():
+    scores = torch.tensor([0.3, -1.0, 2.0])
+    ap = torch.tensor([0.5, 0.9, 0.5])
+    pairs = [(1, 0), (1, 2)]  # AP_i > AP_j; the tie (0, 2) is no pair
+    direct = sum(math.log(1 + math.exp(-(scores[i] - scores[j]).item())) for i, j in pairs) / len(pairs)
+    assert ranknet_loss(scores, ap).item() == pytest.approx(direct, rel=1e-6)
+    assert ranknet_loss(scores, torch.ones(3)).item() == 0.0
+
+
+def test_triplet_positive_and_negative_by_preference_similarity():
+    up = {str(i): float(i) for i in range(6)}
+    similar = {str(i): float(i) + (0.5 if i == 2 else 0.0) for i in range(6)}
+    opposite = {str(i): -float(i) for i in range(6)}
+    assert preference_similarity(up, opposite) == pytest.approx(-1.0)
+    assert math.isnan(preference_similarity(up, {"0": 1.0, "1": 2.0}))  # fewer than 3 shared
+    metas = torch.randn(3, 64)
+    loss = triplet_loss(metas, [up, similar, opposite], margin=0.5)
+    # anchors: up (pos similar, neg opposite), similar (pos up, neg opposite), opposite (pos and neg
+    # equally dissimilar: skipped)
+    expected = torch.nn.functional.triplet_margin_loss(metas[[0, 1]], metas[[1, 0]], metas[[2, 2]], margin=0.5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_synaptic_intelligence_bookkeeping_is_exact():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    si = SynapticIntelligence({"w": w}, damping=0.1)
+    steps = [(torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])), (torch.tensor([1.0, 0.0]), torch.tensor([-0.1, 0.3]))]
+    omega = torch.zeros(2)
+    start = w.detach().clone()
+    for grad, move in steps:
+        before = {"w": w.detach().clone()}
+        with torch.no_grad():
+            w += move
+        si.step(before, {"w": grad})
+        omega -= grad * move
+    assert torch.allclose(si.omega["w"], omega)
+    si.consolidate()
+    expected = torch.clamp(omega / ((w.detach() - start) ** 2 + 0.1), min=0)
+    assert torch.allclose(si.importance["w"], expected)
+    assert torch.allclose(si.anchor["w"], w.detach()) and not si.omega["w"].any()
+    with torch.no_grad():
+        w += torch.tensor([1.0, 1.0])
+    assert si.penalty().item() == pytest.approx((expected * 1.0).sum().item())
+    w.grad = None
+    si.add_penalty_grad(3.0)
+    assert torch.allclose(w.grad, 2 * 3.0 * expected * torch.ones(2))
+
+
+def test_transformation_starts_as_identity_and_learns_the_version_change():
+    torch.manual_seed(0)
+    z = Transformations(hidden=8)
+    old = torch.randn(20, 8)
+    z.create("1", old)
+    x = torch.randn(8)
+    assert torch.equal(z("1", x), x) and torch.equal(z("2", x), x)  # unknown version: current
+    rotation = torch.linalg.qr(torch.randn(8, 8))[0]
+    new = old @ rotation.T  # the extractor changed: the same datasets now map elsewhere
+    optimizer = torch.optim.Adam(z.parameters(), lr=1e-2)
+    first = z.loss("1", new).item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        z.loss("1", new).backward()
+        optimizer.step()
+    assert z.loss("1", new).item() < 0.05 * first
+
+
+# ------------------------------------------------------------------------- methods
+
+
+def test_hyperfd_learns_a_planted_structure():
+    table = planted_table()
+    offline = [table[n] for n in table if not n.startswith("on")]
+    online = [table[n] for n in table if n.startswith("on")]
+    with single_thread():
+        results = run_online(HyperFD(extractor="label_stats", warmup_steps=300, seed=0), offline, online, seed=0)
+    ranks = [r["rank"] for r in results]
+    assert np.mean(ranks) < 0.5 * random_rank_closed_form(216, 4)[0], ranks
+
+
+def test_every_method_runs_the_protocol_without_reading_the_target_table():
+    configs = GRID[::4]  # 54 configurations
+    table = planted_table(3, 2, configs)
+    methods = {
+        "random": lambda s: RandomSearch(),
+        "best_on_source": lambda s: BestOnSource("wider"),
+        "zero_shot": lambda s: ZeroShotTransfer(),
+        "tr_automl": lambda s: TrAutoML(extractor="label_stats", seed=s),
+        "hyperstar": lambda s: HyperSTAR(extractor="label_stats", warmup_steps=50, steps_per_task=10, seed=s),
+        "scot": lambda s: SCoT(extractor="label_stats", max_gp_points=100, seed=s),
+        "hyperfd": lambda s: HyperFD(extractor="label_stats", warmup_steps=50, steps_per_task=5, seed=s),
+        "hyperfd_mse": lambda s: HyperFD(extractor="label_stats", loss="mse", warmup_steps=50, steps_per_task=5, seed=s),
+    }
+    rows = evaluate(table, methods, offline=["wider", "off1", "off2"], runs=2, seed=0)
+    assert len(rows) == len(methods) * 2 * 2
+    assert {r["evaluated"] for r in rows} == {4}
+    assert all(100 / len(configs) <= r["rank"] <= 100 for r in rows)
+    summary = summarize_runs(rows)
+    assert set(summary["average"]) == set(methods)
+    assert len(summary["curves"]["hyperfd"]) == 2
+    # best-on-source is deterministic: the same picks on a dataset whatever the run
+    picks = {(r["dataset"], r["configuration"]) for r in rows if r["method"] == "best_on_source"}
+    assert len(picks) == 2
+    # the same seed gives the same rows
+    again = evaluate(table, {"hyperfd": methods["hyperfd"]}, offline=["wider", "off1", "off2"], runs=2, seed=0)
+    assert [r["rank"] for r in again] == [r["rank"] for r in rows if r["method"] == "hyperfd"]
+
+
+def test_hyperfd_state_keeps_no_per_image_data():
+    table = planted_table(2, 2, GRID[::6])
+    offline = [table[n] for n in table if not n.startswith("on")]
+    online = [table[n] for n in table if n.startswith("on")]
+    method = HyperFD(extractor="label_stats", warmup_steps=20, steps_per_task=5, seed=0)
+    run_online(method, offline, online, seed=0)
+    state = method.state()
+    assert len(state["past"]) == 2 and state["version"] == 2
+
+    def walk(value, where="state"):
+        if isinstance(value, torch.Tensor | np.ndarray):
+            assert N_IMAGES not in value.shape, f"{where} has a per-image dimension {tuple(value.shape)}"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, str):
+            assert "/" not in value or value.startswith("{"), f"{where} holds a path-like string {value!r}"
+
+    walk(state)
+    assert all(p["meta"].shape == (64,) for p in state["past"])
