@@ -128,6 +128,20 @@ VERBS: tuple[Verb, ...] = (
         "facenas benchmark augment --benchmark b.yaml --dataset wider --features label_stats --out data/subsets",
         "benchmark:augment",
     ),
+    Verb(
+        "hyperfd evaluate",
+        "HyperFD benchmark",
+        "HyperFD and its baselines on a lookup table: test AP and normalized rank (Table 7)",
+        "facenas hyperfd evaluate --table table.csv --benchmark configs/benchmark/tiny.yaml",
+        "hyperfd:evaluate",
+    ),
+    Verb(
+        "hyperfd train",
+        "HyperFD benchmark",
+        "train HyperFD's ranker on a lookup table: a state for the hyperfd search backend",
+        "facenas hyperfd train --table table.csv --benchmark b.yaml --out ranker.pt",
+        "hyperfd:train",
+    ),
 )
 
 

@@ -213,6 +213,7 @@ class Study:
         self._check_identity(store)
         space = load_space(s.space, s.seed)
         searcher = create_searcher(s.backend)
+        searcher.attach(s)
         searcher.setup(space, s.objectives, s.budget, s.seed, s.n_trials)
         store.set_meta("backend_name", searcher.name())
         stored = store.trials()

@@ -140,6 +140,24 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     missing = run_facenas("benchmark", "export", "nowhere", "--out", "x.csv", cwd=tmp_path)
     assert missing.returncode == 2 and "holds no benchmark table" in missing.stderr
 
+    # HyperFD on the exported table: plain offline, masked online, B = 2 of the 4 configurations
+    common = ["--table", "tiny.csv", "--benchmark", str(TINY), "--warmup_steps", "20"]
+    methods = "[random, best_on_source, hyperfd_stats]"
+    out = run_facenas(
+        "hyperfd", "evaluate", *common, "--source", "plain", "--methods", methods, "--runs", "2", "--budget", "2",
+        "--out", "evaluation", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "evaluation" / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 3 * 2 and {r["dataset"] for r in runs} == {"masked"}
+    assert all(25.0 <= float(r["rank"]) <= 100.0 and r["evaluated"] == "2" for r in runs)
+    assert "| hyperfd_stats | " in (tmp_path / "evaluation" / "evaluation.md").read_text()
+    out = run_facenas("hyperfd", "train", *common, "--features", "label_stats", "--out", "ranker.pt", cwd=tmp_path)
+    assert out.returncode == 0 and "2 datasets" in out.stdout, out.stderr[-3000:]
+    bad = run_facenas("hyperfd", "evaluate", *common, "--methods", "[oracle]", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown method 'oracle'" in bad.stderr
+
 
 def write_table(root, entries) -> None:
     """A lookup table written straight into stores: {(dataset, seed): [(config, val, test), ...]}."""

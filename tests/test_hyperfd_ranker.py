@@ -145,7 +145,10 @@ def test_triplet_positive_and_negative_by_preference_similarity():
 def test_synaptic_intelligence_bookkeeping_is_exact():
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     si = SynapticIntelligence({"w": w}, damping=0.1)
-    steps = [(torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])), (torch.tensor([1.0, 0.0]), torch.tensor([-0.1, 0.3]))]
+    steps = [
+        (torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])),
+        (torch.tensor([1.0, 0.0]), torch.tensor([-0.1, 0.3])),
+    ]
     omega = torch.zeros(2)
     start = w.detach().clone()
     for grad, move in steps:
@@ -209,7 +212,9 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
         "hyperstar": lambda s: HyperSTAR(extractor="label_stats", warmup_steps=50, steps_per_task=10, seed=s),
         "scot": lambda s: SCoT(extractor="label_stats", max_gp_points=100, seed=s),
         "hyperfd": lambda s: HyperFD(extractor="label_stats", warmup_steps=50, steps_per_task=5, seed=s),
-        "hyperfd_mse": lambda s: HyperFD(extractor="label_stats", loss="mse", warmup_steps=50, steps_per_task=5, seed=s),
+        "hyperfd_mse": lambda s: HyperFD(
+            extractor="label_stats", loss="mse", warmup_steps=50, steps_per_task=5, seed=s
+        ),
     }
     rows = evaluate(table, methods, offline=["wider", "off1", "off2"], runs=2, seed=0)
     assert len(rows) == len(methods) * 2 * 2

@@ -8,6 +8,7 @@ from typing import Any
 from core.registry import Registry
 
 from .base import Budget, Searcher, SpaceExhausted
+from .hyperfd import HyperFDSearcher
 from .moasha import MOASHA
 from .optuna import OptunaSearcher
 from .pool import PoolSearcher
@@ -20,6 +21,7 @@ BACKENDS.register("smac", SMACSearcher)
 BACKENDS.register("optuna", OptunaSearcher)
 BACKENDS.register("moasha", MOASHA)
 BACKENDS.register("pool", PoolSearcher)
+BACKENDS.register("hyperfd", HyperFDSearcher)
 
 
 def create_searcher(spec: str | dict[str, Any]) -> Searcher:
@@ -32,6 +34,7 @@ __all__ = [
     "BACKENDS",
     "MOASHA",
     "Budget",
+    "HyperFDSearcher",
     "OptunaSearcher",
     "PoolSearcher",
     "RandomSearcher",

@@ -68,6 +68,10 @@ class Searcher(ABC):
         self.seed = seed
         self.n_trials = n_trials
 
+    def attach(self, study: Any) -> None:
+        """Called by the study before :meth:`setup` with its settings (training YAMLs and
+        overrides, run folder), for a backend that needs the data (``hyperfd``); others ignore it."""
+
     @abstractmethod
     def ask(self) -> Proposal | None:
         """The next configuration and budget to run (the study makes it a :class:`Trial` with

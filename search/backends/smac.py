@@ -65,6 +65,9 @@ class SMACSearcher(Searcher):
             and budgets SMAC's default (``highest_observed_budget``) can fail (SMAC issue 1050);
             ``highest_budget`` works and is the default here.
         multi_objective: ``parego`` (the only option; ignored for a single objective).
+        initial_configs: configurations that replace SMAC's random initial design (a warm
+            start, e.g. the ``hyperfd`` ranker's picks); with ``n_initial`` that many random
+            ones are added.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class SMACSearcher(Searcher):
         n_initial: int | None = None,
         incumbent_selection: str = "highest_budget",
         multi_objective: str = "parego",
+        initial_configs: list[dict[str, Any]] | None = None,
     ) -> None:
         if facade not in FACADES:
             raise ValueError(f"SMAC facade must be one of {FACADES}, got {facade!r}")
@@ -83,6 +87,7 @@ class SMACSearcher(Searcher):
         self.eta = eta
         self.n_initial = n_initial
         self.incumbent_selection = incumbent_selection
+        self.initial_configs = [dict(c) for c in initial_configs or []]
 
     def name(self) -> str:
         return f"smac-{self.facade}"
@@ -131,8 +136,16 @@ class SMACSearcher(Searcher):
             kwargs["multi_objective_algorithm"] = ParEGO(scenario)
         if self.facade in ("hpo", "mf"):
             kwargs["model"] = _fast_forest(scenario)
-        if self.n_initial is not None and self.facade in ("hpo", "mf"):
-            kwargs["initial_design"] = facade_cls.get_initial_design(scenario, n_configs=self.n_initial)
+        if (self.n_initial is not None or self.initial_configs) and self.facade in ("hpo", "mf"):
+            # given configurations replace SMAC's random initial design (a warm start), unless
+            # n_initial asks for random ones besides them
+            kwargs["initial_design"] = facade_cls.get_initial_design(
+                scenario,
+                n_configs=self.n_initial if self.n_initial is not None else 0,
+                additional_configs=[self.configuration(c) for c in self.initial_configs],
+            )
+        elif self.initial_configs:
+            raise ValueError(f"initial_configs need the SMAC 'hpo' or 'mf' facade, not {self.facade!r}")
         self.smac = facade_cls(scenario, _unused_target, **kwargs)
         self._worst = WorstCosts(len(objectives))
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..spaces import config_key, load_space
-from .online import Method, OnlineTask, TaskData, evaluate_ranked, fill_random
+from .online import Method, OnlineTask, RandomSearch, TaskData, evaluate_ranked, fill_random
 from .ranker import (
     Ranker,
     SynapticIntelligence,
@@ -231,11 +231,13 @@ class HyperFD(_RankerMethod):
     # -------------------------------------------------------------- internals
 
     def _offline_metas(self) -> Tensor:
+        if not self.offline:
+            return torch.zeros(0, self.ranker.dataset.mlp[-1].out_features)
         return torch.stack([self.ranker.meta(d.features) for d in self.offline])
 
     def _train_transformations(self) -> None:
-        if not self.past:
-            return
+        if not self.past or not self.offline:
+            return  # without the platform's offline data the maps stay as they are
         with torch.no_grad():
             target = self._offline_metas()
         for version, optimizer in self.z_optimizers.items():
@@ -245,7 +247,7 @@ class HyperFD(_RankerMethod):
                 optimizer.step()
 
     def _batch(self, current: _Dataset, rng: np.random.Generator) -> list[_Item]:
-        weights = np.array([self.ratio[0], self.ratio[1] if self.past else 0.0, self.ratio[2]])
+        weights = np.array([self.ratio[0] if self.offline else 0.0, self.ratio[1] if self.past else 0.0, self.ratio[2]])
         weights /= weights.sum()
         items = []
         for source in rng.choice(3, size=self.batch_size, p=weights):
@@ -298,7 +300,45 @@ class HyperFD(_RankerMethod):
                 "offline_metas": dict(self.z.offline),
             },
             "past": self.past,
+            "options": {
+                "loss": self.loss,
+                "explore": self.explore,
+                "steps_per_task": self.steps_per_task,
+                "trans_steps": self.trans_steps,
+                "batch_size": self.batch_size,
+                "configs_per_item": self.configs_per_item,
+                "ratio": list(self.ratio),
+                "lr": self.lr,
+                "sim_weight": self.sim_weight,
+                "margin": self.margin,
+                "si_weight": self.si_weight,
+                "damping": self.damping,
+            },
         }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], offline: Sequence[TaskData] = (), seed: int = 0) -> HyperFD:
+        """A ranker continued from :meth:`state`, with the platform's offline datasets when it
+        has them (without, updates draw from past and current records only and the
+        transformation maps stay as they are)."""
+        method = cls(space=state["space"], extractor=state["extractor"], seed=seed, **state["options"])
+        torch.manual_seed(seed)
+        weights = state["ranker"]
+        method.ranker = Ranker(load_space(method.space), int(weights["dataset.mean"].shape[0]))
+        method.ranker.load_state_dict(weights)
+        method.optimizer = torch.optim.Adam(method.ranker.parameters(), lr=method.lr)
+        method.offline = [_Dataset(d.name, d.configs, d.val, d.feature(method.extractor)) for d in offline]
+        method.si = SynapticIntelligence(dict(method.ranker.named_parameters()), method.damping)
+        method.si.load_state_dict(state["si"])
+        method.z = Transformations()
+        method.z_optimizers = {}
+        for version, metas in state["transformations"]["offline_metas"].items():
+            method.z.create(version, metas)
+            method.z_optimizers[version] = torch.optim.Adam(method.z.maps[version].parameters(), lr=method.lr)
+        method.z.load_state_dict(state["transformations"]["maps"])
+        method.past = [dict(p) for p in state["past"]]
+        method.version = int(state["version"])
+        return method
 
 
 class BestOnSource(Method):
@@ -558,4 +598,59 @@ class SCoT(Method):
         self.sources.append((self._last, configs, dict(task.evaluated)))
 
 
-__all__ = ["BestOnSource", "HyperFD", "HyperSTAR", "SCoT", "TrAutoML", "ZeroShotTransfer"]
+# the methods of the evaluation by name: (class, its options); ``{features}``, ``{stats}`` and
+# ``{resnet}`` stand for the extractors the evaluation is given for each role
+METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
+    "random": (RandomSearch, {}),
+    "best_on_source": (BestOnSource, {}),
+    "tr_automl": (TrAutoML, {"extractor": "{features}"}),
+    "hyperstar": (HyperSTAR, {"extractor": "{features}"}),
+    "scot": (SCoT, {"extractor": "{stats}"}),
+    "zero_shot": (ZeroShotTransfer, {}),
+    "hyperfd_resnet": (HyperFD, {"extractor": "{resnet}"}),
+    "hyperfd_stats": (HyperFD, {"extractor": "{stats}"}),
+    "hyperfd_mse": (HyperFD, {"extractor": "{features}", "loss": "mse"}),
+    "hyperfd": (HyperFD, {"extractor": "{features}"}),
+}
+
+
+def create_method(
+    name: str,
+    seed: int,
+    extractors: Mapping[str, str],
+    space: str = "hyperfd_hpo",
+    source: str = "wider",
+    warmup_steps: int = 1000,
+) -> Method:
+    """A method of :data:`METHODS` with the evaluation's extractors (roles ``features``,
+    ``stats``, ``resnet`` -> extractor names), space, source dataset and ranker warm-up."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    cls, options = METHODS[name]
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, str) and value.startswith("{"):
+            role = value.strip("{}")
+            if role not in extractors:
+                raise ValueError(f"method {name!r} needs a {role!r} extractor")
+            value = extractors[role]
+        kwargs[key] = value
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    for key, value in (("space", space), ("source", source), ("warmup_steps", warmup_steps), ("seed", seed)):
+        if key in accepted:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+__all__ = [
+    "METHODS",
+    "BestOnSource",
+    "HyperFD",
+    "HyperSTAR",
+    "SCoT",
+    "TrAutoML",
+    "ZeroShotTransfer",
+    "create_method",
+]
