@@ -134,15 +134,16 @@ class BenchmarkSettings:
         return [grid[i] for i in sorted(pick)]
 
     def studies(self) -> Iterator[tuple[Dataset, int, list[dict[str, Any]], StudySettings]]:
-        """Every study of the build: (dataset, seed, its configurations, settings), the pool's
-        seeds first, then the noise seeds."""
+        """Every study of the build: (dataset, seed, its configurations, settings), seed by seed
+        (the pool's seeds first, then the noise seeds), every dataset within a seed, so that a
+        build stopped part-way holds the whole pool on as many datasets as possible."""
         configs = self.configurations()
         runs: list[tuple[int, list[dict[str, Any]]]] = [(s, configs) for s in self.seeds]
         if self.noise is not None:
             k = int(self.noise["configs"])
             runs += [(int(s), configs[:k]) for s in self.noise["seeds"] if int(s) not in self.seeds]
-        for dataset in self.datasets:
-            for seed, chosen in runs:
+        for seed, chosen in runs:
+            for dataset in self.datasets:
                 overrides = dict(self.overrides)
                 overrides.update({f"data.init_args.{k}": v for k, v in dataset.data.items()})
                 overrides["seed_everything"] = seed
