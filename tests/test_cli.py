@@ -41,9 +41,13 @@ def test_top_level_help_lists_every_verb():
         "benchmark export",
         "benchmark report",
         "benchmark augment",
+        "hyperfd evaluate",
+        "hyperfd train",
     } == {v.words for v in VERBS}
     group = run_facenas("benchmark")
     assert group.returncode == 2 and "usage: facenas benchmark {build,export,report,augment}" in group.stdout
+    group = run_facenas("hyperfd")
+    assert group.returncode == 2 and "usage: facenas hyperfd {evaluate,train}" in group.stdout
 
 
 @pytest.mark.parametrize("verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"]])
