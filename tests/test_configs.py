@@ -287,7 +287,9 @@ def test_search_config_builds_its_study(config):
     settings = study_settings(parse(search_parser(), ["--config", str(CONFIGS / "search" / config)]))
     space = load_space(settings.space, settings.seed)
     searcher = create_searcher(settings.backend)
+    searcher.attach(settings)  # as the study does (the hyperfd backend reads the study's dataset)
     searcher.setup(space, settings.objectives, settings.budget, settings.seed, settings.n_trials)
+    searcher.observed = {}  # nothing ran: close() must not update the ranker
     searcher.close()
     base = {}
     for path in settings.base:

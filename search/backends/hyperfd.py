@@ -22,7 +22,7 @@ from ConfigSpace import ConfigurationSpace
 
 from ..spaces import config_key, finite_configurations, nas_config, pool
 from ..trial import Objective, Proposal, Result, Status, Trial
-from .base import Budget, Searcher, SpaceExhausted
+from .base import Budget, Searcher
 
 SHIPPED = Path(__file__).resolve().parent.parent / "hyperfd" / "rankers"
 
@@ -141,16 +141,17 @@ class HyperFDSearcher(Searcher):
         ]
         self.picks = ranked[:n_top] + explored
         chosen = {config_key(c) for c in self.picks}
-        self.order = self.picks + [c for c in ranked if config_key(c) not in chosen]
-        self._next = 0
-        self._seen: set[str] = set()
         self.observed: dict[str, float] = {}
-        self._smac = None
+        # what proposes: the picks, then the rest of the ranking (a pool), or SMAC from the picks on
         if self.then == "smac":
             from .smac import SMACSearcher
 
-            self._smac = SMACSearcher(initial_configs=self.picks)
-            self._smac.setup(space, objectives, budget, seed, n_trials)
+            self._proposer: Searcher = SMACSearcher(initial_configs=self.picks)
+        else:
+            from .pool import PoolSearcher
+
+            self._proposer = PoolSearcher(self.picks + [c for c in ranked if config_key(c) not in chosen])
+        self._proposer.setup(space, objectives, budget, seed, n_trials)
 
     def _dataset_features(self) -> np.ndarray:
         """The study dataset's per-image features (its training images), with the state's extractor."""
@@ -165,28 +166,18 @@ class HyperFDSearcher(Searcher):
         return extract_features(data.splits["train"], self.method.extractor)
 
     def ask(self) -> Proposal | None:
-        if self._smac is not None:
-            return self._smac.ask()
-        while self._next < len(self.order):
-            config = self.order[self._next]
-            self._next += 1
-            if config_key(config) not in self._seen:
-                self._seen.add(config_key(config))
-                return Proposal(config, self.budget.max if self.budget is not None else None)
-        raise SpaceExhausted(f"all {len(self.order)} configurations of the pool were proposed")
+        return self._proposer.ask()
 
     def tell(self, trial: Trial, result: Result) -> None:
-        self._seen.add(config_key(trial.config))
-        if self._smac is not None:
-            self._smac.tell(trial, result)
+        self._proposer.tell(trial, result)
         objective = self.objectives[0]
         value = result.values.get(objective.metric)
         if result.status == Status.SUCCESS and value is not None:
             self.observed[config_key(trial.config)] = value if objective.mode == "max" else -value
 
     def close(self) -> None:
-        if self._smac is not None:
-            self._smac.close()
+        if getattr(self, "_proposer", None) is not None:
+            self._proposer.close()
         if not getattr(self, "observed", None):
             return
         from ..hyperfd.online import OnlineTask, TaskData, single_thread
