@@ -23,6 +23,12 @@ SHIPPED = {
         "RetinaFace MobileNetV2 x0.5 (channels 80), trained from scratch on the 1,239 WIDER FACE "
         "training images of ../shared/data at 320 px on a CPU; see benchmarks/RESULTS.md",
     ),
+    "largest_wider_subset_320": (
+        "retinaface_proxyless_x05_largest_wider_subset_320.pt",
+        "RetinaFace with the largest network of HyperFD's NAS space (proxyless_x05:largest), started from "
+        "wider_subset_320 remapped and trained 12 epochs on the same images at 320 px on a CPU: the seed "
+        "of remap_from for sampled architectures; see benchmarks/RESULTS.md",
+    ),
 }
 
 

@@ -210,8 +210,11 @@ class HyperFD(_RankerMethod):
         # the task's features stay (transiently, on its client) until the task ends
         current = _Dataset(task.name, configs, task.evaluated, task.features(self.extractor))
         for _ in range(self.steps_per_task):
+            batch = self._batch(current, rng)
+            if not batch:
+                break  # nothing to learn from: one result, no offline data, no past task
             self._train_transformations()
-            self._step(self._batch(current, rng), regularise=True)
+            self._step(batch, regularise=True)
         self.si.consolidate()
         self.version += 1
         version = str(self.version)
@@ -247,17 +250,27 @@ class HyperFD(_RankerMethod):
                 optimizer.step()
 
     def _batch(self, current: _Dataset, rng: np.random.Generator) -> list[_Item]:
-        weights = np.array([self.ratio[0] if self.offline else 0.0, self.ratio[1] if self.past else 0.0, self.ratio[2]])
+        # a pool with nothing in it, or a task with a single result (no pair to rank), is left out
+        past = [p for p in self.past if len(p["records"]) >= 2]
+        weights = np.array(
+            [
+                self.ratio[0] if self.offline else 0.0,
+                self.ratio[1] if past else 0.0,
+                self.ratio[2] if len(current.keys) >= 2 else 0.0,
+            ]
+        )
+        if weights.sum() == 0:
+            return []
         weights /= weights.sum()
         items = []
         for source in rng.choice(3, size=self.batch_size, p=weights):
             if source == 0:
                 items.append(self._offline_item(rng))
             elif source == 1:
-                past = self.past[int(rng.integers(len(self.past)))]
+                chosen = past[int(rng.integers(len(past)))]
                 with torch.no_grad():
-                    meta = self.z(past["version"], past["meta"])
-                d = _Dataset("past", past["configs"], past["records"], None)
+                    meta = self.z(chosen["version"], chosen["meta"])
+                d = _Dataset("past", chosen["configs"], chosen["records"], None)
                 items.append(d.item(meta, None, rng))
             else:
                 items.append(current.item(self.ranker.meta(current.features), None, rng))
