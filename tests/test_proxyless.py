@@ -210,6 +210,19 @@ def test_retinaface_remap_from_a_training_checkpoint(tmp_path):
         RetinaFace(backbone=f"proxyless_x05:{MIXED}", weights="x.pt", remap_from=str(tmp_path / "l.ckpt"))
 
 
+def test_shipped_largest_network_loads_and_seeds_a_sampled_architecture():
+    """The largest network trained on the WIDER subset ships by name; it loads as a detector and
+    remaps onto any architecture of the space."""
+    from models.detection.pretrained import load_detector_state, resolve_weights
+
+    state, _ = load_detector_state(resolve_weights("largest_wider_subset_320"))
+    largest = RetinaFace(backbone="proxyless_x05:largest", weights="largest_wider_subset_320").net
+    assert all(torch.equal(largest.state_dict()[k], v.float()) for k, v in state.items())
+    sampled = RetinaFace(backbone=f"proxyless_x05:{MIXED}", remap_from="largest_wider_subset_320").net
+    expected = remap({k: v.float() for k, v in state.items()}, LARGEST, MIXED)
+    assert all(torch.equal(sampled.state_dict()[k], expected[k]) for k in expected)
+
+
 def test_fit_trains_a_sampled_architecture_from_scratch_then_remapped(tmp_path):
     """`facenas fit` with `--model.init_args.backbone proxyless_x05:<arch>`, then a sampled
     architecture initialised by `--model.init_args.remap_from` the first run's checkpoint."""

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation, batched_nms
+from torchvision.ops import Conv2dNormActivation, batched_nms, remove_small_boxes
 
 from core.weights import WeightsMismatch, load_local_weights
 
@@ -361,7 +361,11 @@ class RetinaFace(pl.LightningModule):
             boxes = det["boxes"] / scale
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            preds.append({"boxes": boxes, "scores": det["scores"], "landmarks": det["landmarks"] / scale})
+            # a box wholly outside the image is empty once clipped: not a detection
+            keep = remove_small_boxes(boxes, 1e-2)
+            preds.append(
+                {"boxes": boxes[keep], "scores": det["scores"][keep], "landmarks": det["landmarks"][keep] / scale}
+            )
         return {"preds": preds, "targets": batch["meta"]}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
