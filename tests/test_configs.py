@@ -270,7 +270,8 @@ def test_benchmark_config_plans_its_studies(config):
     settings = BenchmarkSettings(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
     settings.base = [str(REPO / p) for p in settings.base]
     studies = list(settings.studies())
-    assert len(studies) == len(settings.datasets) * len(settings.seeds)
+    noise_seeds = {int(s) for s in (settings.noise or {}).get("seeds", [])} - set(settings.seeds)
+    assert len(studies) == len(settings.datasets) * (len(settings.seeds) + len(noise_seeds))
     for _, _, configs, study in studies:
         study.base = settings.base
         Study(study, quiet=True).check()
