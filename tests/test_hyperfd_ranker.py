@@ -117,6 +117,10 @@ def test_config_encoders_of_the_three_spaces():
     joint = ConfigEncoder(load_space("hyperfd_joint")).eval()
     assert joint([{**GRID[0], **large}]).shape == (1, 128)
     assert ConfigEncoder(load_space("hyperfd_hpo"))(GRID[:3]).shape == (3, 64)
+    # the flat encoding (SCoT's) of architectures: one-hot per parameter, inactive layers zero
+    flat = HPOEncoder(load_space("hyperfd_nas"), architecture=True)
+    big, tiny = np.array(flat.encode(large)), np.array(flat.encode(small))
+    assert big.shape == tiny.shape and big.sum() == len(large) and tiny.sum() == len(small) < len(large)
 
 
 def test_ranknet_loss_is_the_pairwise_logistic_loss():

@@ -32,6 +32,7 @@ from torch import Tensor
 from ..spaces import config_key, load_space
 from .online import Method, OnlineTask, RandomSearch, TaskData, evaluate_ranked, fill_random
 from .ranker import (
+    HPOEncoder,
     Ranker,
     SynapticIntelligence,
     Transformations,
@@ -534,12 +535,9 @@ class SCoT(Method):
         self.seed = seed
 
     def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
-        from .ranker import ConfigEncoder
 
-        encoder = ConfigEncoder(load_space(self.space))
-        if encoder.hpo is None:
-            raise ValueError("scot encodes configurations one-hot: it needs HPO parameters")
-        self._onehot = encoder.hpo.encode
+        # every parameter one-hot, the architecture's included (inactive layers as zeros)
+        self._onehot = HPOEncoder(load_space(self.space), architecture=True).encode
         feats = [_mean_features(d.feature(self.extractor)) for d in offline]
         self.lo, self.hi = np.min(feats, 0), np.max(feats, 0)
         self.sources = [(self._descriptor(f), d.configs, d.val) for f, d in zip(feats, offline)]

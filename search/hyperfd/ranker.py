@@ -89,13 +89,15 @@ class DatasetEncoder(nn.Module):
 class HPOEncoder(nn.Module):
     """One-hot of every categorical or ordinal (non-architecture) parameter of the space,
     concatenated (15 dimensions for ``hyperfd_hpo``), a numeric one as its position in its range
-    (log scale where the parameter is), an inactive one as zeros -> MLP to 64."""
+    (log scale where the parameter is), an inactive one as zeros -> MLP to 64. With
+    ``architecture=True`` the architecture's parameters are encoded the same way (a flat encoding
+    of the whole configuration, for methods without a graph encoder)."""
 
-    def __init__(self, space: ConfigurationSpace, hidden: int = HIDDEN) -> None:
+    def __init__(self, space: ConfigurationSpace, hidden: int = HIDDEN, architecture: bool = False) -> None:
         super().__init__()
         self.slots: list[tuple[str, list[Any] | tuple[float, float, bool]]] = []
         for hp in sorted(space.values(), key=lambda h: h.name):
-            if _nas_parameter(hp.name):
+            if _nas_parameter(hp.name) and not architecture:
                 continue
             if isinstance(hp, CategoricalHyperparameter):
                 self.slots.append((hp.name, list(hp.choices)))
