@@ -8,9 +8,9 @@ from core.errors import UserError
 from .common import parse, tool_parser
 
 
-def _features(benchmark: str, datasets: list[str], extractors: set[str], cache: str) -> dict[str, dict]:
-    """Per dataset and extractor the per-image features of the dataset's training images (what
-    its client holds), cached per (dataset, extractor version)."""
+def _attach_features(table: dict, benchmark: str, datasets: list[str], extractors: set[str], cache: str) -> None:
+    """Give each dataset of the table its per-image features of its training images (what its client
+    holds), by extractor, cached per (dataset, extractor version)."""
     from search.hyperfd.benchmark import dataset_module
     from search.hyperfd.features import create_extractor, extract_features
 
@@ -18,14 +18,12 @@ def _features(benchmark: str, datasets: list[str], extractors: set[str], cache: 
         name: create_extractor(name, **({"allow_random": True} if name.startswith("timm:") else {}))
         for name in extractors
     }
-    out: dict[str, dict] = {}
     for dataset in datasets:
         data = dataset_module(benchmark, dataset)
         data.prepare_data()
         data.setup("fit")
         samples = data.splits["train"]
-        out[dataset] = {name: extract_features(samples, e, cache, dataset) for name, e in built.items()}
-    return out
+        table[dataset].features = {name: extract_features(samples, e, cache, dataset) for name, e in built.items()}
 
 
 def evaluate(verb: str, argv: list[str]) -> int:
@@ -90,8 +88,7 @@ def evaluate(verb: str, argv: list[str]) -> int:
         raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     try:
         table = read_table(args.table)
-        with open(args.table, newline="") as f:
-            space = next(csv.DictReader(f))["space"] or "hyperfd_hpo"
+        space = next(iter(table.values())).space
         offline = args.offline or [n for n in table if n.startswith(args.source)]
         roles = {"features": args.features, "stats": args.stats, "resnet": args.resnet}
         needed = {
@@ -100,8 +97,7 @@ def evaluate(verb: str, argv: list[str]) -> int:
             for v in METHODS[m][1].values()
             if isinstance(v, str) and v.startswith("{")
         }
-        for name, feats in _features(args.benchmark, list(table), needed, args.cache).items():
-            table[name].features = feats
+        _attach_features(table, args.benchmark, list(table), needed, args.cache)
 
         def factory(name: str):
             return lambda seed: create_method(name, seed, roles, space, args.source, args.warmup_steps)
@@ -173,8 +169,6 @@ def train(verb: str, argv: list[str]) -> int:
     parser.add_argument("--out", type=str, required=True, help="the ranker state file (.pt)")
     args = parse(parser, argv)
 
-    import csv
-
     import numpy as np
 
     from search.backends.hyperfd import save_state
@@ -183,14 +177,12 @@ def train(verb: str, argv: list[str]) -> int:
 
     try:
         table = read_table(args.table)
-        with open(args.table, newline="") as f:
-            space = next(csv.DictReader(f))["space"] or "hyperfd_hpo"
+        space = next(iter(table.values())).space
         names = args.datasets or list(table)
         missing = [n for n in names if n not in table]
         if missing:
             raise ValueError(f"dataset {missing[0]!r} is not in {args.table}")
-        for name, feats in _features(args.benchmark, names, {args.features}, args.cache).items():
-            table[name].features = feats
+        _attach_features(table, args.benchmark, names, {args.features}, args.cache)
         method = HyperFD(space=space, extractor=args.features, warmup_steps=args.warmup_steps, seed=args.seed)
         with single_thread():
             method.warmup([table[n] for n in names], np.random.default_rng(args.seed))

@@ -38,6 +38,7 @@ class TaskData:
     val: dict[str, float]
     test: dict[str, float]
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    space: str = "hyperfd_hpo"
 
     def feature(self, extractor: str) -> np.ndarray:
         if extractor not in self.features:
@@ -68,6 +69,7 @@ def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]
         chosen = seed if seed is not None else max(seeds, key=lambda s: (len(seeds[s]), -s))
         data = TaskData(name, {}, {}, {})
         for row in seeds.get(chosen, []):
+            data.space = row.get("space") or data.space
             params = json.loads(row["params"])
             key = config_key(params)
             data.configs[key] = params
