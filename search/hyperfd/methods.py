@@ -590,17 +590,18 @@ class SCoT(Method):
 
         descriptor = self._descriptor(_mean_features(task.features(self.extractor)))
         configs = {config_key(c): c for c in task.pool}
+        position = {key: i for i, key in enumerate(configs)}
         candidates = np.array([self._onehot(c) + list(descriptor) for c in task.pool])
+        sources = [self._rows(*s) for s in self.sources]  # fixed within the task: built once
         while task.remaining > 0:
-            groups = [self._rows(*s) for s in self.sources]
+            groups = list(sources)
             if len(task.evaluated) >= 2:
                 groups.append(self._rows(descriptor, configs, task.evaluated))
             gp, best = self._fit(groups, rng)
             mu, sigma = gp.predict(candidates, return_std=True)
             z = (mu - best) / np.maximum(sigma, 1e-9)
             ei = (mu - best) * norm.cdf(z) + sigma * norm.pdf(z)
-            for k in task.evaluated:
-                ei[[config_key(c) for c in task.pool].index(k)] = -np.inf
+            ei[[position[k] for k in task.evaluated]] = -np.inf
             task.evaluate(task.pool[int(np.argmax(ei))])
         self._last = descriptor
 
