@@ -197,9 +197,12 @@ def test_report_numbers(tmp_path):
     noise = np.mean([np.std([0.50, 0.52], ddof=1), np.std([0.60, 0.56], ddof=1)])
     assert a["seed_noise_std"] == pytest.approx(noise) and a["noise_configs"] == 2
     assert a["spread_over_noise"] == pytest.approx(np.std(a_test, ddof=1) / noise)
+    q25, q75 = np.percentile(a_test, [25, 75])
+    assert a["robust_spread_over_noise"] == pytest.approx((q75 - q25) / 1.349 / noise)
     assert a["val_test_spearman"] == pytest.approx(1.0)
     assert result["spearman"][0][1] == pytest.approx(spearmanr(a_test, b_test).statistic)
     assert result["summary"]["spread_above_twice_noise"] == ["a"]  # b has no noise measurement
+    assert result["summary"]["robust_spread_above_twice_noise"] == ["a"]
     text, files = write_report(tmp_path)
     assert "| a | 5 | 0 |" in text and all(f.is_file() and f.stat().st_size > 0 for f in files)
     assert {f.name for f in files} >= {"ap_distribution.png", "val_vs_test.png", "spearman.png"}
