@@ -45,6 +45,7 @@ def test_every_config_is_covered():
         }
         | {f"search/{p.name}" for p in (CONFIGS / "search").glob("*.yaml")}
         | {f"benchmark/{p.name}" for p in (CONFIGS / "benchmark").glob("*.yaml")}
+        | {f"recognition/mitigation/{p.name}" for p in (CONFIGS / "recognition/mitigation").glob("*.yaml")}
     )
     assert shipped == covered
 
@@ -68,6 +69,26 @@ def test_trainer_and_logger_groups_combine_with_a_model_config(tmp_path, extra):
     for group in extra:
         for key, value in yaml.safe_load((CONFIGS / group).read_text())["trainer"].items():
             assert printed["trainer"][key] == value or key == "logger", key
+
+
+@pytest.mark.parametrize("method", sorted(p.name for p in (CONFIGS / "recognition/mitigation").glob("*.yaml")))
+def test_mitigation_config_runs_with_the_recognition_quickstart(tmp_path, method):
+    """Each bias-mitigation YAML is a switch on the quickstart: two training epochs with a
+    validation after the first, so that methods reading the last validation act in the second."""
+    args = [
+        "--config",
+        str(CONFIGS / "recognition/quickstart.yaml"),
+        "--config",
+        str(CONFIGS / "recognition/mitigation" / method),
+    ]
+    small = SMALL["recognition/quickstart.yaml"] + ["--data.init_args.synthetic_root", "ids"]
+    out = run_facenas(
+        "fit", *args, *small, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.logger", "false", "--test_after_fit", "false",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "val/error" in out.stdout
 
 
 @pytest.mark.parametrize("config", sorted(SMALL))

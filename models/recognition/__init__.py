@@ -26,21 +26,28 @@ from .heads import (
     focal_loss,
     register_head,
 )
+from .mitigation import MITIGATIONS, Angular, Flipped, Mitigation, SensitiveNets, create_mitigation
 
 __all__ = [
     "FRNAS_PUBLISHED",
     "HEADS",
+    "MITIGATIONS",
     "OPERATION_NAMES",
+    "Angular",
     "ArcFace",
     "CosFace",
     "EmbeddingNeck",
     "FaceID",
+    "Flipped",
     "MagFace",
+    "Mitigation",
     "SearchableDPN",
+    "SensitiveNets",
     "additive_angular",
     "code_to_paper",
     "create_backbone",
     "create_head",
+    "create_mitigation",
     "dpn_search",
     "dpn_state_dict_from_timm",
     "focal_loss",

@@ -13,6 +13,7 @@ from ..errors import check_finite_loss
 from ..optim import build_optimizer
 from .backbones import create_backbone
 from .heads import HEADS, create_head, focal_loss
+from .mitigation import MITIGATIONS, create_mitigation
 
 
 class EmbeddingNeck(nn.Module):
@@ -53,6 +54,10 @@ class FaceID(pl.LightningModule):
         warmup_epochs: linear warm-up before the cosine schedule (stepped every batch).
         flip_test: evaluation embeddings are the sum of the image's and its mirror's, as FR-NAS.
         channels_last: channels-last memory format (faster with AMP on GPUs).
+        mitigation: a bias-mitigation method (``flipped``, ``angular``, ``sensitivenets``:
+            :mod:`models.recognition.mitigation`) with ``mitigation_args``; None: none.
+        group_names: the protected attribute's groups, in the order of the batches' ``groups``
+            indices; default: the datamodule's ``group_names``.
 
     Evaluation (fairness metrics, verification pairs, embedding files) is configured as
     callbacks (``configs/callbacks/recognition.yaml``); ``monitor`` names the metric the best
@@ -80,6 +85,9 @@ class FaceID(pl.LightningModule):
         warmup_epochs: float = 1.0,
         flip_test: bool = True,
         channels_last: bool = False,
+        mitigation: str | None = None,
+        mitigation_args: dict[str, Any] | None = None,
+        group_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adam", "adamw"):
@@ -91,6 +99,8 @@ class FaceID(pl.LightningModule):
         if embedding_dim is None and dropout:
             raise ValueError(f"dropout {dropout} needs the neck, but embedding_dim is null (no neck): set dropout 0")
         HEADS.get(head)  # an unknown head fails here, not after the data was read
+        if mitigation is not None:
+            MITIGATIONS.get(mitigation)
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained)
         self.neck = None if embedding_dim is None else EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
@@ -100,6 +110,9 @@ class FaceID(pl.LightningModule):
             self.build_head(num_classes)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.mitigation = None if mitigation is None else create_mitigation(mitigation, **(mitigation_args or {}))
+        if self.mitigation is not None and group_names is not None:
+            self.mitigation.bind(self, group_names)
 
     def build_head(self, num_classes: int) -> None:
         """Create the margin head for ``num_classes`` training identities."""
@@ -120,6 +133,25 @@ class FaceID(pl.LightningModule):
             if num is None:
                 raise ValueError("FaceID needs num_classes (set it, or use a datamodule with a num_classes attribute)")
             self.build_head(int(num))
+        if self.mitigation is not None and self.hparams.group_names is None:
+            names = (
+                getattr(self.trainer.datamodule, "group_names", None) if self.trainer.datamodule is not None else None
+            )
+            if not names:
+                raise ValueError(
+                    f"mitigation {self.hparams.mitigation!r} needs the protected attribute's groups "
+                    "(set group_names, or use a datamodule with a group_column)"
+                )
+            self.hparams.group_names = list(names)
+            self.mitigation.bind(self, names)
+
+    def train(self, mode: bool = True) -> FaceID:
+        super().train(mode)
+        if mode and getattr(self.mitigation, "freezes_extractor", False):  # SensitiveNets on a frozen extractor
+            for module in (self.backbone, self.neck):
+                if module is not None:
+                    module.eval()
+        return self
 
     # ------------------------------------------------------------------ model
 
@@ -132,12 +164,18 @@ class FaceID(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         if self.neck is not None:
             pooled = self.backbone(images)
-            return pooled, self.neck(pooled)
-        if not hasattr(self.backbone, "forward_head"):
-            embeddings = self.backbone(images)
-            return embeddings, embeddings
-        feature_map = self.backbone.forward_features(images)
-        return self.backbone.forward_head(feature_map, pre_logits=True), self.backbone.forward_head(feature_map)
+            before, embeddings = pooled, self.neck(pooled)
+        elif not hasattr(self.backbone, "forward_head"):
+            before = embeddings = self.backbone(images)
+        else:
+            feature_map = self.backbone.forward_features(images)
+            before, embeddings = (
+                self.backbone.forward_head(feature_map, pre_logits=True),
+                self.backbone.forward_head(feature_map),
+            )
+        if self.mitigation is not None:  # SensitiveNets' removal network: layer N is its output
+            before, embeddings = embeddings, self.mitigation.transform(embeddings)
+        return before, embeddings
 
     def forward(self, images: Tensor) -> Tensor:
         return self.features(images)[1]
@@ -152,9 +190,26 @@ class FaceID(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
+    def on_train_epoch_start(self) -> None:
+        if self.mitigation is not None:  # the last validation's per-group accuracy, for methods that read it
+            metrics = self.trainer.callback_metrics
+            self.mitigation.observe(
+                {
+                    g: float(metrics[f"val/accuracy_{g}"])
+                    for g in self.mitigation.group_names
+                    if f"val/accuracy_{g}" in metrics
+                }
+            )
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch["images"], batch["labels"]
-        logits, regularizer = self.head(self(images), labels)
+        n = len(labels)
+        embeddings, extra, logs = self(images), None, {}
+        if self.mitigation is not None:
+            groups = batch["groups"]
+            labels, logs = self.mitigation.labels(labels, groups, self.head.weight.shape[0])
+            extra = self.mitigation.extra_margin(groups)
+        logits, regularizer = self.head(embeddings, labels, extra)
         loss = (
             focal_loss(logits, labels, self.hparams.focal_gamma)
             if self.hparams.loss == "focal"
@@ -162,9 +217,15 @@ class FaceID(pl.LightningModule):
         )
         if regularizer is not None:
             loss = loss + regularizer
+        if self.mitigation is not None:
+            adversarial, more = self.mitigation.loss(embeddings, batch["groups"])
+            if adversarial is not None:
+                loss = loss + adversarial
+            logs.update(more)
         check_finite_loss(self, loss, batch_idx)
-        n = len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for key, value in logs.items():
+            self.log(f"train/{key}", value, batch_size=n)
         self.log("train/accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=n)
         return loss
 

@@ -1,6 +1,8 @@
 """Margin heads for face identification, in a registry by name (``arcface``, ``cosface``,
 ``magface``). A head maps embeddings (B, D) and labels (B,) to logits (B, C) and, where it has
-one, a regulariser (a scalar to add to the loss); without labels it returns the scaled cosines."""
+one, a regulariser (a scalar to add to the loss); without labels it returns the scaled cosines.
+``extra_margin`` (B,) is added to each sample's margin (group-dependent margins: the ``angular``
+bias mitigation)."""
 
 from __future__ import annotations
 
@@ -33,16 +35,19 @@ class _CosineHead(nn.Module):
     def cosine(self, embeddings: Tensor) -> Tensor:
         return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1, 1)
 
-    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+    def target(self, cos_y: Tensor, embeddings: Tensor, extra: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
         """The label column's margin-adjusted cosine (B,) and the regulariser, from
-        ``cos_y = cos(theta_y)``; each head defines its margin here."""
+        ``cos_y = cos(theta_y)`` and a per-sample ``extra`` margin; each head defines its margin here."""
         raise NotImplementedError
 
-    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, embeddings: Tensor, labels: Tensor | None = None, extra_margin: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         cos = self.cosine(embeddings)
         if labels is None:
             return self.scale * cos, None
-        target, regularizer = self.target(cos.gather(1, labels[:, None])[:, 0], embeddings)
+        extra = 0.0 if extra_margin is None else extra_margin.to(cos.dtype)
+        target, regularizer = self.target(cos.gather(1, labels[:, None])[:, 0], embeddings, extra)
         return self.scale * cos.scatter(1, labels[:, None], target[:, None]), regularizer
 
 
@@ -55,8 +60,8 @@ class CosFace(_CosineHead):
         super().__init__(embedding_dim, num_classes, scale)
         self.margin = margin
 
-    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
-        return cos_y - self.margin, None
+    def target(self, cos_y: Tensor, embeddings: Tensor, extra: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
+        return cos_y - (self.margin + extra), None
 
 
 @register_head("arcface")
@@ -69,8 +74,8 @@ class ArcFace(_CosineHead):
         super().__init__(embedding_dim, num_classes, scale)
         self.margin = margin
 
-    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
-        return additive_angular(cos_y, self.margin), None
+    def target(self, cos_y: Tensor, embeddings: Tensor, extra: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
+        return additive_angular(cos_y, self.margin + extra), None
 
 
 def cos_plus(cos: Tensor, margin: Tensor) -> Tensor:
@@ -119,9 +124,9 @@ class MagFace(_CosineHead):
     def regularizer(self, magnitude: Tensor) -> Tensor:
         return magnitude / self.u_a**2 + 1.0 / magnitude
 
-    def target(self, cos_y: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+    def target(self, cos_y: Tensor, embeddings: Tensor, extra: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
         magnitude = embeddings.float().norm(dim=1).clamp(self.l_a, self.u_a)
-        margin = self.margin(magnitude)
+        margin = self.margin(magnitude) + extra
         valid = cos_y > 0 if self.easy_margin else cos_y > torch.cos(math.pi - margin)
         target = torch.where(valid, cos_plus(cos_y, margin), cos_y)
         return target, self.lambda_g * self.regularizer(magnitude).mean()
