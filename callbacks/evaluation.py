@@ -104,7 +104,10 @@ class MetricCallback(Callback):
 
 class DetectionAP(MetricCallback):
     """Logs ``val/ap50`` and ``test/ap50`` (MMDetection VOC semantics; see
-    :mod:`callbacks.detection_ap`), plus ``<stage>/ap50_<attr>_<value>`` per attribute group.
+    :mod:`callbacks.detection_ap`), plus ``<stage>/ap50_<attr>_<value>`` per attribute group and
+    ``<stage>/ap50_disparity_<attr>``: the largest absolute AP difference between two groups of
+    the attribute that have at least ``min_group_faces`` counted faces (NaN with fewer than two
+    such groups). Any of them can be a search objective.
 
     Args:
         iou_threshold: IoU of a true positive.
@@ -113,6 +116,7 @@ class DetectionAP(MetricCallback):
         short_side: measure sizes after scaling each image so its shorter side is this long
             (HyperFD: 720); None measures them in original pixels.
         attributes: per-box attribute groups to report AP for, e.g. ``{"gender": ["female", "male"]}``.
+        min_group_faces: groups with fewer counted faces are left out of the disparity.
     """
 
     def __init__(
@@ -121,11 +125,13 @@ class DetectionAP(MetricCallback):
         min_size: float = 36.0,
         short_side: float | None = 720.0,
         attributes: dict[str, list[str]] | None = None,
+        min_group_faces: int = 20,
     ) -> None:
         self.iou_threshold = iou_threshold
         self.min_size = min_size
         self.short_side = short_side
         self.attributes = attributes
+        self.min_group_faces = min_group_faces
 
     def _make_metric(self) -> DetectionAveragePrecision:
         return DetectionAveragePrecision(
@@ -133,6 +139,7 @@ class DetectionAP(MetricCallback):
             min_size=self.min_size,
             short_side=self.short_side,
             attributes=self.attributes,
+            min_group_faces=self.min_group_faces,
         )
 
     def _wants(self, outputs: Any) -> bool:
@@ -144,6 +151,7 @@ class DetectionAP(MetricCallback):
     def _select(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {"ap50": values["ap50"], "recall": values["recall"]}
         out.update({"ap50_" + k.replace("=", "_"): v for k, v in values.items() if "=" in k})
+        out.update({"ap50_disparity_" + k.split(":", 1)[1]: v for k, v in values.items() if k.startswith("disparity:")})
         return out
 
 

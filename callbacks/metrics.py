@@ -3,6 +3,7 @@ the Lightning callbacks during validation and test."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,9 @@ class DetectionAveragePrecision(Metric):
 
     Per-group AP (e.g. ``attributes={"gender": ["female", "male"]}``) treats ground truths outside
     the group, or without a label, as ignore regions, as WIDER's easy/medium/hard subsets do.
+    Per attribute, ``"disparity:<attr>"`` is the largest absolute AP difference between two of its
+    groups, over the groups with at least ``min_group_faces`` counted faces (NaN when fewer than
+    two groups have that many: a gap between a handful of faces is noise).
     """
 
     full_state_update = False
@@ -38,9 +42,11 @@ class DetectionAveragePrecision(Metric):
         min_size: float = 0.0,
         short_side: float | None = None,
         attributes: dict[str, list[str]] | None = None,
+        min_group_faces: int = 20,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.min_group_faces = min_group_faces
         self.iou_threshold = iou_threshold
         self.min_size = min_size
         self.short_side = short_side
@@ -103,8 +109,15 @@ class DetectionAveragePrecision(Metric):
     def compute(self) -> dict[str, Tensor]:
         ap, recall, num_gt = self._ap("")
         out = {"ap50": torch.tensor(ap), "recall": torch.tensor(recall), "num_gt": torch.tensor(float(num_gt))}
+        usable: dict[str, list[float]] = {}
         for name, value in self.groups:
-            out[f"{name}={value}"] = torch.tensor(self._ap(f"{name}={value}")[0])
+            group_ap, _, group_gt = self._ap(f"{name}={value}")
+            out[f"{name}={value}"] = torch.tensor(group_ap)
+            if group_gt >= self.min_group_faces:
+                usable.setdefault(name, []).append(group_ap)
+        for name in dict.fromkeys(n for n, _ in self.groups):
+            aps = usable.get(name, [])
+            out[f"disparity:{name}"] = torch.tensor(max(aps) - min(aps) if len(aps) >= 2 else math.nan)
         return out
 
 

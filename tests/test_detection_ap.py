@@ -3,6 +3,8 @@ loop, hand-worked cases, the torchmetrics Metric, and real WIDER FACE annotation
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,25 +133,38 @@ def test_average_precision_without_ground_truth_is_zero():
     assert average_precision(torch.tensor([0.9]), torch.tensor([False]), 0) == (0.0, 0.0)
 
 
+def batch_of(preds, gts, labels):
+    return (
+        [{"boxes": torch.tensor(p[0]), "scores": torch.tensor(p[1])} for p in preds],
+        [
+            {"boxes": torch.tensor(g[0]), "ignore": torch.tensor(g[1]), "attributes": {"gender": lab}}
+            for g, lab in zip(gts, labels)
+        ],
+    )
+
+
 def test_metric_accumulates_batches_like_one_evaluation():
     rng = np.random.default_rng(5)
     preds, gts = random_set(rng, images=20)
     labels = [[["female", "male", None][int(k)] for k in rng.integers(0, 3, len(g[0]))] for g in gts]
-    metric = DetectionAveragePrecision(min_size=0, attributes={"gender": ["female", "male"]})
+    metric = DetectionAveragePrecision(min_size=0, attributes={"gender": ["female", "male"]}, min_group_faces=1)
     for lo in range(0, 20, 6):
-        metric.update(
-            [{"boxes": torch.tensor(p[0]), "scores": torch.tensor(p[1])} for p in preds[lo : lo + 6]],
-            [
-                {"boxes": torch.tensor(g[0]), "ignore": torch.tensor(g[1]), "attributes": {"gender": lab}}
-                for g, lab in zip(gts[lo : lo + 6], labels[lo : lo + 6])
-            ],
-        )
+        metric.update(*batch_of(preds[lo : lo + 6], gts[lo : lo + 6], labels[lo : lo + 6]))
     out = metric.compute()
     assert out["ap50"].item() == pytest.approx(evaluate_detections(as_torch(preds), as_torch(gts)).ap50)
+    want, faces = {}, {}
     for group in ("female", "male"):
         outside = [(g[0], g[1] | np.array([lab != group for lab in labs], dtype=bool)) for g, labs in zip(gts, labels)]
-        want = evaluate_detections(as_torch(preds), as_torch(outside)).ap50
-        assert out[f"gender={group}"].item() == pytest.approx(want)
+        result = evaluate_detections(as_torch(preds), as_torch(outside))
+        want[group], faces[group] = result.ap50, result.num_gt
+        assert out[f"gender={group}"].item() == pytest.approx(want[group])
+    assert out["disparity:gender"].item() == pytest.approx(abs(want["female"] - want["male"]))
+    # a group with fewer counted faces than the minimum leaves no pair to compare
+    few = DetectionAveragePrecision(
+        min_size=0, attributes={"gender": ["female", "male"]}, min_group_faces=1 + min(faces.values())
+    )
+    few.update(*batch_of(preds, gts, labels))
+    assert math.isnan(few.compute()["disparity:gender"].item())
 
 
 def test_real_wider_ground_truth_scores_perfectly_against_itself(wider_val):

@@ -488,7 +488,7 @@ def test_real_wider_fit_steps_log_ap(tmp_path):
     metrics = trainer.callback_metrics
     assert math.isfinite(metrics["train/loss"].item())
     assert 0.0 <= metrics["val/ap50"].item() <= 1.0
-    assert "val/ap50_perceived_gender_female" in metrics
+    assert "val/ap50_perceived_gender_female" in metrics and "val/ap50_disparity_perceived_gender" in metrics
     assert len(data.splits["train"]) == 1239 and len(data.splits["val"]) == 394
 
 
