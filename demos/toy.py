@@ -127,6 +127,12 @@ class ToyFaceModule(pl.LightningModule):
             "groups": torch.tensor([b["group"] for b in batch], device=self.device),
         }
 
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings of pair images for ``callbacks.VerificationAccuracy``: each channel's mean and
+        standard deviation, L2-normalised."""
+        return torch.nn.functional.normalize(torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3))], dim=1))
+
     def validation_step(self, batch: list[dict], batch_idx: int) -> dict:
         self.log("val/gain", self.gain, batch_size=len(batch), sync_dist=True)
         return self._outputs(batch)

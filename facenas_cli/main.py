@@ -73,6 +73,13 @@ VERBS: tuple[Verb, ...] = (
         "fairness_report:run",
     ),
     Verb(
+        "evaluate-transfer",
+        "Evaluation and data",
+        "a FaceID checkpoint on pair sets (verification) and on another protected attribute",
+        "facenas evaluate-transfer --ckpt best.ckpt --sets '[lfw.bin, cfp_fp.bin]' --identification rfw.csv",
+        "evaluate_transfer:run",
+    ),
+    Verb(
         "data check",
         "Evaluation and data",
         "read a dataset; report every dropped or repaired box and image",

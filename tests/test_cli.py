@@ -33,6 +33,7 @@ def test_top_level_help_lists_every_verb():
         "probe",
         "eval-detections",
         "fairness-report",
+        "evaluate-transfer",
         "data check",
         "data synth",
         "search",
@@ -50,7 +51,9 @@ def test_top_level_help_lists_every_verb():
     assert group.returncode == 2 and "usage: facenas hyperfd {evaluate,train}" in group.stdout
 
 
-@pytest.mark.parametrize("verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"]])
+@pytest.mark.parametrize(
+    "verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"], ["evaluate-transfer"]]
+)
 def test_json_is_a_flag_everywhere(verb):
     out = run_facenas(*verb, "--help")
     assert out.returncode == 0

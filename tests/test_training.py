@@ -4,14 +4,19 @@ W&B logger offline, and a real 2-process CPU DDP run whose metrics are synchroni
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from callbacks import evaluate_detections, evaluate_fairness
-from demos.toy import GROUPS, toy_sample
+from callbacks.verification import pair_set_accuracy
+from datamodules.recognition.formats import read_verification_bin, write_verification_bin
+from demos.toy import GROUPS, ToyFaceModule, toy_sample
 
 from .conftest import REPO, run_facenas
 
@@ -232,7 +237,22 @@ def test_wandb_logger_runs_offline_and_finishes_one_run(tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_process_cpu_ddp_synchronises_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i in range(40):  # 20 pairs of noise images: matching pairs share their brightness
+        image = rng.integers(0, 60, (24, 24, 3)) + 4 * (i // 2 if i % 4 < 2 else i)
+        buf = io.BytesIO()
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    pair_set = write_verification_bin(tmp_path / "pairs.bin", blobs, [True, False] * 10)
     config = write_config(tmp_path, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
+    extra = {
+        "class_path": "callbacks.VerificationAccuracy",
+        "init_args": {"sets": {"pairs": str(pair_set)}, "image_size": 24},
+    }
+    written = yaml.safe_load(config.read_text())
+    written["trainer"]["callbacks"].append(extra)
+    config.write_text(yaml.safe_dump(written))
     out = run_facenas("fit", "--config", str(config), cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = last_metrics(tmp_path / "runs/toy/version_0/metrics.csv")
@@ -244,6 +264,10 @@ def test_two_process_cpu_ddp_synchronises_metrics(tmp_path):
     assert metrics["val/error"] == pytest.approx(fair.error, rel=1e-5)
     assert metrics["val/rank_disparity"] == pytest.approx(fair.rank_disparity, rel=1e-5)
     assert metrics["val/n_female"] + metrics["val/n_male"] == 32
+    # verification: rank 0 alone reads and embeds the pairs; every rank logs its accuracy
+    pairs = read_verification_bin(pair_set)
+    want, _ = pair_set_accuracy(ToyFaceModule().embed, pairs, image_size=24)
+    assert metrics["val/pairs_accuracy"] == pytest.approx(want) and 0.5 < want <= 1.0
     # and differ from what either rank alone would have logged
     for rank in (0, 1):
         half_det, half_fair = full_set_metrics(items[rank::2])
