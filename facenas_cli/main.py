@@ -73,6 +73,13 @@ VERBS: tuple[Verb, ...] = (
         "fairness_report:run",
     ),
     Verb(
+        "fairness-compare",
+        "Evaluation and data",
+        "bias-mitigation methods x models by (error; fairness metric), Pareto-optimal marked",
+        "facenas fairness-compare --runs '[runs/cmp/version_0, runs/cmp/version_1]' --out runs/cmp/compare",
+        "fairness_compare:run",
+    ),
+    Verb(
         "evaluate-transfer",
         "Evaluation and data",
         "a FaceID checkpoint on pair sets (verification) and on another protected attribute",

@@ -34,6 +34,7 @@ def test_top_level_help_lists_every_verb():
         "eval-detections",
         "fairness-report",
         "evaluate-transfer",
+        "fairness-compare",
         "data check",
         "data synth",
         "search",
@@ -52,7 +53,15 @@ def test_top_level_help_lists_every_verb():
 
 
 @pytest.mark.parametrize(
-    "verb", [["eval-detections"], ["fairness-report"], ["data", "check"], ["probe"], ["evaluate-transfer"]]
+    "verb",
+    [
+        ["eval-detections"],
+        ["fairness-report"],
+        ["data", "check"],
+        ["probe"],
+        ["evaluate-transfer"],
+        ["fairness-compare"],
+    ],
 )
 def test_json_is_a_flag_everywhere(verb):
     out = run_facenas(*verb, "--help")
