@@ -52,12 +52,17 @@ def embed_pairs(
     from datamodules.recognition.datamodule import eval_transform
 
     transform = eval_transform(image_size)  # the identification data's evaluation input
-    out = []
-    for start in range(0, len(pairs.images), batch_size):
-        stop = min(start + batch_size, len(pairs.images))
-        batch = torch.stack([transform(pairs.decode(i)) for i in range(start, stop)])
-        out.append(embed(batch.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    n = len(pairs.images)
+    out = torch.zeros(0, 0)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        batch = embed(torch.stack([transform(pairs.decode(i)) for i in range(start, stop)]).to(device)).float()
+        if start == 0:
+            # one (N, D) block allocated up front: a list of small per-batch results, each left
+            # between the large freed image batches, fragments the heap and keeps it from shrinking
+            out = torch.empty(n, batch.shape[1])
+        out[start:stop] = batch.cpu()
+    return out
 
 
 def pair_set_accuracy(
