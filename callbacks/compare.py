@@ -27,9 +27,9 @@ import yaml
 from core.errors import UserError
 from core.pareto import pareto_mask
 
-# FR-NAS's five fairness metrics, rank disparity in both definitions (rank_disparity_id: by
-# identity, FR-NAS's published numbers; rank_disparity: by image, its paper text)
-METRICS = ("rank_disparity_id", "rank_disparity", "disparity", "ratio", "rank_ratio", "error_ratio")
+from .fairness import FAIRNESS_METRICS
+
+METRICS = FAIRNESS_METRICS
 
 
 @dataclass

@@ -48,6 +48,18 @@ _CHUNK_ELEMENTS = 8_000_000
 
 Singletons = Literal["skip", "error"]
 
+# FR-NAS's fairness metrics, in the order reports list them (rank disparity by identity first:
+# FR-NAS's published numbers; by image: its paper text)
+FAIRNESS_METRICS = (
+    "rank_disparity_id",
+    "rank_disparity",
+    "disparity",
+    "ratio",
+    "rank_ratio",
+    "rank_ratio_id",
+    "error_ratio",
+)
+
 # default limit on unusable embedding rows: a few broken rows (a bad image, a half-written file)
 # are left out and reported; more means a diverged model or a broken export, and scoring what
 # is left would measure a different, easier set (fewer distractors)

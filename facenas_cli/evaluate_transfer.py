@@ -12,17 +12,6 @@ from core.errors import UserError
 
 from .common import parse, print_json, table, tool_parser
 
-METRICS = (
-    "error",
-    "rank_disparity",
-    "rank_disparity_id",
-    "disparity",
-    "ratio",
-    "rank_ratio",
-    "rank_ratio_id",
-    "error_ratio",
-)
-
 
 def run(verb: str, argv: list[str]) -> int:
     parser = tool_parser(
@@ -66,6 +55,7 @@ def run(verb: str, argv: list[str]) -> int:
 
     import torch
 
+    from callbacks.fairness import FAIRNESS_METRICS
     from callbacks.verification import pair_set_accuracy
     from datamodules.recognition.formats import read_verification_bin
     from training.cli import check_checkpoint
@@ -104,7 +94,7 @@ def run(verb: str, argv: list[str]) -> int:
         table(
             f"identification by {args.attribute} ({ident['probes']} probes; max over ordered group pairs)",
             ("metric", "value"),
-            [(k, f"{ident[k]:.4f}") for k in METRICS],
+            [(k, f"{ident[k]:.4f}") for k in ("error", *FAIRNESS_METRICS)],
         )
         table(
             f"per {args.attribute}",

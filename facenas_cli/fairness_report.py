@@ -90,18 +90,9 @@ def run(verb: str, argv: list[str]) -> int:
     if args.json:
         print_json(result)
         return 0
-    metrics = (
-        "error",
-        "rank",
-        "rank_by_identity",
-        "rank_disparity",
-        "rank_disparity_id",
-        "disparity",
-        "ratio",
-        "rank_ratio",
-        "rank_ratio_id",
-        "error_ratio",
-    )
+    from callbacks.fairness import FAIRNESS_METRICS
+
+    metrics = ("error", "rank", "rank_by_identity", *FAIRNESS_METRICS)
     counted = "singletons counted as errors" if result["singleton_rule"] == "error" else "singletons skipped"
     table(
         f"identification over {result['probes']} probes",

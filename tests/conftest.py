@@ -51,3 +51,24 @@ def run_facenas(
         text=True,
         timeout=timeout,
     )
+
+
+def synthetic_identities(tmp_path: Path, identities: int = 16, images: int = 8, ratios=(4, 2, 2), **kw):
+    """A small closed-set FaceIDDataModule of synthetic identities at 32 px (each identity's
+    images split by ``ratios``), for tests that train in seconds."""
+    from datamodules.recognition import FaceIDDataModule
+
+    return FaceIDDataModule(
+        synthetic_identities=identities,
+        synthetic_images_per_identity=images,
+        synthetic_size=32,
+        image_size=32,
+        synthetic_root=str(tmp_path / "ids"),
+        split_file=str(tmp_path / "split.json"),
+        split_by="image",
+        split_ratios=list(ratios),
+        batch_size=16,
+        eval_batch_size=32,
+        num_workers=0,
+        **kw,
+    )

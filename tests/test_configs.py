@@ -313,9 +313,12 @@ def test_search_config_builds_its_study(config):
     searcher.setup(space, settings.objectives, settings.budget, settings.seed, settings.n_trials)
     searcher.observed = {}  # nothing ran: close() must not update the ranker
     searcher.close()
+
     def merge(into: dict, new: dict) -> dict:  # later configs update earlier ones key by key, as the CLI does
         for key, value in new.items():
-            into[key] = merge(into[key], value) if isinstance(value, dict) and isinstance(into.get(key), dict) else value
+            into[key] = (
+                merge(into[key], value) if isinstance(value, dict) and isinstance(into.get(key), dict) else value
+            )
         return into
 
     base = {}

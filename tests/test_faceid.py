@@ -33,7 +33,7 @@ from models.recognition import (
     searchable_op,
 )
 
-from .conftest import REPO, data_path
+from .conftest import REPO, data_path, synthetic_identities
 
 # ----------------------------------------------------------------------------- searchable DPN
 
@@ -248,19 +248,7 @@ def test_verification_accuracy_ten_fold():
 
 def test_faceid_trains_and_logs_fairness(tmp_path):
     torch.manual_seed(0)
-    data = FaceIDDataModule(
-        synthetic_identities=24,
-        synthetic_images_per_identity=8,
-        synthetic_size=32,
-        image_size=32,
-        synthetic_root=str(tmp_path / "ids"),
-        split_file=str(tmp_path / "split.json"),
-        split_by="image",
-        split_ratios=[2, 1, 1],
-        batch_size=16,
-        eval_batch_size=32,
-        num_workers=0,
-    )
+    data = synthetic_identities(tmp_path, identities=24, ratios=(2, 1, 1))
     blobs, rng = [], np.random.default_rng(0)
     for _ in range(20):  # ten pairs of random images: one per fold
         buf = io.BytesIO()

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from callbacks import FairnessMetrics, probe_layers
-from datamodules.recognition import FaceIDDataModule
 from models.recognition import ArcFace, CosFace, FaceID, MagFace
 from models.recognition.mitigation import Angular, Flipped, SensitiveNets, create_mitigation
+
+from .conftest import synthetic_identities
 
 GROUPS = ["female", "male"]
 
@@ -144,23 +145,6 @@ def test_sensitivenets_removes_the_attribute_and_keeps_identity():
     assert control[-300:].mean() > 0.95 and kept > 0.95 and identified > 0.9
 
 
-def small_data(tmp_path, **kw):
-    return FaceIDDataModule(
-        synthetic_identities=16,
-        synthetic_images_per_identity=8,
-        synthetic_size=32,
-        image_size=32,
-        synthetic_root=str(tmp_path / "ids"),
-        split_file=str(tmp_path / "split.json"),
-        split_by="image",
-        split_ratios=[4, 2, 2],
-        batch_size=16,
-        eval_batch_size=32,
-        num_workers=0,
-        **kw,
-    )
-
-
 def fit(model, data, epochs=2, **kw):
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -185,7 +169,7 @@ def test_each_method_trains_from_faceid_switches(tmp_path, name, args):
         backbone="dpn_search_small_301", embedding_dim=16, head="cosface", head_args={"scale": 16, "margin": 0.1},
         optimizer="adamw", lr=3e-3, mitigation=name, mitigation_args=args,
     )  # fmt: skip
-    trainer = fit(model, small_data(tmp_path))
+    trainer = fit(model, synthetic_identities(tmp_path))
     m = trainer.callback_metrics
     assert model.hparams.group_names == GROUPS and model.mitigation.group_names == GROUPS
     assert math.isfinite(m["val/error"].item())
@@ -204,7 +188,7 @@ def test_sensitivenets_on_a_frozen_extractor(tmp_path):
     """The paper's setting: a pretrained FaceID checkpoint becomes the frozen extractor; only the
     removal network, the adversary and the head train."""
     torch.manual_seed(0)
-    data = small_data(tmp_path)
+    data = synthetic_identities(tmp_path)
     base = FaceID(backbone="dpn_search_small_301", embedding_dim=16, optimizer="adamw", lr=3e-3)
     trainer = fit(base, data, epochs=1)
     ckpt = tmp_path / "base.ckpt"

@@ -16,13 +16,12 @@ import torch
 from callbacks import verification_accuracy
 from callbacks.fairness import evaluate_fairness
 from callbacks.verification import embed_pairs
-from datamodules.recognition import FaceIDDataModule
 from datamodules.recognition.datamodule import eval_transform
 from datamodules.recognition.formats import read_verification_bin, write_verification_bin
 from datamodules.recognition.synthetic import generate_identity_dataset
 from models.recognition import FaceID
 
-from .conftest import run_facenas
+from .conftest import run_facenas, synthetic_identities
 
 
 class CountingPairs:
@@ -69,18 +68,7 @@ def transfer_files(tmp_path_factory):
     synthetic identities."""
     root = tmp_path_factory.mktemp("transfer")
     torch.manual_seed(0)
-    data = FaceIDDataModule(
-        synthetic_identities=16,
-        synthetic_images_per_identity=6,
-        synthetic_size=32,
-        image_size=32,
-        synthetic_root=str(root / "train_ids"),
-        split_file=str(root / "split.json"),
-        split_by="image",
-        split_ratios=[4, 1, 1],
-        batch_size=16,
-        num_workers=0,
-    )
+    data = synthetic_identities(root, images=6, ratios=(4, 1, 1))
     model = FaceID(backbone="dpn_search_small_301", embedding_dim=16, optimizer="adamw", lr=3e-3)
     trainer = pl.Trainer(
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
