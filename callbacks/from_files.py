@@ -137,6 +137,18 @@ def evaluate_detection_files(
     return DetectionFilesResult(result, report, missing, pred_report)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` as ``cuda`` when available, else ``cpu``; a device this machine cannot use is a
+    :class:`UserError` naming it."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # an unknown device name, or one this machine lacks
+        raise UserError(f"device {device!r} cannot be used: {str(exc).splitlines()[0]}") from None
+    return device
+
+
 def evaluate_embedding_files(
     embeddings: str | Path,
     meta: str | Path,
@@ -161,12 +173,7 @@ def evaluate_embedding_files(
     reference = None if reference_group is None else reference_group.lower()
     if reference is not None and reference not in table.group_names:
         raise DataError(f"reference group {reference_group!r} not in {group_column} values {table.group_names}", meta)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:  # an unknown device name, or one this machine lacks
-        raise UserError(f"device {device!r} cannot be used: {str(exc).splitlines()[0]}") from None
+    device = resolve_device(device)
     try:
         return evaluate_fairness(
             torch.from_numpy(table.embeddings).to(device),

@@ -56,6 +56,7 @@ def run(verb: str, argv: list[str]) -> int:
     import torch
 
     from callbacks.fairness import FAIRNESS_METRICS
+    from callbacks.from_files import resolve_device
     from callbacks.verification import pair_set_accuracy
     from datamodules.recognition.formats import read_verification_bin
     from training.cli import check_checkpoint
@@ -63,9 +64,7 @@ def run(verb: str, argv: list[str]) -> int:
     if not Path(args.ckpt).is_file():
         raise UserError(f"checkpoint not found: {args.ckpt}")
     check_checkpoint(args.ckpt)
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
+    device = torch.device(resolve_device(args.device))
     model = load_faceid(args.ckpt, device)
     result: dict = {"checkpoint": args.ckpt, "verification": {}, "identification": None}
     for path in args.sets:
