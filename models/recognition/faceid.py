@@ -13,7 +13,7 @@ from ..errors import check_finite_loss
 from ..optim import build_optimizer
 from .backbones import create_backbone
 from .heads import HEADS, create_head, focal_loss
-from .mitigation import MITIGATIONS, create_mitigation
+from .mitigation import create_mitigation
 
 
 class EmbeddingNeck(nn.Module):
@@ -99,8 +99,6 @@ class FaceID(pl.LightningModule):
         if embedding_dim is None and dropout:
             raise ValueError(f"dropout {dropout} needs the neck, but embedding_dim is null (no neck): set dropout 0")
         HEADS.get(head)  # an unknown head fails here, not after the data was read
-        if mitigation is not None:
-            MITIGATIONS.get(mitigation)
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained)
         self.neck = None if embedding_dim is None else EmbeddingNeck(self.backbone.num_features, embedding_dim, dropout)
@@ -173,7 +171,7 @@ class FaceID(pl.LightningModule):
                 self.backbone.forward_head(feature_map, pre_logits=True),
                 self.backbone.forward_head(feature_map),
             )
-        if self.mitigation is not None:  # SensitiveNets' removal network: layer N is its output
+        if self.mitigation is not None and self.mitigation.transforms:  # SensitiveNets: layer N is its output
             before, embeddings = embeddings, self.mitigation.transform(embeddings)
         return before, embeddings
 

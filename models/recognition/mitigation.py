@@ -42,7 +42,10 @@ def create_mitigation(name: str, **kwargs: Any) -> Mitigation:
 
 class Mitigation(nn.Module):
     """What FaceID asks a method, with the no-op answers. ``bind`` gives it the group names;
-    ``observe`` the last validation's per-group accuracy (group name -> accuracy)."""
+    ``observe`` the last validation's per-group accuracy (group name -> accuracy).
+    ``transforms``: whether ``transform`` adds a layer on top of the embeddings."""
+
+    transforms = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -175,6 +178,8 @@ class SensitiveNets(Mitigation):
         adversary_hidden: width of the adversary's hidden layer.
         weight: the adversarial regulariser's weight (the gradient-reversal factor).
     """
+
+    transforms = True
 
     def __init__(
         self, extractor: str | None = None, hidden: int | None = None, adversary_hidden: int = 64, weight: float = 1.0
