@@ -111,6 +111,8 @@ def evaluate(verb: str, argv: list[str]) -> int:
             budget=args.budget,
             seed=args.seed,
             progress=print,
+            journal=Path(args.out) / "journal.jsonl",
+            journal_settings={k: getattr(args, k) for k in ("table", "features", "stats", "resnet", "warmup_steps")},
         )
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None

@@ -235,6 +235,24 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
     assert [r["rank"] for r in again] == [r["rank"] for r in rows if r["method"] == "hyperfd"]
 
 
+def test_evaluation_journal_resumes_a_killed_evaluation(tmp_path):
+    table = planted_table(3, 4, GRID[::6])
+    methods = {"random": lambda s: RandomSearch(), "zero_shot": lambda s: ZeroShotTransfer()}
+    offline = ["wider", "off1", "off2"]
+    fresh = evaluate(table, methods, offline=offline, runs=3, seed=0)
+    journal = tmp_path / "journal.jsonl"
+    evaluate(table, methods, offline=offline, runs=1, seed=0, journal=journal)
+    with open(journal, "a") as f:
+        f.write('{"run": 1, "method": "rand')  # a write cut short by a kill
+    seen = []
+    resumed = evaluate(table, methods, offline=offline, runs=3, seed=0, journal=journal, progress=seen.append)
+    assert seen[0].startswith("resuming") and "2 (run, method)" in seen[0]
+    assert len([s for s in seen if s.startswith("run ")]) == 4  # runs 2 and 3 only
+    assert resumed == fresh
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(table, methods, offline=offline, runs=3, seed=1, journal=journal)
+
+
 def test_hyperfd_state_keeps_no_per_image_data():
     table = planted_table(2, 2, GRID[::6])
     offline = [table[n] for n in table if not n.startswith("on")]

@@ -220,20 +220,58 @@ def evaluate(
     budget: int = 4,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    journal: str | Path | None = None,
+    journal_settings: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every method on ``runs`` random orders of the online datasets (run r: order and method
-    seeds from ``(seed, r)``, the same order for every method); one row per (method, run, task)."""
+    seeds from ``(seed, r)``, the same order for every method); one row per (method, run, task).
+
+    With a ``journal`` (a JSON-lines file) each finished (run, method) is appended as it ends and
+    a killed evaluation resumes where it stopped: a (run, method) already there is not run again.
+    The journal's first line holds the settings (with ``journal_settings``, what else shapes the
+    methods); resuming with other settings is refused."""
     unknown = [n for n in [*offline, *(online or [])] if n not in table]
     if unknown:
         raise ValueError(f"dataset {unknown[0]!r} is not in the table (it has {', '.join(table)})")
     online = [n for n in table if n not in offline] if online is None else list(online)
     if not online:
         raise ValueError("no online dataset: every dataset of the table is offline")
+    settings = {"offline": list(offline), "online": online, "budget": budget, "seed": seed, **(journal_settings or {})}
+    done = _read_journal(journal, settings) if journal is not None else {}
+    if done and progress is not None:
+        progress(f"resuming {journal}: {len(done)} (run, method) pairs already finished")
     rows = []
     with single_thread():
         for run in range(runs):
-            rows += _run(table, methods, offline, online, run, runs, budget, seed, progress)
+            todo = {m: f for m, f in methods.items() if (run, m) not in done}
+            fresh = _run(table, todo, offline, online, run, runs, budget, seed, progress, journal) if todo else []
+            for name in methods:
+                rows += done.get((run, name)) or [r for r in fresh if r["method"] == name]
     return rows
+
+
+def _read_journal(path: str | Path, settings: Mapping[str, Any]) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """The finished (run, method) rows of an evaluation journal, creating it with ``settings`` when new."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": settings}) + "\n")
+        return {}
+    done: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    with open(path) as f:
+        head = json.loads(f.readline())
+        if head.get("settings") != settings:
+            raise ValueError(
+                f"{path} was written with other settings ({head.get('settings')}); "
+                "use another output folder or delete it"
+            )
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed write
+                continue
+            done[(entry["run"], entry["method"])] = entry["rows"]
+    return done
 
 
 @contextmanager
@@ -261,6 +299,7 @@ def _run(
     budget: int,
     seed: int,
     progress: Callable[[str], None] | None,
+    journal: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """One run: a random order of the online datasets (the same for every method)."""
     order = [online[i] for i in np.random.default_rng([seed, run]).permutation(len(online))]
@@ -273,6 +312,9 @@ def _run(
         for r in result:
             r.update(method=name, run=run)
         rows += result
+        if journal is not None:
+            with open(journal, "a") as f:
+                f.write(json.dumps({"run": run, "method": name, "rows": result}, default=str) + "\n")
         if progress is not None:
             progress(f"run {run + 1}/{runs} {name}: mean rank {np.mean([r['rank'] for r in result]):.2f}")
     return rows
