@@ -227,6 +227,9 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
     summary = summarize_runs(rows)
     assert set(summary["average"]) == set(methods)
     assert len(summary["curves"]["hyperfd"]) == 2
+    # the standard error is over runs: a method whose picks never change has none
+    assert summary["average"]["best_on_source"]["rank_sem"] == 0
+    assert summary["average"]["random"]["rank_sem"] > 0
     # best-on-source is deterministic: the same picks on a dataset whatever the run
     picks = {(r["dataset"], r["configuration"]) for r in rows if r["method"] == "best_on_source"}
     assert len(picks) == 2

@@ -349,14 +349,19 @@ def summarize_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             ap_means.append(ap.mean())
             rank_means.append(rank.mean())
             rank_stds.append(rank.std())
-        all_ranks = np.array([r["rank"] for r in rows if r["method"] == m])
+        by_run: dict[Any, list[float]] = defaultdict(list)
+        for r in rows:
+            if r["method"] == m:
+                by_run[r.get("run", 0)].append(r["rank"])
+        run_means = np.array([np.mean(v) for v in by_run.values()])
         out["average"][m] = {
             "ap_mean": float(np.mean(ap_means)),
             "ap_std": float(np.std(ap_means)),
             "rank_mean": float(np.mean(rank_means)),
             "rank_std": float(np.mean(rank_stds)),
-            # the standard error of the mean rank over every (run, task) cell
-            "rank_sem": float(all_ranks.std(ddof=1) / math.sqrt(len(all_ranks))) if len(all_ranks) > 1 else math.nan,
+            # the standard error of the average rank over runs (the datasets are fixed, the runs'
+            # orders and seeds are the sample): std of the per-run average / sqrt(runs)
+            "rank_sem": float(run_means.std(ddof=1) / math.sqrt(len(run_means))) if len(run_means) > 1 else math.nan,
         }
         tasks = sorted(t for (mm, t) in curves if mm == m)
         out["curves"][m] = [float(np.mean(curves[(m, t)])) for t in tasks]
@@ -385,6 +390,11 @@ def markdown(summary: Mapping[str, Any], reference: Mapping[str, float] | None =
             row.append(f"{avg[key + '_mean'] * scale:.2f} ± {avg[key + '_std'] * scale:.2f}")
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += [
+        "Standard error of the average rank over runs: "
+        + ", ".join(f"{m} {summary['average'][m]['rank_sem']:.2f}" for m in summary["methods"]),
+        "",
+    ]
     if reference:
         lines += ["Random search's closed form: " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()), ""]
     lines += ["**Mean normalized rank by task index** (1 = the first online dataset)", ""]
