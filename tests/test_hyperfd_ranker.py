@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from search.hyperfd.methods import BestOnSource, HyperFD, HyperSTAR, SCoT, TrAutoML, ZeroShotTransfer
+from search.hyperfd.methods import (
+    METHODS,
+    BestOnSource,
+    HyperFD,
+    HyperSTAR,
+    SCoT,
+    TrAutoML,
+    ZeroShotTransfer,
+    create_method,
+)
 from search.hyperfd.online import (
     BudgetExceeded,
     OnlineTask,
@@ -236,6 +245,16 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
     # the same seed gives the same rows
     again = evaluate(table, {"hyperfd": methods["hyperfd"]}, offline=["wider", "off1", "off2"], runs=2, seed=0)
     assert [r["rank"] for r in again] == [r["rank"] for r in rows if r["method"] == "hyperfd"]
+
+
+def test_create_method_passes_the_space_seed_and_warmup_to_every_method():
+    roles = {"features": "detector", "stats": "label_stats", "resnet": "timm:resnet18"}
+    for name in METHODS:
+        method = create_method(name, 7, roles, space="hyperfd_nas", source="wider", warmup_steps=3)
+        for key, value in (("space", "hyperfd_nas"), ("seed", 7), ("warmup_steps", 3), ("source", "wider")):
+            if hasattr(method, key):
+                assert getattr(method, key) == value, (name, key)
+    assert create_method("hyperstar", 7, roles, space="hyperfd_nas").space == "hyperfd_nas"
 
 
 def test_evaluation_journal_resumes_a_killed_evaluation(tmp_path):

@@ -649,7 +649,14 @@ def create_method(
         kwargs[key] = value
     import inspect
 
-    accepted = inspect.signature(cls).parameters
+    # a class taking **kwargs (HyperSTAR) passes them on to its bases: accept what they accept
+    accepted = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(vars(klass)["__init__"]).parameters
+            accepted |= set(params)
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                break
     for key, value in (("space", space), ("source", source), ("warmup_steps", warmup_steps), ("seed", seed)):
         if key in accepted:
             kwargs[key] = value
