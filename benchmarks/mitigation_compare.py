@@ -5,8 +5,10 @@ the baseline's checkpoint as its frozen extractor), several seeds, then ``facena
     python benchmarks/mitigation_compare.py --data synthetic --out runs/compare/synthetic
     python benchmarks/mitigation_compare.py --data celeba --out runs/compare/celeba
 
-Resumable: a training whose log folder already has ``test/error`` is not run again (a killed one
-is started over). Every training is ``facenas fit`` of ``configs/recognition/quickstart.yaml`` with
+Resumable: a training whose log folder already has ``test/error`` at the same epoch count is not
+run again (a killed one, or one of another length, is started over). 30 epochs by default: at 12
+the resnet18 baseline on synthetic identities was still at validation error 0.77, at 30 it
+reaches 0.22. Every training is ``facenas fit`` of ``configs/recognition/quickstart.yaml`` with
 the overrides below, its log folder ``<out>/<model>_<method>_s<seed>``.
 """
 
@@ -43,9 +45,12 @@ DATA = {
 }  # fmt: skip
 
 
-def done(folder: Path) -> bool:
-    metrics = folder / "metrics.csv"
-    return metrics.is_file() and "test/error" in metrics.read_text().splitlines()[0]
+def done(folder: Path, epochs: int) -> bool:
+    """Whether the training in ``folder`` finished (tested) with ``epochs`` epochs."""
+    metrics, config = folder / "metrics.csv", folder / "config.yaml"
+    if not (metrics.is_file() and config.is_file()) or "test/error" not in metrics.read_text().splitlines()[0]:
+        return False
+    return yaml.safe_load(config.read_text())["trainer"]["max_epochs"] == epochs
 
 
 def best_checkpoint(folder: Path) -> Path:
@@ -58,7 +63,7 @@ def best_checkpoint(folder: Path) -> Path:
 def train(out: Path, data: str, model: str, method: str, seed: int, epochs: int) -> Path:
     name = f"{model}_{method}_s{seed}"
     folder = out / name
-    if done(folder):
+    if done(folder, epochs):
         return folder
     if folder.exists():
         subprocess.run(["rm", "-rf", str(folder)], check=True)  # a killed training starts over
@@ -79,7 +84,7 @@ def train(out: Path, data: str, model: str, method: str, seed: int, epochs: int)
         args += ["--model.init_args.mitigation_args.extractor", str(extractor)]
     start = time.time()
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0 or not done(folder):
+    if result.returncode != 0 or not done(folder, epochs):
         print(result.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{name} failed (exit {result.returncode})")
     print(f"{name}: {time.time() - start:.0f} s", flush=True)
@@ -92,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
