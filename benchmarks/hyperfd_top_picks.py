@@ -21,10 +21,10 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facenas_cli.hyperfd import _attach_features  # noqa: E402
-from search.hyperfd.methods import HyperFD  # noqa: E402
-from search.hyperfd.online import normalized_rank, read_table, single_thread  # noqa: E402
-from search.spaces import config_key  # noqa: E402
+from facenas_cli.hyperfd import _attach_features
+from search.hyperfd.methods import HyperFD
+from search.hyperfd.online import normalized_rank, read_table, single_thread
+from search.spaces import config_key
 
 
 def main() -> None:
@@ -60,14 +60,18 @@ def main() -> None:
                     (normalized_rank(data, order[0]), normalized_rank(data, order[1]), spearmanr(scores, val)[0])
                 )
     print(f"offline: {', '.join(offline)}; seeds {args.seeds}; pool {len(source)}")
-    print("| dataset | ranker top-1 rank (%) | ranker top-2 rank (%) | Spearman(score, val AP) "
-          "| source's top-1 rank (%) | source's top-2 rank (%) |")
+    print(
+        "| dataset | ranker top-1 rank (%) | ranker top-2 rank (%) | Spearman(score, val AP) "
+        "| source's top-1 rank (%) | source's top-2 rank (%) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         a = np.array(r)
         src = [normalized_rank(table[name], k) for k in by_source[:2]]
-        print(f"| {name} | {a[:, 0].mean():.1f} | {a[:, 1].mean():.1f} | {a[:, 2].mean():+.2f} "
-              f"| {src[0]:.1f} | {src[1]:.1f} |")
+        print(
+            f"| {name} | {a[:, 0].mean():.1f} | {a[:, 1].mean():.1f} | {a[:, 2].mean():+.2f} "
+            f"| {src[0]:.1f} | {src[1]:.1f} |"
+        )
 
 
 if __name__ == "__main__":

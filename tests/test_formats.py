@@ -302,6 +302,23 @@ def test_generic_csv_with_race_and_age_bins(tmp_path):
         read_identity_csv(tmp_path / "bad.csv")
 
 
+def test_identity_csv_face_boxes(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    (tmp_path / "faces.csv").write_text(
+        "image,identity,gender,x_1,y_1,width,height\na.jpg,p1,female,2,3,10,20\nb.jpg,p2,male,,,,\n"
+    )
+    a, b = read_identity_csv(tmp_path / "faces.csv")
+    assert a.bbox == (2.0, 3.0, 12.0, 23.0) and b.bbox is None
+    assert a.attributes == {"gender": "female"}  # the box columns are not groups
+    (tmp_path / "part.csv").write_text("image,identity,x_1,y_1\na.jpg,p1,2,3\n")
+    with pytest.raises(DataError, match="part.csv:1: face-box columns need all of .*missing width, height"):
+        read_identity_csv(tmp_path / "part.csv")
+    (tmp_path / "bad.csv").write_text("image,identity,x_1,y_1,width,height\na.jpg,p1,2,3,0,5\n")
+    with pytest.raises(DataError, match="bad.csv:2: face box of width 0"):
+        read_identity_csv(tmp_path / "bad.csv")
+
+
 def test_identity_folders_skip_unreadable_images(tmp_path):
     write_image(tmp_path / "p1/a.jpg")
     (tmp_path / "p1/b.jpg").write_bytes(b"not a jpeg")

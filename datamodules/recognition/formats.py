@@ -282,12 +282,19 @@ def read_identity_csv(
 ) -> list[IdentitySample]:
     """Read a generic CSV: an image column, an identity column, and any group columns (e.g.
     ``gender``, ``race`` for RFW, numeric ``age`` for AgeDB which also yields ``age_bin``).
-    Image paths are relative to ``images`` (default: the CSV's folder)."""
+    Image paths are relative to ``images`` (default: the CSV's folder). Optional face-box
+    columns ``x_1, y_1, width, height`` (CelebA's ``list_bbox_celeba.txt`` names; all four or
+    none) give the box each image is cropped to; a row whose box cells are empty keeps the whole
+    image."""
     path = _require_file(Path(csv_file), "identity CSV")
     root = Path(images) if images is not None else path.parent
     report = report if report is not None else DataReport(source=str(path))
     samples = []
-    _, rows = read_csv_table(path, (image_column, identity_column))
+    header, rows = read_csv_table(path, (image_column, identity_column))
+    present = [c for c in BOX_COLUMNS if c in header]
+    if present and len(present) != len(BOX_COLUMNS):
+        missing = [c for c in BOX_COLUMNS if c not in header]
+        raise DataError(f"face-box columns need all of {', '.join(BOX_COLUMNS)}; missing {', '.join(missing)}", path, 1)
     for number, row in rows:
         if not row[image_column].strip() or not row[identity_column].strip():
             raise DataError(f"empty {image_column!r} or {identity_column!r}", path, number)
@@ -295,10 +302,30 @@ def read_identity_csv(
             IdentitySample(
                 image=str(root / row[image_column].strip()),
                 identity=row[identity_column].strip(),
-                attributes=_groups(row, exclude=(image_column, identity_column)),
+                attributes=_groups(row, exclude=(image_column, identity_column, *present)),
+                bbox=_csv_box(row, path, number) if present else None,
             )
         )
     return _verified(samples, verify, report, path)
+
+
+BOX_COLUMNS = ("x_1", "y_1", "width", "height")
+
+
+def _csv_box(row: dict[str, str], path: Path, line: int) -> tuple[float, float, float, float] | None:
+    """A row's face box (x1, y1, x2, y2) from ``x_1, y_1, width, height``; None when all are empty."""
+    cells = [row[c].strip() for c in BOX_COLUMNS]
+    if not any(cells):
+        return None
+    try:
+        x, y, w, h = (float(c) for c in cells)
+    except ValueError:
+        raise DataError(
+            f"face box {', '.join(cells)}: expected four numbers (x_1, y_1, width, height)", path, line
+        ) from None
+    if w <= 0 or h <= 0:
+        raise DataError(f"face box of width {w:g} and height {h:g}: both must be positive", path, line)
+    return (x, y, x + w, y + h)
 
 
 @dataclass
