@@ -327,9 +327,11 @@ def summarize_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per task index the mean rank (does a method improve as it sees more tasks?)."""
     cells: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     curves: dict[tuple[str, int], list[float]] = defaultdict(list)
+    by_run: dict[tuple[str, Any], list[float]] = defaultdict(list)
     for r in rows:
         cells[(r["method"], r["dataset"])].append(r)
         curves[(r["method"], r["task"])].append(r["rank"])
+        by_run[(r["method"], r.get("run", 0))].append(r["rank"])
     methods = list(dict.fromkeys(r["method"] for r in rows))
     datasets = sorted({r["dataset"] for r in rows})
     out: dict[str, Any] = {"methods": methods, "datasets": datasets, "cells": {}, "average": {}, "curves": {}}
@@ -349,11 +351,7 @@ def summarize_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             ap_means.append(ap.mean())
             rank_means.append(rank.mean())
             rank_stds.append(rank.std())
-        by_run: dict[Any, list[float]] = defaultdict(list)
-        for r in rows:
-            if r["method"] == m:
-                by_run[r.get("run", 0)].append(r["rank"])
-        run_means = np.array([np.mean(v) for v in by_run.values()])
+        run_means = np.array([np.mean(v) for (mm, _), v in by_run.items() if mm == m])
         out["average"][m] = {
             "ap_mean": float(np.mean(ap_means)),
             "ap_std": float(np.std(ap_means)),
