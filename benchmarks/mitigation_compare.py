@@ -19,6 +19,7 @@ the overrides below, its log folder ``<out>/<model>_<method>_s<seed>``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -82,7 +83,7 @@ def train(out: Path, data: list[str], model: str, method: str, seed: int, epochs
     if done(folder, epochs):
         return folder
     if folder.exists():
-        subprocess.run(["rm", "-rf", str(folder)], check=True)  # a killed training starts over
+        shutil.rmtree(folder)  # a killed training starts over
     args = [
         sys.executable, "-m", "facenas", "fit", "--config", str(REPO / "configs/recognition/quickstart.yaml"),
         *data, "--seed_everything", str(seed), "--model.init_args.backbone", model,
