@@ -124,8 +124,10 @@ def compare(runs: Sequence[Run], metrics: Sequence[str] = METRICS) -> dict[str, 
 
 def markdown(result: dict[str, Any]) -> str:
     """One table per metric as FR-NAS lays them out: models as rows, methods as columns, cells
-    ``(error; metric)`` (mean +- std over runs), Pareto-optimal cells in bold."""
+    ``(error; metric)`` (mean +- std over runs), Pareto-optimal cells in bold; where entries have
+    different numbers of runs (a grid not finished), each cell says its own as ``n=...``."""
     entries = result["entries"]
+    uneven = len({e["runs"] for e in entries}) > 1
     models = list(dict.fromkeys(e["model"] for e in entries))
     methods = list(dict.fromkeys(e["method"] for e in entries))
     lines = []
@@ -141,7 +143,8 @@ def markdown(result: dict[str, Any]) -> str:
                     continue
                 e = entries[found[0]]
                 cell = f"({_pm(e, 'error')}; {_pm(e, key)})"
-                cells.append(f"**{cell}**" if result["pareto"][key][found[0]] else cell)
+                cell = f"**{cell}**" if result["pareto"][key][found[0]] else cell
+                cells.append(f"{cell} n={e['runs']}" if uneven else cell)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

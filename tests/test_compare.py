@@ -63,6 +63,12 @@ def test_compare_means_pareto_and_markdown(run_folders):
     assert "| resnet | **(0.250 ± 0.000; 3.000 ± 0.000)** |  |  |" in text  # no flipped / angular runs
 
 
+def test_markdown_says_the_runs_per_cell_when_they_differ(run_folders):
+    text = markdown(compare(read_runs(run_folders[:-1]), metrics=["rank_disparity_id"]))  # resnet: 1 of 2 seeds
+    assert "| resnet | **(0.250; 3.000)** n=1 |  |  |" in text
+    assert "**(0.310 ± 0.014; 2.100 ± 0.141)** n=2" in text
+
+
 def test_fairness_compare_command_with_a_runs_yaml(run_folders, tmp_path):
     listing = tmp_path / "runs.yaml"
     entries = [
