@@ -1,0 +1,158 @@
+"""How much of a detector's AP@50 and per-group AP gap is sampling noise of the validation set.
+
+Re-evaluates trained detectors (their log folders: ``config.yaml`` + ``checkpoints/last.ckpt``,
+e.g. the trials of ``configs/search/detection_fairness.yaml``) on their validation set with the
+very metric the run logged (its ``callbacks.DetectionAP``), then bootstraps over validation
+images: every replicate resamples the images with replacement, the same resample for every
+detector, so differences between detectors are paired.
+
+    python benchmarks/detection_gap_bootstrap.py runs/search/detection_fairness/trial_00{00,01,03}/logs
+
+Prints per detector AP@50, each group's AP, the gap (``ap50_disparity_<attribute>``) and the
+signed difference of the first two groups, with 95 % percentile intervals; then per pair of
+detectors the paired intervals of the difference in AP@50 and in gap: a difference whose interval
+contains 0 is not resolved by this validation set. Matching is per image, so each image's
+counted detections are matched once and a replicate only concatenates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from callbacks import DetectionAP  # noqa: E402
+from callbacks.detection_ap import average_precision  # noqa: E402
+from training import FaceNASCLI  # noqa: E402
+
+Matches = dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]]
+
+
+def per_image_matches(folder: Path, checkpoint: str) -> tuple[Matches, int, float]:
+    """Per metric key (``""``: all faces, ``"<attr>=<value>"``: a group), per validation image,
+    its counted detections' (scores, TP flags, number of counted faces); the metric's minimum
+    faces per group; AP@50 of the whole set as the metric computes it."""
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    # the run's configuration without the fit-only keys (ckpt_path, ...) an instantiation refuses
+    config = {key: saved[key] for key in ("seed_everything", "trainer", "model", "data") if key in saved}
+    cli = FaceNASCLI(["--config", yaml.safe_dump(config)], run=False, save_config_callback=None)
+    callback = next((c for c in cli.trainer.callbacks if isinstance(c, DetectionAP)), None)
+    if callback is None or not callback.attributes:
+        raise SystemExit(f"{folder}/config.yaml has no DetectionAP callback with attributes")
+    found = sorted((folder / "checkpoints").glob("best-*.ckpt" if checkpoint == "best" else "last.ckpt"))
+    if not found:
+        raise SystemExit(f"no {checkpoint} checkpoint in {folder}/checkpoints")
+    model = type(cli.model).load_from_checkpoint(found[-1], map_location="cpu", weights_only=False).eval()
+    data = cli.datamodule
+    data.setup("validate")
+    metric = callback._make_metric()
+    keys = [""] + [f"{k}={v}" for k, v in metric.groups]
+    out: dict[str, list] = {key: [] for key in keys}
+    with torch.inference_mode():
+        for batch in data.val_dataloader():
+            evaluated = model._evaluate(batch)
+            for pred, target in zip(evaluated["preds"], evaluated["targets"]):
+                before = {key: int(getattr(metric, f"num_gt{key}")) for key in keys}
+                metric.update([pred], [target])  # one image: the logged metric's own matching
+                for key in keys:
+                    scores, tp = getattr(metric, f"scores{key}")[-1], getattr(metric, f"tp{key}")[-1]
+                    out[key].append((scores, tp.bool(), int(getattr(metric, f"num_gt{key}")) - before[key]))
+    whole = float(metric.compute()["ap50"])
+    print(f"{folder} ({found[-1].name}): {len(out[''])} images, AP@50 {whole:.4f}", flush=True)
+    return out, callback.min_group_faces, whole
+
+
+def ap_of(images: list[tuple[torch.Tensor, torch.Tensor, int]], index: np.ndarray) -> tuple[float, int]:
+    scores = torch.cat([images[i][0] for i in index])
+    tp = torch.cat([images[i][1] for i in index])
+    num_gt = sum(images[i][2] for i in index)
+    return average_precision(scores, tp, num_gt)[0], num_gt
+
+
+def statistics(matches: dict[str, list], index: np.ndarray, min_faces: int) -> dict[str, float]:
+    """AP@50, each group's AP and the gap between the usable groups on images ``index``."""
+    out = {"ap50": ap_of(matches[""], index)[0]}
+    usable = []
+    for key in matches:
+        if key:
+            ap, faces = ap_of(matches[key], index)
+            out[key] = ap
+            if faces >= min_faces:
+                usable.append(ap)
+    out["gap"] = max(usable) - min(usable) if len(usable) >= 2 else float("nan")
+    # signed (first group minus second): the gap, an absolute value, is above 0 in every
+    # replicate even when the groups do not differ; the sign says whether they do
+    groups = [key for key in matches if key]
+    out["signed"] = out[groups[0]] - out[groups[1]] if len(groups) >= 2 else float("nan")
+    return out
+
+
+def interval(values: np.ndarray) -> str:
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return f"[{low:+.4f}, {high:+.4f}]" if low < 0 else f"[{low:.4f}, {high:.4f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+", help="log folders (config.yaml + checkpoints/)")
+    parser.add_argument(
+        "--checkpoint", choices=("last", "best"), default="last",
+        help="last: the epoch a search trial reports; best: the best validation epoch",
+    )  # fmt: skip
+    parser.add_argument("--replicates", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+
+    runs = {str(folder): per_image_matches(folder, args.checkpoint) for folder in args.folders}
+    sizes = {len(m[""]) for m, _, _ in runs.values()}
+    if len(sizes) != 1:
+        raise SystemExit(f"the detectors were validated on different image counts: {sorted(sizes)}")
+    n = sizes.pop()
+    rng = np.random.default_rng(args.seed)
+    resamples = [rng.integers(0, n, n) for _ in range(args.replicates)]
+    full = np.arange(n)
+    point = {name: statistics(m, full, k) for name, (m, k, _) in runs.items()}
+    for name, (_, _, whole) in runs.items():  # the per-image decomposition loses nothing
+        if abs(point[name]["ap50"] - whole) > 1e-9:
+            raise SystemExit(f"{name}: AP@50 {point[name]['ap50']} from per-image matches, {whole} from the metric")
+    boot = {
+        name: {key: np.array(v) for key, v in _columns([statistics(m, i, k) for i in resamples]).items()}
+        for name, (m, k, _) in runs.items()
+    }
+    faces = {key: sum(x[2] for x in images) for key, images in next(iter(runs.values()))[0].items()}
+    print(f"\n{n} validation images, counted faces: " + ", ".join(f"{k or 'all'} {v}" for k, v in faces.items()))
+    print(f"{args.replicates} bootstrap replicates over images (seed {args.seed}), 95 % percentile intervals\n")
+    groups = [key for key in next(iter(point.values())) if "=" in key]
+    signed = f"{groups[0]} - {groups[1]}" if len(groups) >= 2 else "signed"
+    print("| detector | AP@50 | " + " | ".join(groups) + f" | gap | {signed} |")
+    print("|---|---|" + "---|" * len(groups) + "---|---|")
+    for name in runs:
+        cells = [f"{point[name][key]:.4f} {interval(boot[name][key])}" for key in ["ap50", *groups, "gap", "signed"]]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if len(runs) > 1:
+        print("\npaired differences (first minus second), 95 % intervals\n")
+        print("| first | second | AP@50 difference | gap difference |")
+        print("|---|---|---|---|")
+        for a, b in itertools.combinations(runs, 2):
+            cells = [
+                f"{point[a][key] - point[b][key]:+.4f} {interval(boot[a][key] - boot[b][key])}"
+                for key in ("ap50", "gap")
+            ]
+            print(f"| {a} | {b} | " + " | ".join(cells) + " |")
+
+
+def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+if __name__ == "__main__":
+    main()
