@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,10 +39,7 @@ def per_image_matches(folder: Path, checkpoint: str) -> tuple[Matches, int, floa
     """Per metric key (``""``: all faces, ``"<attr>=<value>"``: a group), per validation image,
     its counted detections' (scores, TP flags, number of counted faces); the metric's minimum
     faces per group; AP@50 of the whole set as the metric computes it."""
-    saved = yaml.safe_load((folder / "config.yaml").read_text())
-    # the run's configuration without the fit-only keys (ckpt_path, ...) an instantiation refuses
-    config = {key: saved[key] for key in ("seed_everything", "trainer", "model", "data") if key in saved}
-    cli = FaceNASCLI(["--config", yaml.safe_dump(config)], run=False, save_config_callback=None)
+    cli = FaceNASCLI(["--config", str(folder / "config.yaml")], run=False, save_config_callback=None)
     callback = next((c for c in cli.trainer.callbacks if isinstance(c, DetectionAP)), None)
     if callback is None or not callback.attributes:
         raise SystemExit(f"{folder}/config.yaml has no DetectionAP callback with attributes")

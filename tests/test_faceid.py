@@ -379,6 +379,12 @@ def test_quick_fit_then_probe_verb(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["groups"] == ["female", "male"] and set(report["layers"]) == {"N-1 (backbone)", "N (embedding)"}
+    saved = tmp_path / "runs/id/version_0/config.yaml"  # the run's own config, with fit's ckpt_path
+    again = run_facenas(
+        "probe", "--config", str(saved), "--ckpt", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == report
     # the same numbers from the library: the checkpoint's features of the test split, probed by identity
     data = FaceIDDataModule(
         **{

@@ -59,6 +59,7 @@ class FaceNASCLI(LightningCLI):
         self, args: Sequence[str], run: bool = True, extra_arguments: Callable[[Any], None] | None = None, **kwargs: Any
     ) -> None:
         self._extra_arguments = extra_arguments
+        self._instantiate_only = not run
         parser_kwargs = {
             "prog": "facenas",
             "exit_on_error": False,
@@ -108,6 +109,11 @@ class FaceNASCLI(LightningCLI):
                 "trainer.default_root_dir": "runs",
             }
         )
+        if self._instantiate_only:
+            # a run's saved config.yaml (written by fit) has fit's own keys; a verb that only
+            # instantiates its model and data (probe) takes that file as it is
+            for key, kind in (("ckpt_path", str | None), ("weights_only", bool | None)):
+                parser.add_argument(f"--{key}", type=kind, default=None, help=f"fit's {key}: read and not used here")
         if self._extra_arguments is not None:
             self._extra_arguments(parser)
 
