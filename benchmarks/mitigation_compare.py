@@ -141,6 +141,8 @@ def main() -> None:
                 else:
                     folder = train(out, data, model, method, seed, args.epochs)
                 entries.append({"dir": folder.name, "model": model, "method": method})
+    if not entries:
+        raise SystemExit(f"no training of the grid has finished in {out}")
     listing = out / "runs.yaml"
     listing.write_text(yaml.safe_dump({"runs": entries}, sort_keys=False))
     subprocess.run(
