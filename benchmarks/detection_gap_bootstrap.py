@@ -118,7 +118,7 @@ def main() -> None:
     full = np.arange(n)
     point = {name: statistics(m, full, k) for name, (m, k, _) in runs.items()}
     for name, (_, _, whole) in runs.items():  # the per-image decomposition loses nothing
-        if abs(point[name]["ap50"] - whole) > 1e-9:
+        if abs(point[name]["ap50"] - whole) > 1e-6:  # the metric returns float32
             raise SystemExit(f"{name}: AP@50 {point[name]['ap50']} from per-image matches, {whole} from the metric")
     boot = {
         name: {key: np.array(v) for key, v in _columns([statistics(m, i, k) for i in resamples]).items()}
