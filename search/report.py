@@ -120,7 +120,7 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
         exported.append(str(export_training_yaml(t, settings, out / name)))
     summary = {
         "study": settings["name"],
-        "backend": settings.get("backend_name"),
+        "backend": store.get_meta("backend_name"),
         "trials": len(trials),
         "finished": len(finished),
         "succeeded": sum(t.status == Status.SUCCESS for t in trials),

@@ -479,6 +479,7 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
         assert (folder / name).is_file(), name
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["finished"] == 3 and summary["pareto"] and len(summary["hypervolume_history"]) == 3
+    assert summary["backend"] == "random"
     exported_path = Path(summary["exported"][0])
     exported = yaml.safe_load(exported_path.read_text())
     best = next(t for t in summary["pareto"] if exported_path.name == f"pareto_{t['id']}.yaml")
