@@ -108,8 +108,9 @@ def compare(runs: Sequence[Run], metrics: Sequence[str] = METRICS) -> dict[str, 
         entry: dict[str, Any] = {"model": model, "method": method, "runs": len(members)}
         for key in ("error", *metrics):
             values = np.array([r.values.get(key, math.nan) for r in members], dtype=float)
-            entry[key] = float(values.mean())
-            entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            with np.errstate(invalid="ignore"):  # a ratio is inf where a group is never right: std NaN
+                entry[key] = float(values.mean())
+                entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         entries.append(entry)
     pareto: dict[str, list[bool]] = {}
     for key in metrics:
