@@ -12,7 +12,8 @@ Prints per detector AP@50, each group's AP, the gap (``ap50_disparity_<attribute
 signed difference of the first two groups, with 95 % percentile intervals; then per pair of
 detectors the paired intervals of the difference in AP@50 and in gap: a difference whose interval
 contains 0 is not resolved by this validation set. Matching is per image, so each image's
-counted detections are matched once and a replicate only concatenates them.
+counted detections are matched once; a replicate repeats each image's detections by its number
+of copies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +34,29 @@ from callbacks import DetectionAP  # noqa: E402
 from callbacks.detection_ap import average_precision  # noqa: E402
 from training import FaceNASCLI  # noqa: E402
 
-Matches = dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]]
+
+@dataclass
+class Matched:
+    """One metric key's counted detections over the validation set, image after image: scores,
+    TP flags and image index per detection, and each image's number of counted faces."""
+
+    scores: torch.Tensor
+    tp: torch.Tensor
+    image: torch.Tensor
+    faces: torch.Tensor
+
+    def ap(self, counts: torch.Tensor) -> tuple[float, int]:
+        """AP@50 and counted faces of a resample given as each image's number of copies: an image
+        drawn k times contributes its detections and faces k times (no Python loop over images)."""
+        copies = counts[self.image]
+        num_gt = int((counts * self.faces).sum())
+        scores, tp = self.scores.repeat_interleave(copies), self.tp.repeat_interleave(copies)
+        return average_precision(scores, tp, num_gt)[0], num_gt
 
 
-def per_image_matches(folder: Path, checkpoint: str) -> tuple[Matches, int, float]:
-    """Per metric key (``""``: all faces, ``"<attr>=<value>"``: a group), per validation image,
-    its counted detections' (scores, TP flags, number of counted faces); the metric's minimum
-    faces per group; AP@50 of the whole set as the metric computes it."""
+def per_image_matches(folder: Path, checkpoint: str) -> tuple[dict[str, Matched], int, float]:
+    """Per metric key (``""``: all faces, ``"<attr>=<value>"``: a group) its :class:`Matched`;
+    the metric's minimum faces per group; AP@50 of the whole set as the metric computes it."""
     cli = FaceNASCLI(["--config", str(folder / "config.yaml")], run=False, save_config_callback=None)
     callback = next((c for c in cli.trainer.callbacks if isinstance(c, DetectionAP)), None)
     if callback is None or not callback.attributes:
@@ -51,7 +69,7 @@ def per_image_matches(folder: Path, checkpoint: str) -> tuple[Matches, int, floa
     data.setup("validate")
     metric = callback._make_metric()
     keys = [""] + [f"{k}={v}" for k, v in metric.groups]
-    out: dict[str, list] = {key: [] for key in keys}
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {key: [] for key in keys}
     with torch.inference_mode():
         for batch in data.val_dataloader():
             evaluated = model._evaluate(batch)
@@ -60,26 +78,29 @@ def per_image_matches(folder: Path, checkpoint: str) -> tuple[Matches, int, floa
                 metric.update([pred], [target])  # one image: the logged metric's own matching
                 for key in keys:
                     scores, tp = getattr(metric, f"scores{key}")[-1], getattr(metric, f"tp{key}")[-1]
-                    out[key].append((scores, tp.bool(), int(getattr(metric, f"num_gt{key}")) - before[key]))
+                    parts[key].append((scores, tp.bool(), int(getattr(metric, f"num_gt{key}")) - before[key]))
+    out = {
+        key: Matched(
+            scores=torch.cat([s for s, _, _ in images]),
+            tp=torch.cat([t for _, t, _ in images]),
+            image=torch.repeat_interleave(torch.arange(len(images)), torch.tensor([len(s) for s, _, _ in images])),
+            faces=torch.tensor([f for _, _, f in images]),
+        )
+        for key, images in parts.items()
+    }
     whole = float(metric.compute()["ap50"])
-    print(f"{folder} ({found[-1].name}): {len(out[''])} images, AP@50 {whole:.4f}", flush=True)
+    print(f"{folder} ({found[-1].name}): {len(parts[''])} images, AP@50 {whole:.4f}", flush=True)
     return out, callback.min_group_faces, whole
 
 
-def ap_of(images: list[tuple[torch.Tensor, torch.Tensor, int]], index: np.ndarray) -> tuple[float, int]:
-    scores = torch.cat([images[i][0] for i in index])
-    tp = torch.cat([images[i][1] for i in index])
-    num_gt = sum(images[i][2] for i in index)
-    return average_precision(scores, tp, num_gt)[0], num_gt
-
-
-def statistics(matches: dict[str, list], index: np.ndarray, min_faces: int) -> dict[str, float]:
-    """AP@50, each group's AP and the gap between the usable groups on images ``index``."""
-    out = {"ap50": ap_of(matches[""], index)[0]}
+def statistics(matches: dict[str, Matched], counts: torch.Tensor, min_faces: int) -> dict[str, float]:
+    """AP@50, each group's AP and the gap between the usable groups on the resample ``counts``
+    (each image's number of copies)."""
+    out = {"ap50": matches[""].ap(counts)[0]}
     usable = []
     for key in matches:
         if key:
-            ap, faces = ap_of(matches[key], index)
+            ap, faces = matches[key].ap(counts)
             out[key] = ap
             if faces >= min_faces:
                 usable.append(ap)
@@ -109,13 +130,13 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     runs = {str(folder): per_image_matches(folder, args.checkpoint) for folder in args.folders}
-    sizes = {len(m[""]) for m, _, _ in runs.values()}
+    sizes = {len(m[""].faces) for m, _, _ in runs.values()}
     if len(sizes) != 1:
         raise SystemExit(f"the detectors were validated on different image counts: {sorted(sizes)}")
     n = sizes.pop()
     rng = np.random.default_rng(args.seed)
-    resamples = [rng.integers(0, n, n) for _ in range(args.replicates)]
-    full = np.arange(n)
+    resamples = [torch.bincount(torch.from_numpy(rng.integers(0, n, n)), minlength=n) for _ in range(args.replicates)]
+    full = torch.ones(n, dtype=torch.long)
     point = {name: statistics(m, full, k) for name, (m, k, _) in runs.items()}
     for name, (_, _, whole) in runs.items():  # the per-image decomposition loses nothing
         if abs(point[name]["ap50"] - whole) > 1e-6:  # the metric returns float32
@@ -124,7 +145,7 @@ def main() -> None:
         name: {key: np.array(v) for key, v in _columns([statistics(m, i, k) for i in resamples]).items()}
         for name, (m, k, _) in runs.items()
     }
-    faces = {key: sum(x[2] for x in images) for key, images in next(iter(runs.values()))[0].items()}
+    faces = {key: int(m.faces.sum()) for key, m in next(iter(runs.values()))[0].items()}
     print(f"\n{n} validation images, counted faces: " + ", ".join(f"{k or 'all'} {v}" for k, v in faces.items()))
     print(f"{args.replicates} bootstrap replicates over images (seed {args.seed}), 95 % percentile intervals\n")
     groups = [key for key in next(iter(point.values())) if "=" in key]
