@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from callbacks import DetectionAP  # noqa: E402
 from callbacks.detection_ap import average_precision  # noqa: E402
+from callbacks.metrics import ap_disparity  # noqa: E402
 from training import FaceNASCLI  # noqa: E402
 
 
@@ -97,18 +98,13 @@ def statistics(matches: dict[str, Matched], counts: torch.Tensor, min_faces: int
     """AP@50, each group's AP and the gap between the usable groups on the resample ``counts``
     (each image's number of copies)."""
     out = {"ap50": matches[""].ap(counts)[0]}
-    usable = []
-    for key in matches:
-        if key:
-            ap, faces = matches[key].ap(counts)
-            out[key] = ap
-            if faces >= min_faces:
-                usable.append(ap)
-    out["gap"] = max(usable) - min(usable) if len(usable) >= 2 else float("nan")
+    groups = {key: matched.ap(counts) for key, matched in matches.items() if key}
+    out.update({key: ap for key, (ap, _) in groups.items()})
+    out["gap"] = ap_disparity(list(groups.values()), min_faces)  # the metric's own rule
     # signed (first group minus second): the gap, an absolute value, is above 0 in every
     # replicate even when the groups do not differ; the sign says whether they do
-    groups = [key for key in matches if key]
-    out["signed"] = out[groups[0]] - out[groups[1]] if len(groups) >= 2 else float("nan")
+    keys = list(groups)
+    out["signed"] = out[keys[0]] - out[keys[1]] if len(keys) >= 2 else float("nan")
     return out
 
 
@@ -141,10 +137,10 @@ def main() -> None:
     for name, (_, _, whole) in runs.items():  # the per-image decomposition loses nothing
         if abs(point[name]["ap50"] - whole) > 1e-6:  # the metric returns float32
             raise SystemExit(f"{name}: AP@50 {point[name]['ap50']} from per-image matches, {whole} from the metric")
-    boot = {
-        name: {key: np.array(v) for key, v in _columns([statistics(m, i, k) for i in resamples]).items()}
-        for name, (m, k, _) in runs.items()
-    }
+    boot = {}
+    for name, (m, k, _) in runs.items():
+        replicates = [statistics(m, i, k) for i in resamples]
+        boot[name] = {key: np.array([r[key] for r in replicates]) for key in replicates[0]}
     faces = {key: int(m.faces.sum()) for key, m in next(iter(runs.values()))[0].items()}
     print(f"\n{n} validation images, counted faces: " + ", ".join(f"{k or 'all'} {v}" for k, v in faces.items()))
     print(f"{args.replicates} bootstrap replicates over images (seed {args.seed}), 95 % percentile intervals\n")
@@ -165,10 +161,6 @@ def main() -> None:
                 for key in ("ap50", "gap")
             ]
             print(f"| {a} | {b} | " + " | ".join(cells) + " |")
-
-
-def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
-    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 if __name__ == "__main__":

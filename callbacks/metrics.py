@@ -20,6 +20,14 @@ from .detection_ap import (
 from .fairness import MAX_BAD_FRACTION, FairnessResult, ProbeRanks, Singletons, evaluate_fairness, fairness_metrics
 
 
+def ap_disparity(groups: Sequence[tuple[float, int]], min_group_faces: int) -> float:
+    """The largest absolute AP difference between two groups, given as ``(ap, counted faces)``,
+    over the groups with at least ``min_group_faces`` faces (NaN when fewer than two have that
+    many: a gap between a handful of faces is noise)."""
+    aps = [ap for ap, faces in groups if faces >= min_group_faces]
+    return max(aps) - min(aps) if len(aps) >= 2 else math.nan
+
+
 class DetectionAveragePrecision(Metric):
     """AP@IoU (MMDetection VOC semantics) as a torchmetrics Metric, optionally per attribute group.
 
@@ -109,15 +117,13 @@ class DetectionAveragePrecision(Metric):
     def compute(self) -> dict[str, Tensor]:
         ap, recall, num_gt = self._ap("")
         out = {"ap50": torch.tensor(ap), "recall": torch.tensor(recall), "num_gt": torch.tensor(float(num_gt))}
-        usable: dict[str, list[float]] = {}
+        per_attribute: dict[str, list[tuple[float, int]]] = {name: [] for name, _ in self.groups}
         for name, value in self.groups:
             group_ap, _, group_gt = self._ap(f"{name}={value}")
             out[f"{name}={value}"] = torch.tensor(group_ap)
-            if group_gt >= self.min_group_faces:
-                usable.setdefault(name, []).append(group_ap)
-        for name in dict.fromkeys(n for n, _ in self.groups):
-            aps = usable.get(name, [])
-            out[f"disparity:{name}"] = torch.tensor(max(aps) - min(aps) if len(aps) >= 2 else math.nan)
+            per_attribute[name].append((group_ap, group_gt))
+        for name, groups in per_attribute.items():
+            out[f"disparity:{name}"] = torch.tensor(ap_disparity(groups, self.min_group_faces))
         return out
 
 
