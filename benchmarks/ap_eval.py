@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.detection_ap import evaluate_detections
+from facenas.callbacks.detection_ap import evaluate_detections
 
 
 def make_input(num_images: int, dets_per_image: int, seed: int = 0):

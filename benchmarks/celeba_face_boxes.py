@@ -28,8 +28,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.detection.transforms import normalize, pad_to_square, resize  # noqa: E402
-from models.detection import RetinaFace  # noqa: E402
+from facenas.datamodules.detection.transforms import normalize, pad_to_square, resize  # noqa: E402
+from facenas.models.detection import RetinaFace  # noqa: E402
 
 CELEBA = REPO.parent / "shared" / "data" / "celeba_identities"
 

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # the repository's ``search`` package before benchmarks/ goes first (benchmarks/search.py would shadow it)
-from models.detection.anchors import AnchorGrid, match_anchors
-from models.recognition import dpn_search
-from search.backends.smac import _fast_forest, _sequential
-from search.spaces import load_space
+from facenas.models.detection.anchors import AnchorGrid, match_anchors
+from facenas.models.recognition import dpn_search
+from facenas.search.backends.smac import _fast_forest, _sequential
+from facenas.search.spaces import load_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -2,7 +2,7 @@
 
 Re-evaluates trained detectors (their log folders: ``config.yaml`` + ``checkpoints/last.ckpt``,
 e.g. the trials of ``configs/search/detection_fairness.yaml``) on their validation set with the
-very metric the run logged (its ``callbacks.DetectionAP``), then bootstraps over validation
+very metric the run logged (its ``facenas.callbacks.DetectionAP``), then bootstraps over validation
 images: every replicate resamples the images with replacement, the same resample for every
 detector, so differences between detectors are paired.
 
@@ -30,10 +30,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from callbacks import DetectionAP  # noqa: E402
-from callbacks.detection_ap import average_precision  # noqa: E402
-from callbacks.metrics import ap_disparity  # noqa: E402
-from training import FaceNASCLI  # noqa: E402
+from facenas.callbacks import DetectionAP  # noqa: E402
+from facenas.callbacks.detection_ap import average_precision  # noqa: E402
+from facenas.callbacks.metrics import ap_disparity  # noqa: E402
+from facenas.training import FaceNASCLI  # noqa: E402
 
 
 @dataclass

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import median_time
 
-from models.recognition import FaceID, create_head
+from facenas.models.recognition import FaceID, create_head
 
 BACKBONES = ("dpn_search_small_301", "dpn_search_68_301", "resnet50")
 HEADS = ("arcface", "cosface", "magface")

@@ -55,7 +55,7 @@ def full_matrix_ranks(emb: torch.Tensor, ids: torch.Tensor):
 
 
 def _child(kind: str, n: int, identities: int, dim: int) -> None:
-    from callbacks.fairness import fairness_metrics, identification_ranks
+    from facenas.callbacks.fairness import fairness_metrics, identification_ranks
 
     emb, ids, group = make_embeddings(n, identities, dim)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -4,7 +4,7 @@ top-2 configurations, and the Spearman correlation of its scores with the datase
 AP, next to the same for the source dataset's best configurations (best-on-source).
 
     python benchmarks/hyperfd_top_picks.py --table benchmarks/hyperfd/hyperfd_cpu.csv \
-        --benchmark configs/benchmark/hyperfd_cpu.yaml
+        --benchmark configs/hyperfd/hyperfd_cpu.yaml
 
 The ranker is the one ``facenas hyperfd evaluate`` warms up (same extractor, steps and seeds);
 ``--offline`` chooses its offline datasets (default: those named ``wider*``).
@@ -21,10 +21,10 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facenas_cli.hyperfd import _attach_features
-from search.hyperfd.methods import HyperFD
-from search.hyperfd.online import normalized_rank, read_table, single_thread
-from search.spaces import config_key
+from facenas.cli.hyperfd import _attach_features
+from facenas.hyperfd.methods import HyperFD
+from facenas.hyperfd.online import normalized_rank, read_table, single_thread
+from facenas.search.spaces import config_key
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ models/detection/remap.py): the training loss after the same steps on the same b
 
 The seed is the largest network of HyperFD's NAS space, trained here on the synthetic face set
 for ``--seed-steps`` steps (or read from ``--seed-ckpt``, e.g. the WIDER-subset run of
-benchmarks/RESULTS.md). Then each of ``--archs`` architectures of ``search.spaces.pool`` trains
+benchmarks/RESULTS.md). Then each of ``--archs`` architectures of ``facenas.search.spaces.pool`` trains
 ``--steps`` steps twice, from a random initialisation and from the seed remapped onto it, with
 the same seed, the same batches in the same order and the same optimiser (Adam 1e-3).
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl
 
-from datamodules.detection import FaceDetectionDataModule
-from models.detection import RetinaFace
-from search.spaces import pool
+from facenas.datamodules.detection import FaceDetectionDataModule
+from facenas.models.detection import RetinaFace
+from facenas.search.spaces import pool
 
 
 class LossRecorder(pl.Callback):

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.pareto import hypervolume, hypervolume_history
-from search.replay import OBJECTIVES, FRNASTable
-from search.study import Study, StudySettings
-from search.trial import Objective, Status
+from facenas.core.pareto import hypervolume, hypervolume_history
+from facenas.search.replay import OBJECTIVES, FRNASTable
+from facenas.search.study import Study, StudySettings
+from facenas.search.trial import Objective, Status
 
 BACKENDS = {
     "random": "random",

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import median_time
 
-from models.detection import MultiBoxLoss, RetinaFace
-from models.detection.anchors import AnchorGrid, Matches, anchors_xyxy
+from facenas.models.detection import MultiBoxLoss, RetinaFace
+from facenas.models.detection.anchors import AnchorGrid, Matches, anchors_xyxy
 
 
 def wider_like_batch(batch: int, size: int, faces_per_image: float, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -84,7 +84,7 @@ def loop_match(
 
 
 def bench_matching(repeat: int) -> list[str]:
-    import models.detection.loss as loss_module
+    import facenas.models.detection.loss as loss_module
 
     grid = AnchorGrid(640, 640)
     anchors = grid.anchors()
@@ -162,7 +162,7 @@ def bench_training(device: str, repeat: int, batch: int = 32, size: int = 640) -
 
 
 def bench_loader(batches: int, workers: int) -> list[str]:
-    from datamodules.detection import FaceDetectionDataModule
+    from facenas.datamodules.detection import FaceDetectionDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
         data = FaceDetectionDataModule(

@@ -26,10 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.backends import create_searcher  # noqa: E402
-from search.spaces import load_space  # noqa: E402
-from search.study import Study, StudySettings  # noqa: E402
-from search.trial import Objective, Result, Status, Trial  # noqa: E402
+from facenas.search.backends import create_searcher  # noqa: E402
+from facenas.search.spaces import load_space  # noqa: E402
+from facenas.search.study import Study, StudySettings  # noqa: E402
+from facenas.search.trial import Objective, Result, Status, Trial  # noqa: E402
 
 BACKENDS = {
     "random": "random",
@@ -54,7 +54,7 @@ def ask_tell(name: str, spec, warm: int = 200, timed: int = 20) -> float:
     searcher = create_searcher(spec)
     budget = None
     if name in MULTI_FIDELITY:
-        from search.backends import Budget
+        from facenas.search.backends import Budget
 
         budget = Budget(1, 16, 2)
     searcher.setup(load_space("frnas_joint", seed=0), [Objective("err"), Objective("rd")], budget, 0, warm + timed)
@@ -81,8 +81,8 @@ def toy_settings(tmp: Path, name: str, n_trials: int, executor, burn: float = 0.
     base.write_text(
         yaml.safe_dump(
             {
-                "model": {"class_path": "demos.toy.ToySearchModule", "init_args": {"burn": burn}},
-                "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 8}},
+                "model": {"class_path": "facenas.demos.toy.ToySearchModule", "init_args": {"burn": burn}},
+                "data": {"class_path": "facenas.demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 8}},
                 "trainer": {
                     "accelerator": "cpu",
                     "max_epochs": epochs,
@@ -113,7 +113,7 @@ def driver_overhead(n_trials: int = 20) -> tuple[float, float]:
         # the first trial pays for importing Lightning; measure the steady state after it
         Study(toy_settings(Path(tmp), "warmup", 1, "inprocess"), quiet=True).run()
         fits: list[float] = []
-        import search.runner as runner
+        import facenas.search.runner as runner
 
         original = runner.run_in_process
 
@@ -122,7 +122,7 @@ def driver_overhead(n_trials: int = 20) -> tuple[float, float]:
             fits.append(result.train_seconds)
             return result
 
-        import search.executors as executors
+        import facenas.search.executors as executors
 
         executors.run_in_process = timed
         start = time.perf_counter()

@@ -1,5 +1,5 @@
 """Peak memory of verification on an LFW-size pair set (12,000 images of 112 x 112): streamed (a
-batch decoded and embedded at a time, ``callbacks.verification.pair_set_accuracy``) against the
+batch decoded and embedded at a time, ``facenas.callbacks.verification.pair_set_accuracy``) against the
 previous way (every image decoded into one tensor, then embedded in batches).
 
     python benchmarks/transfer_memory.py [--images 12000] [--model faceid]
@@ -29,7 +29,7 @@ def make_pair_set(path: Path, images: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from datamodules.recognition.formats import write_verification_bin
+    from facenas.datamodules.recognition.formats import write_verification_bin
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
@@ -45,13 +45,13 @@ def make_pair_set(path: Path, images: int) -> Path:
 def measure(way: str, pair_set: str, model_name: str, batch_size: int) -> dict:
     import torch
 
-    from callbacks.verification import pair_set_accuracy, verification_accuracy
-    from datamodules.recognition.datamodule import eval_transform
-    from datamodules.recognition.formats import read_verification_bin
+    from facenas.callbacks.verification import pair_set_accuracy, verification_accuracy
+    from facenas.datamodules.recognition.datamodule import eval_transform
+    from facenas.datamodules.recognition.formats import read_verification_bin
 
     torch.set_num_threads(2)
     if model_name == "faceid":
-        from models.recognition import FaceID
+        from facenas.models.recognition import FaceID
 
         model = FaceID(backbone="dpn_search_small_301", embedding_dim=128, num_classes=2).eval()
         embed = model.embed

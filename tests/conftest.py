@@ -56,7 +56,7 @@ def run_facenas(
 def synthetic_identities(tmp_path: Path, identities: int = 16, images: int = 8, ratios=(4, 2, 2), **kw):
     """A small closed-set FaceIDDataModule of synthetic identities at 32 px (each identity's
     images split by ``ratios``), for tests that train in seconds."""
-    from datamodules.recognition import FaceIDDataModule
+    from facenas.datamodules.recognition import FaceIDDataModule
 
     return FaceIDDataModule(
         synthetic_identities=identities,

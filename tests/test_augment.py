@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from datamodules import DataError, load_or_create_split
-from datamodules.detection import FaceDetectionDataModule
-from datamodules.splits import read_split_file, write_subset_split
-from search.hyperfd.augment import SETUPS, Rules, SubDataset, augment, cluster_subsets, write_subsets
+from facenas.datamodules import DataError, load_or_create_split
+from facenas.datamodules.detection import FaceDetectionDataModule
+from facenas.datamodules.splits import read_split_file, write_subset_split
+from facenas.hyperfd.table.augment import SETUPS, Rules, SubDataset, augment, cluster_subsets, write_subsets
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import DataReport, DetectionSample
-from datamodules.detection import DetectionDataset, read_detection, read_wider
-from datamodules.detection.datamodule import load_image
-from datamodules.detection.transforms import EvalTransform
+from facenas.datamodules import DataReport, DetectionSample
+from facenas.datamodules.detection import DetectionDataset, read_detection, read_wider
+from facenas.datamodules.detection.datamodule import load_image
+from facenas.datamodules.detection.transforms import EvalTransform
 
 from .conftest import REPO, data_path, run_facenas
 
@@ -317,8 +317,8 @@ def test_merged_wider_entries_keep_lines_and_continue_face_indices(tmp_path):
 
 
 def test_non_utf8_attribute_csv_names_file_and_line(tmp_path):
-    from datamodules import DataError
-    from datamodules.detection import attach_box_attributes
+    from facenas.datamodules import DataError
+    from facenas.datamodules.detection import attach_box_attributes
 
     (a, _) = read_wider(_wider(tmp_path), verify="none")
     csv = tmp_path / "demographics.csv"
@@ -473,8 +473,8 @@ def test_every_reader_reads_a_leading_bom(tmp_path, fmt, write):
 
 
 def test_the_metric_core_refuses_an_iou_outside_0_1():
-    from callbacks.detection_ap import BadThreshold, evaluate_detections
-    from core.errors import UserError
+    from facenas.callbacks.detection_ap import BadThreshold, evaluate_detections
+    from facenas.core.errors import UserError
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     for iou in (0.0, 1.5, float("nan")):
@@ -492,7 +492,7 @@ def test_the_metric_core_refuses_an_iou_outside_0_1():
 
 
 def test_the_metric_core_never_scores_detections_that_are_not_boxes():
-    from callbacks.detection_ap import evaluate_detections
+    from facenas.callbacks.detection_ap import evaluate_detections
 
     truth = [(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.zeros(1, dtype=torch.bool))]
     good = torch.tensor([[0.0, 0.0, 10.0, 10.0]])

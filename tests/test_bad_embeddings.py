@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks import BadEmbeddingsError, IdentificationFairness, evaluate_fairness, identification_ranks
-from datamodules.records import DataError
+from facenas.callbacks import BadEmbeddingsError, IdentificationFairness, evaluate_fairness, identification_ranks
+from facenas.datamodules.records import DataError
 
 from .conftest import run_facenas
 
@@ -113,7 +113,7 @@ def test_tiny_and_huge_rows_keep_their_direction():
 def test_metric_and_callback_count_log_and_warn():
     import lightning.pytorch as pl
 
-    from callbacks import FairnessMetrics
+    from facenas.callbacks import FairnessMetrics
 
     emb, ids, groups = identities()
     bad = bad_rows(len(ids), 0.04)
@@ -194,14 +194,14 @@ def one_line_error(out, *fragments):
 
 
 def from_files(embeddings, meta, **kwargs):
-    from callbacks import evaluate_embedding_files
+    from facenas.callbacks import evaluate_embedding_files
 
     return evaluate_embedding_files(str(embeddings), str(meta), device="cpu", **kwargs)
 
 
 def as_json(result):
     """A FairnessResult as ``--json`` prints it."""
-    from core.values import json_safe
+    from facenas.core.values import json_safe
 
     return json.loads(json.dumps(json_safe(result.as_dict())))
 
@@ -340,7 +340,7 @@ def identity_csv(tmp_path, name="labels.csv", encoding="utf-8", header=("gender"
 
 
 def datamodule(tmp_path, annotations, images, **kwargs):
-    from datamodules.recognition import FaceIDDataModule
+    from facenas.datamodules.recognition import FaceIDDataModule
 
     data = FaceIDDataModule(
         format="csv",

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import yaml
 
-from search.backends import PoolSearcher, SpaceExhausted
-from search.hyperfd.benchmark import BenchmarkSettings, canonical, rows
-from search.spaces import load_space, nas_arch
-from search.store import StudyStore
-from search.trial import Objective, Result, Status, Trial
+from facenas.hyperfd.table.build import BenchmarkSettings, canonical, rows
+from facenas.search.backends import PoolSearcher, SpaceExhausted
+from facenas.search.spaces import load_space, nas_arch
+from facenas.search.store import StudyStore
+from facenas.search.trial import Objective, Result, Status, Trial
 
 from .conftest import REPO, run_facenas
 
-TINY = REPO / "configs" / "benchmark" / "tiny.yaml"
+TINY = REPO / "configs" / "hyperfd" / "tiny.yaml"
 
 
 def tiny_settings(tmp_path, **changes) -> BenchmarkSettings:
@@ -176,7 +176,7 @@ def write_table(root, entries) -> None:
 def test_report_numbers(tmp_path):
     from scipy.stats import spearmanr
 
-    from search.hyperfd.report import analyse, write_report
+    from facenas.hyperfd.table.report import analyse, write_report
 
     configs = [{"lr": lr} for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
     a_test = [0.50, 0.60, 0.70, 0.80, 0.90]
@@ -211,7 +211,7 @@ def test_report_numbers(tmp_path):
 def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):
     """`facenas benchmark augment` on the tiny YAML's `plain` dataset: subset split files whose
     images keep their splits, and a dataset entry naming one trains on exactly that subset."""
-    from search.hyperfd.benchmark import dataset_module
+    from facenas.hyperfd.table.build import dataset_module
 
     (tmp_path / "configs").symlink_to(REPO / "configs")
     args = ["--benchmark", str(TINY), "--dataset", "plain", "--out", "subsets", "--min_images", "3"]
@@ -243,7 +243,7 @@ def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):
 
 
 def test_objective_reduce_best_reads_the_kept_checkpoints_value(tmp_path):
-    from search.runner import read_metrics
+    from facenas.search.runner import read_metrics
 
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,val/ap50,test/ap50,val/error\n0,0.30,,0.5\n1,nan,,0.2\n2,0.50,,0.4\n3,0.40,,0.3\n3,,0.45,\n")

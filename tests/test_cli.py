@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks import evaluate_detections, evaluate_fairness
-from datamodules.detection import read_wider, write_wider_predictions
+from facenas.callbacks import evaluate_detections, evaluate_fairness
+from facenas.datamodules.detection import read_wider, write_wider_predictions
 
 from .conftest import data_path, run_facenas
 
 
 def test_top_level_help_lists_every_verb():
-    from facenas_cli import VERBS
+    from facenas.cli import VERBS
 
     out = run_facenas("--help")
     assert out.returncode == 0

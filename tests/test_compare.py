@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from callbacks.compare import compare, markdown, read_runs
-from core.errors import UserError
+from facenas.callbacks.compare import compare, markdown, read_runs
+from facenas.core.errors import UserError
 
 from .conftest import REPO, run_facenas
 

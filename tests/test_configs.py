@@ -44,7 +44,7 @@ def test_every_config_is_covered():
             "logger/wandb.yaml",
         }
         | {f"search/{p.name}" for p in (CONFIGS / "search").glob("*.yaml")}
-        | {f"benchmark/{p.name}" for p in (CONFIGS / "benchmark").glob("*.yaml")}
+        | {f"hyperfd/{p.name}" for p in (CONFIGS / "hyperfd").glob("*.yaml")}
         | {f"recognition/mitigation/{p.name}" for p in (CONFIGS / "recognition/mitigation").glob("*.yaml")}
     )
     assert shipped == covered
@@ -62,9 +62,9 @@ def test_trainer_and_logger_groups_combine_with_a_model_config(tmp_path, extra):
     printed = yaml.safe_load(out.stdout)
     callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
     assert callbacks == [
-        "callbacks.DetectionAP",
+        "facenas.callbacks.DetectionAP",
         "lightning.pytorch.callbacks.EarlyStopping",
-        "callbacks.WiderPredictionWriter",
+        "facenas.callbacks.WiderPredictionWriter",
     ]
     for group in extra:
         for key, value in yaml.safe_load((CONFIGS / group).read_text())["trainer"].items():
@@ -155,8 +155,8 @@ def test_pretrained_config_predicts_a_folder_with_given_weights(tmp_path):
     folders kept; weights of another network are one error line."""
     import torch
 
-    from models.detection import RetinaFace
-    from models.detection.pretrained import export_weights
+    from facenas.models.detection import RetinaFace
+    from facenas.models.detection.pretrained import export_weights
 
     model = RetinaFace()
     torch.save({"state_dict": model.state_dict()}, tmp_path / "model.ckpt")
@@ -200,7 +200,7 @@ def test_pretrained_config_predicts_a_folder_with_given_weights(tmp_path):
 
 
 def shipped_detector_built() -> bool:
-    from models.detection.pretrained import SHIPPED, WEIGHTS_DIR
+    from facenas.models.detection.pretrained import SHIPPED, WEIGHTS_DIR
 
     return (WEIGHTS_DIR / SHIPPED["wider_subset_320"][0]).is_file()
 
@@ -213,8 +213,8 @@ def test_shipped_detector_finds_wider_faces(tmp_path):
     """The shipped detector, on the first WIDER validation images: it finds most large faces."""
     import torch
 
-    from callbacks.detection_ap import evaluate_detections
-    from datamodules.detection.formats import read_wider, read_wider_predictions
+    from facenas.callbacks.detection_ap import evaluate_detections
+    from facenas.datamodules.detection.formats import read_wider, read_wider_predictions
 
     root = data_path("widerface")
     samples = read_wider(root / "wider_face_split/wider_face_val_bbx_gt.txt", root / "WIDER_val/images")
@@ -278,16 +278,16 @@ def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):
     assert "val/rank_disparity" in out.stdout
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "benchmark").glob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "hyperfd").glob("*.yaml")))
 def test_benchmark_config_plans_its_studies(config):
     """Every shipped benchmark YAML parses through `facenas benchmark build`'s options, and each of
     its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
-    from facenas_cli.benchmark import build_parser
-    from facenas_cli.common import parse
-    from search.hyperfd.benchmark import BenchmarkSettings
-    from search.study import Study
+    from facenas.cli.benchmark import build_parser
+    from facenas.cli.common import parse
+    from facenas.hyperfd.table.build import BenchmarkSettings
+    from facenas.search.study import Study
 
-    args = parse(build_parser(), ["--config", str(CONFIGS / "benchmark" / config)])
+    args = parse(build_parser(), ["--config", str(CONFIGS / "hyperfd" / config)])
     settings = BenchmarkSettings(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
     settings.base = [str(REPO / p) for p in settings.base]
     studies = list(settings.studies())
@@ -301,10 +301,10 @@ def test_benchmark_config_plans_its_studies(config):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
 def test_search_config_builds_its_study(config):
-    from facenas_cli.common import parse
-    from facenas_cli.search import search_parser, study_settings
-    from search.backends import create_searcher
-    from search.spaces import apply_mapping, load_space
+    from facenas.cli.common import parse
+    from facenas.cli.search import search_parser, study_settings
+    from facenas.search.backends import create_searcher
+    from facenas.search.spaces import apply_mapping, load_space
 
     settings = study_settings(parse(search_parser(), ["--config", str(CONFIGS / "search" / config)]))
     space = load_space(settings.space, settings.seed)

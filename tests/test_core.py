@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.registry import Registry, UnknownName
-from core.weights import load_local_weights
+from facenas.core.registry import Registry, UnknownName
+from facenas.core.weights import load_local_weights
 
 
 def test_registry_register_get_list_and_duplicates():
@@ -57,7 +57,7 @@ def test_local_weights_load_what_matches_and_report_the_rest(tmp_path):
 
 
 def test_pretrained_backbones_report_missing_keys(tmp_path):
-    from models.detection import create_backbone
+    from facenas.models.detection import create_backbone
 
     state = create_backbone("mobilenet_v2_0.25").state_dict()
     dropped = sorted(state)[-1]
@@ -75,7 +75,7 @@ def test_detection_backbone_loads_a_torchvision_mobilenet_v2_state_dict(tmp_path
 
     from torchvision.models import mobilenet_v2
 
-    from models.detection import create_backbone
+    from facenas.models.detection import create_backbone
 
     torch.manual_seed(0)
     imagenet = mobilenet_v2(width_mult=width)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import callbacks.detection_ap as ap_module
-from callbacks import DetectionAveragePrecision, average_precision, evaluate_detections
-from datamodules.detection import read_wider
+import facenas.callbacks.detection_ap as ap_module
+from facenas.callbacks import DetectionAveragePrecision, average_precision, evaluate_detections
+from facenas.datamodules.detection import read_wider
 
 
 def reference_ap(preds, gts, iou_thr=0.5, min_size=0.0, scales=None):

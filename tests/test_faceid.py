@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from callbacks import FairnessMetrics, VerificationAccuracy, extract_layers, probe_layers, verification_accuracy
-from datamodules.recognition import FaceIDDataModule
-from datamodules.recognition.formats import write_verification_bin
-from models.recognition import (
+from facenas.callbacks import FairnessMetrics, VerificationAccuracy, extract_layers, probe_layers, verification_accuracy
+from facenas.datamodules.recognition import FaceIDDataModule
+from facenas.datamodules.recognition.formats import write_verification_bin
+from facenas.models.recognition import (
     OPERATION_NAMES,
     ArcFace,
     CosFace,
@@ -70,7 +70,7 @@ def test_architecture_030_is_timm_dpn68_and_dpn107(variant, name):
     the installed timm ends with ReLU; it is set back to ELU here."""
     import timm
 
-    from models.recognition import dpn_state_dict_from_timm
+    from facenas.models.recognition import dpn_state_dict_from_timm
 
     torch.manual_seed(0)
     ours, theirs = dpn_search("030", variant).eval(), timm.create_model(name, num_classes=0).eval()
@@ -340,11 +340,11 @@ def test_quick_fit_then_probe_verb(tmp_path):
 
     config = {
         "model": {
-            "class_path": "models.recognition.FaceID",
+            "class_path": "facenas.models.recognition.FaceID",
             "init_args": {"backbone": "dpn_search_small_301", "embedding_dim": 32, "optimizer": "adamw", "lr": 3e-3},
         },
         "data": {
-            "class_path": "datamodules.recognition.FaceIDDataModule",
+            "class_path": "facenas.datamodules.recognition.FaceIDDataModule",
             "init_args": {
                 "synthetic_identities": 20,
                 "synthetic_images_per_identity": 8,
@@ -459,8 +459,8 @@ def test_head_args_per_head_for_searches():
 
 
 def test_identification_data_refuses_an_empty_validation_split_and_scales_16_bit_images(tmp_path):
-    from datamodules.images import open_rgb
-    from datamodules.records import DataError
+    from facenas.datamodules.images import open_rgb
+    from facenas.datamodules.records import DataError
 
     settings = dict(
         synthetic_identities=6,

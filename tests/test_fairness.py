@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks import (
+from facenas.callbacks import (
     IdentificationFairness,
     evaluate_fairness,
     fairness_metrics,
     identification_ranks,
 )
-from callbacks.fairness import ProbeRanks
+from facenas.callbacks.fairness import ProbeRanks
 
 
 def brute_force_ranks(emb: np.ndarray, ids: np.ndarray):
@@ -245,7 +245,7 @@ def test_singletons_skipped_or_counted_as_errors():
 def test_metric_and_callback_log_both_rank_disparities():
     import lightning.pytorch as pl
 
-    from callbacks import FairnessMetrics
+    from facenas.callbacks import FairnessMetrics
 
     emb, ids, gender = random_identities(5)
     emb, ids, groups = torch.tensor(emb, dtype=torch.float32), torch.tensor(ids), torch.tensor(gender == "male").long()

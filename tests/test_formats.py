@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules import DataError, DataReport
-from datamodules.detection import (
+from facenas.datamodules import DataError, DataReport
+from facenas.datamodules.detection import (
     attach_box_attributes,
     read_detection,
     read_dlib,
@@ -24,7 +24,7 @@ from datamodules.detection import (
     read_wider_predictions,
     write_wider_predictions,
 )
-from datamodules.recognition import (
+from facenas.datamodules.recognition import (
     age_bin,
     read_celeba,
     read_identities,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.recognition import (
+from facenas.models.recognition import (
     FRNAS_PUBLISHED,
     OPERATION_NAMES,
     FaceID,
@@ -24,7 +24,7 @@ from models.recognition import (
     paper_to_code,
     parse_dpn_name,
 )
-from models.recognition.dpn import DPNConfig, SearchableDPN
+from facenas.models.recognition.dpn import DPNConfig, SearchableDPN
 
 # ----------------------------------------------------------------------------- the release, transcribed
 # The network of src/search/dpn107.py (dooleys/FR-NAS), reduced to what FR-NAS builds (no DPN-b

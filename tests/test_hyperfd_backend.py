@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from search.backends.hyperfd import load_state, save_state
-from search.hyperfd.methods import HyperFD
-from search.hyperfd.online import single_thread
-from search.spaces import config_key
-from search.study import Study, StudySettings
-from search.trial import Objective, Result, Status, Trial
+from facenas.hyperfd.backend import load_state, save_state
+from facenas.hyperfd.methods import HyperFD
+from facenas.hyperfd.online import single_thread
+from facenas.search.spaces import config_key
+from facenas.search.study import Study, StudySettings
+from facenas.search.trial import Objective, Result, Status, Trial
 
 from .conftest import REPO
 from .test_hyperfd_ranker import GRID, planted_table

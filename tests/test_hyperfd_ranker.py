@@ -1,5 +1,5 @@
 """HyperFD's ranker, its losses, the online protocol and the methods compared on it
-(search/hyperfd/ranker.py, online.py, methods.py)."""
+(facenas/hyperfd/ranker.py, online.py, methods.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.hyperfd.methods import (
+from facenas.hyperfd.methods import (
     METHODS,
     BestOnSource,
     HyperFD,
@@ -19,7 +19,7 @@ from search.hyperfd.methods import (
     ZeroShotTransfer,
     create_method,
 )
-from search.hyperfd.online import (
+from facenas.hyperfd.online import (
     BudgetExceeded,
     OnlineTask,
     RandomSearch,
@@ -31,7 +31,7 @@ from search.hyperfd.online import (
     single_thread,
     summarize_runs,
 )
-from search.hyperfd.ranker import (
+from facenas.hyperfd.ranker import (
     ConfigEncoder,
     HPOEncoder,
     SynapticIntelligence,
@@ -40,7 +40,7 @@ from search.hyperfd.ranker import (
     ranknet_loss,
     triplet_loss,
 )
-from search.spaces import config_key, finite_configurations, load_space, nas_config
+from facenas.search.spaces import config_key, finite_configurations, load_space, nas_config
 
 GRID = finite_configurations(load_space("hyperfd_hpo"))
 N_IMAGES = 37  # a count no other dimension of the ranker has

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from core.registry import UnknownName
-from datamodules.records import DetectionSample
-from search.hyperfd import (
+from facenas.core.registry import UnknownName
+from facenas.datamodules.records import DetectionSample
+from facenas.hyperfd import (
     EXTRACTORS,
     ClientSummary,
     DetectorFeatures,
@@ -111,7 +111,7 @@ def test_label_stats_unreadable_image_is_a_nan_row_and_left_out_of_the_summary(d
 
 
 def test_label_stats_on_real_wider_images():
-    from datamodules.detection import read_wider
+    from facenas.datamodules.detection import read_wider
 
     gt = data_path("widerface", "wider_face_split", "wider_face_val_bbx_gt.txt")
     images = data_path("widerface", "WIDER_val", "images")
@@ -135,7 +135,7 @@ def test_label_stats_on_real_wider_images():
 @pytest.fixture(scope="module")
 def random_detector(tmp_path_factory) -> tuple[Any, Path]:
     """A randomly initialised RetinaFace and its state saved as ``{"state_dict": ...}``."""
-    from models.detection import RetinaFace
+    from facenas.models.detection import RetinaFace
 
     torch.manual_seed(0)
     model = RetinaFace().eval()
@@ -145,8 +145,8 @@ def random_detector(tmp_path_factory) -> tuple[Any, Path]:
 
 
 def test_detector_features_are_the_gap_of_the_fpn_levels(dataset, random_detector, tmp_path):
-    from datamodules.detection.transforms import normalize, pad_to_square, resize
-    from models.detection.pretrained import export_weights
+    from facenas.datamodules.detection.transforms import normalize, pad_to_square, resize
+    from facenas.models.detection.pretrained import export_weights
 
     model, path = random_detector
     extractor = create_extractor("detector", weights=str(path), batch_size=2)  # batches of 2, 2, 1
@@ -173,7 +173,7 @@ def test_detector_features_are_the_gap_of_the_fpn_levels(dataset, random_detecto
 
 
 def test_detector_default_weights_are_the_shipped_detector_or_a_clear_error():
-    from models.detection.pretrained import SHIPPED, WEIGHTS_DIR
+    from facenas.models.detection.pretrained import SHIPPED, WEIGHTS_DIR
 
     if (WEIGHTS_DIR / SHIPPED["wider_subset_320"][0]).is_file():
         assert create_extractor("detector").dim == 240

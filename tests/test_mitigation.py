@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks import FairnessMetrics, probe_layers
-from models.recognition import ArcFace, CosFace, FaceID, MagFace
-from models.recognition.mitigation import Angular, Flipped, SensitiveNets, create_mitigation
+from facenas.callbacks import FairnessMetrics, probe_layers
+from facenas.models.recognition import ArcFace, CosFace, FaceID, MagFace
+from facenas.models.recognition.mitigation import Angular, Flipped, SensitiveNets, create_mitigation
 
 from .conftest import synthetic_identities
 

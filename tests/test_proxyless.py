@@ -8,16 +8,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.detection import RetinaFace, create_backbone
-from models.detection.proxyless import (
+from facenas.models.detection import RetinaFace, create_backbone
+from facenas.models.detection.proxyless import (
     OPS,
     Layer,
     ProxylessArch,
     ProxylessBackbone,
     arch_graph,
 )
-from models.detection.remap import adapt, remap
-from search.spaces import apply_mapping, check_mapping, config_key, load_space, nas_arch, pool
+from facenas.models.detection.remap import adapt, remap
+from facenas.search.spaces import apply_mapping, check_mapping, config_key, load_space, nas_arch, pool
 
 from .conftest import REPO, run_facenas
 
@@ -213,7 +213,7 @@ def test_retinaface_remap_from_a_training_checkpoint(tmp_path):
 def test_shipped_largest_network_loads_and_seeds_a_sampled_architecture():
     """The largest network trained on the WIDER subset ships by name; it loads as a detector and
     remaps onto any architecture of the space."""
-    from models.detection.pretrained import load_detector_state, resolve_weights
+    from facenas.models.detection.pretrained import load_detector_state, resolve_weights
 
     state, _ = load_detector_state(resolve_weights("largest_wider_subset_320"))
     largest = RetinaFace(backbone="proxyless_x05:largest", weights="largest_wider_subset_320").net
@@ -321,7 +321,7 @@ def test_remap_from_a_mobilenet_v2_detector_where_layers_coincide(tmp_path):
     """MobileNetV2 x0.5 is d2-3-4-3-3-1 of the space with every layer e6k3 (torchvision rounds
     stage 2 to 16 channels where the space has 12): its layers map onto the largest network's,
     exactly where shapes coincide, kernels centred in zeros."""
-    from models.detection.pretrained import export_weights
+    from facenas.models.detection.pretrained import export_weights
 
     torch.manual_seed(0)
     mnv2 = RetinaFace()

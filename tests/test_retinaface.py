@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from callbacks import DetectionAP
-from datamodules import DetectionSample
-from datamodules.detection import (
+from facenas.callbacks import DetectionAP
+from facenas.datamodules import DetectionSample
+from facenas.datamodules.detection import (
     DetectionDataset,
     FaceDetectionDataModule,
     collate_train,
 )
-from datamodules.detection.transforms import (
+from facenas.datamodules.detection.transforms import (
     CROP_SCALES,
     FLIP_ORDER,
     Faces,
@@ -29,8 +29,8 @@ from datamodules.detection.transforms import (
     horizontal_flip,
     random_square_crop,
 )
-from models import NonFiniteLossError
-from models.detection import (
+from facenas.models import NonFiniteLossError
+from facenas.models.detection import (
     MultiBoxLoss,
     RetinaFace,
     create_backbone,
@@ -42,7 +42,7 @@ from models.detection import (
     match_anchors,
     postprocess,
 )
-from models.detection.anchors import anchors_xyxy
+from facenas.models.detection.anchors import anchors_xyxy
 
 from .conftest import data_path
 
@@ -531,7 +531,7 @@ def test_predict_writes_one_file_per_test_image_and_eval_scores_that_split(tmp_p
 
 
 def test_sparse_matching_equals_dense_matching():
-    from models.detection.anchors import AnchorGrid
+    from facenas.models.detection.anchors import AnchorGrid
 
     g = torch.Generator().manual_seed(4)
     grid = AnchorGrid(320, 256)

@@ -20,14 +20,14 @@ import pytest
 import yaml
 from ConfigSpace import ConfigurationSpace, Float
 
-from core.pareto import hypervolume, pareto_mask
-from search.backends import create_searcher
-from search.executors import DaskExecutor
-from search.replay import FRNASTable
-from search.spaces import apply_mapping, load_space, nested
-from search.store import StudyStore
-from search.study import Study, StudySettings
-from search.trial import Objective, Result, Status, Trial
+from facenas.core.pareto import hypervolume, pareto_mask
+from facenas.search.backends import create_searcher
+from facenas.search.executors import DaskExecutor
+from facenas.search.replay import FRNASTable
+from facenas.search.spaces import apply_mapping, load_space, nested
+from facenas.search.store import StudyStore
+from facenas.search.study import Study, StudySettings
+from facenas.search.trial import Objective, Result, Status, Trial
 
 from .conftest import REPO, data_path, run_facenas
 
@@ -141,7 +141,7 @@ SPECS = [
     "random",
     {"class_path": "smac", "init_args": {"facade": "hpo", "n_initial": 5}},
     {"class_path": "smac", "init_args": {"facade": "mf", "incumbent_selection": "highest_budget"}},
-    {"class_path": "search.backends.SMACSearcher", "init_args": {"facade": "hyperband"}},
+    {"class_path": "facenas.search.backends.SMACSearcher", "init_args": {"facade": "hyperband"}},
     {"class_path": "optuna", "init_args": {"sampler": "tpe", "n_startup_trials": 5}},
     {"class_path": "optuna", "init_args": {"sampler": "nsga2", "population_size": 6}},
     {"class_path": "optuna", "init_args": {"sampler": "motpe"}},
@@ -238,8 +238,8 @@ def toy_space(tmp_path: Path) -> str:
 
 def toy_base(tmp_path: Path, checkpoints: bool = False, batch_size: int = 4, **module_args) -> str:
     config = {
-        "model": {"class_path": "demos.toy.ToySearchModule", "init_args": module_args},
-        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": batch_size}},
+        "model": {"class_path": "facenas.demos.toy.ToySearchModule", "init_args": module_args},
+        "data": {"class_path": "facenas.demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": batch_size}},
         "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_checkpointing": checkpoints},
     }
     path = tmp_path / "toy_base.yaml"
@@ -296,7 +296,7 @@ def test_in_process_trials_read_objectives_and_record_failures(tmp_path, monkeyp
 def test_in_process_and_subprocess_trials_train_alike(tmp_path, monkeypatch):
     """Both executors run the same `facenas fit` configuration: same seed, same logged metrics,
     same files in the run folder (checkpoints included)."""
-    from search.runner import TrialJob, run_in_process, run_subprocess
+    from facenas.search.runner import TrialJob, run_in_process, run_subprocess
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -364,7 +364,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
         "runs_dir": str(tmp_path / "runs"),
         "report": False,
     }
-    config = tmp_path / "search.yaml"
+    config = tmp_path / "facenas.search.yaml"
     config.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0"}
     proc = subprocess.Popen(
@@ -432,7 +432,7 @@ def test_dask_executor_reports_a_lost_job(tmp_path, monkeypatch):
 def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch):
     import psutil
 
-    from search.runner import TrialJob
+    from facenas.search.runner import TrialJob
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -470,7 +470,7 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
     settings = toy_settings(tmp_path, n_trials=3).as_dict()
     settings["objectives"] = [{"metric": "val/score", "mode": "min"}, {"metric": "val/other", "mode": "min"}]
     settings["report"] = True
-    config = tmp_path / "search.yaml"
+    config = tmp_path / "facenas.search.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in settings.items() if v is not None}))
     out = run_facenas("search", "--config", str(config))
     assert out.returncode == 0, out.stderr[-3000:]

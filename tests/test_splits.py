@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from datamodules import (
+from facenas.datamodules import (
     DataError,
     IdentitySample,
     load_or_create_split,

@@ -24,10 +24,10 @@ import yaml
 from ConfigSpace import Categorical, ConfigurationSpace
 from rich.console import Console
 
-from search.spaces import config_key
-from search.store import StoreError, StudyStore
-from search.study import Study, StudySettings
-from search.trial import Objective, Result, Status, Trial
+from facenas.search.spaces import config_key
+from facenas.search.store import StoreError, StudyStore
+from facenas.search.study import Study, StudySettings
+from facenas.search.trial import Objective, Result, Status, Trial
 
 from .conftest import REPO, run_facenas
 from .test_search import toy_base as search_toy_base
@@ -119,8 +119,8 @@ def test_resume_never_repeats_a_configuration_and_an_exhausted_space_ends_the_st
 def test_a_repeated_proposal_is_answered_from_the_store():
     """The study's guard: a backend that insists on a stored configuration is told its stored
     result and asked again; after MAX_REPEATS repeats in a row the space counts as exhausted."""
-    import search.study as study_module
-    from search.backends import Searcher
+    import facenas.search.study as study_module
+    from facenas.search.backends import Searcher
 
     class Stubborn(Searcher):
         def __init__(self) -> None:
@@ -128,7 +128,7 @@ def test_a_repeated_proposal_is_answered_from_the_store():
             self.asked = 0
 
         def ask(self):
-            from search.trial import Proposal
+            from facenas.search.trial import Proposal
 
             self.asked += 1
             return Proposal({"x": 0.5 if self.asked > 1 else 0.25})
@@ -146,7 +146,7 @@ def test_a_repeated_proposal_is_answered_from_the_store():
     assert first.config == {"x": 0.5} and searcher.asked == 2
     assert [(c, r.values) for c, r in searcher.told] == [({"x": 0.25}, {"err": 0.25})]
     study._held[study._key({"x": 0.5}, None)] = (Trial(1, {"x": 0.5}), Result(Status.SUCCESS, {"err": 0.5}))
-    from search.backends import SpaceExhausted
+    from facenas.search.backends import SpaceExhausted
 
     with pytest.raises(SpaceExhausted, match="already ran"):
         study._propose(searcher)  # 0.5 for ever
@@ -176,7 +176,7 @@ def search_yaml(tmp_path: Path, sleep: float = 0.15, **extra) -> Path:
         "report": False,
     }
     settings.update(extra)
-    path = tmp_path / "search.yaml"
+    path = tmp_path / "facenas.search.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
 
@@ -235,8 +235,8 @@ def test_mapping_keys_are_checked_against_the_base_and_the_class_signature(tmp_p
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs" / "search").glob("*.yaml")))
 def test_shipped_search_configs_pass_the_mapping_checks(config, monkeypatch):
-    from facenas_cli.common import parse
-    from facenas_cli.search import search_parser, study_settings
+    from facenas.cli.common import parse
+    from facenas.cli.search import search_parser, study_settings
 
     monkeypatch.chdir(REPO)
     out = io.StringIO()
@@ -494,8 +494,8 @@ def test_a_trial_stopped_by_someone_else_runs_again(tmp_path):
 
 def fit_config(tmp_path: Path, **trainer) -> Path:
     config = {
-        "model": {"class_path": "demos.toy.ToySearchModule", "init_args": {"sleep": 0.1}},
-        "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 2}},
+        "model": {"class_path": "facenas.demos.toy.ToySearchModule", "init_args": {"sleep": 0.1}},
+        "data": {"class_path": "facenas.demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 2}},
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 500,
@@ -583,8 +583,8 @@ def corrupt_checkpoints(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_check_checkpoint_names_the_file_for_every_kind_of_damage(tmp_path):
-    from core.errors import UserError
-    from training.cli import check_checkpoint
+    from facenas.core.errors import UserError
+    from facenas.training.cli import check_checkpoint
 
     for path in corrupt_checkpoints(tmp_path).values():
         with pytest.raises(UserError, match=str(path)):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.detection import (
+from facenas.datamodules.detection import (
     DOMAINS,
     generate_detection_dataset,
     read_retinaface,
     read_wider,
     synthesize_detection_image,
 )
-from datamodules.recognition import generate_identity_dataset, read_identity_csv
-from datamodules.recognition.synthetic import GroupSpec
+from facenas.datamodules.recognition import generate_identity_dataset, read_identity_csv
+from facenas.datamodules.recognition.synthetic import GroupSpec
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

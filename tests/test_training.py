@@ -13,25 +13,25 @@ import torch
 import yaml
 from PIL import Image
 
-from callbacks import evaluate_detections, evaluate_fairness
-from callbacks.verification import pair_set_accuracy
-from datamodules.recognition.formats import read_verification_bin, write_verification_bin
-from demos.toy import GROUPS, ToyFaceModule, toy_sample
+from facenas.callbacks import evaluate_detections, evaluate_fairness
+from facenas.callbacks.verification import pair_set_accuracy
+from facenas.datamodules.recognition.formats import read_verification_bin, write_verification_bin
+from facenas.demos.toy import GROUPS, ToyFaceModule, toy_sample
 
 from .conftest import REPO, run_facenas
 
 TOY = {
-    "model": {"class_path": "demos.toy.ToyFaceModule"},
-    "data": {"class_path": "demos.toy.ToyFaceData", "init_args": {"num_val": 32, "batch_size": 4}},
+    "model": {"class_path": "facenas.demos.toy.ToyFaceModule"},
+    "data": {"class_path": "facenas.demos.toy.ToyFaceData", "init_args": {"num_val": 32, "batch_size": 4}},
     "trainer": {
         "max_epochs": 2,
         "enable_progress_bar": False,
         "callbacks": [
             {
-                "class_path": "callbacks.DetectionAP",
+                "class_path": "facenas.callbacks.DetectionAP",
                 "init_args": {"min_size": 0, "short_side": None, "attributes": {"gender": list(GROUPS)}},
             },
-            {"class_path": "callbacks.FairnessMetrics", "init_args": {"reference_group": "female"}},
+            {"class_path": "facenas.callbacks.FairnessMetrics", "init_args": {"reference_group": "female"}},
         ],
     },
 }
@@ -78,7 +78,7 @@ def test_fit_saves_config_best_and_last_then_resumes_and_tests(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs" / "toy" / "version_0"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["class_path"] == "demos.toy.ToyFaceModule" and saved["trainer"]["max_epochs"] == 2
+    assert saved["model"]["class_path"] == "facenas.demos.toy.ToyFaceModule" and saved["trainer"]["max_epochs"] == 2
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(p.startswith("best-") for p in checkpoints)
     metrics = last_metrics(run / "metrics.csv")
@@ -122,7 +122,7 @@ def test_print_config_resolves_every_default(tmp_path):
     [
         (["--trainer.max_epochz", "3"], "max_epochz"),
         (["--model.lr", "abc"], "model.init_args.lr: Expected a <class 'float'>. Got value: abc"),
-        (["--model", "demos.toy.NoSuchModel"], "NoSuchModel"),
+        (["--model", "facenas.demos.toy.NoSuchModel"], "NoSuchModel"),
     ],
 )
 def test_config_errors_exit_2_with_one_message(tmp_path, args, message):
@@ -180,7 +180,7 @@ def test_shipped_config_mistakes_exit_2_before_any_data_is_made(tmp_path, config
 
 
 def test_retinaface_takes_adamw():
-    from models.detection import RetinaFace
+    from facenas.models.detection import RetinaFace
 
     model = RetinaFace(optimizer="adamw", lr=1e-3)
     assert type(model.configure_optimizers()["optimizer"]).__name__ == "AdamW"
@@ -189,7 +189,14 @@ def test_retinaface_takes_adamw():
 def test_diverged_training_exits_1_with_one_line(tmp_path):
     config = write_config(tmp_path, max_epochs=1)
     out = run_facenas(
-        "fit", "--config", str(config), "--model", "demos.toy.ToySearchModule", "--model.diverge", "true", cwd=tmp_path
+        "fit",
+        "--config",
+        str(config),
+        "--model",
+        "facenas.demos.toy.ToySearchModule",
+        "--model.diverge",
+        "true",
+        cwd=tmp_path,
     )
     assert out.returncode == 1, out.stderr[-2000:]
     assert (
@@ -247,7 +254,7 @@ def test_two_process_cpu_ddp_synchronises_metrics(tmp_path):
     pair_set = write_verification_bin(tmp_path / "pairs.bin", blobs, [True, False] * 10)
     config = write_config(tmp_path, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
     extra = {
-        "class_path": "callbacks.VerificationAccuracy",
+        "class_path": "facenas.callbacks.VerificationAccuracy",
         "init_args": {"sets": {"pairs": str(pair_set)}, "image_size": 24},
     }
     written = yaml.safe_load(config.read_text())

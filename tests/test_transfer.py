@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks import verification_accuracy
-from callbacks.fairness import evaluate_fairness
-from callbacks.verification import embed_pairs
-from datamodules.recognition.datamodule import eval_transform
-from datamodules.recognition.formats import read_verification_bin, write_verification_bin
-from datamodules.recognition.synthetic import generate_identity_dataset
-from models.recognition import FaceID
+from facenas.callbacks import verification_accuracy
+from facenas.callbacks.fairness import evaluate_fairness
+from facenas.callbacks.verification import embed_pairs
+from facenas.datamodules.recognition.datamodule import eval_transform
+from facenas.datamodules.recognition.formats import read_verification_bin, write_verification_bin
+from facenas.datamodules.recognition.synthetic import generate_identity_dataset
+from facenas.models.recognition import FaceID
 
 from .conftest import run_facenas, synthetic_identities
 

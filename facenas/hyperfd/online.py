@@ -1,0 +1,421 @@
+"""HyperFD's online protocol (Algorithm 1) and the methods it compares, on a performance lookup
+table (../shared/design/HYPERFD.md sections 3 and 4).
+
+A :class:`Method` warms up on the offline datasets' tables, then meets the online datasets one
+after another. For each it sees an :class:`OnlineTask`: the candidate pool, the dataset's per-image
+features (computed on the client side; a method that respects the privacy boundary reduces them to
+its meta-feature) and :meth:`OnlineTask.evaluate`, the only way to learn a configuration's AP on it,
+at most ``budget`` times ("training" is a table lookup here). The protocol keeps the best evaluated
+configuration by validation AP and scores it by its test AP and its normalized rank
+``100 * (1 + #pool configurations with higher validation AP) / pool size``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facenas.search.spaces import config_key
+
+
+@dataclass
+class TaskData:
+    """One dataset of a lookup table: its configurations (key -> parameters), validation and test
+    AP per configuration key, and its per-image features per extractor name."""
+
+    name: str
+    configs: dict[str, dict[str, Any]]
+    val: dict[str, float]
+    test: dict[str, float]
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    space: str = "hyperfd_hpo"
+
+    def feature(self, extractor: str) -> np.ndarray:
+        if extractor not in self.features:
+            raise KeyError(f"dataset {self.name!r} has no {extractor!r} features (it has {sorted(self.features)})")
+        return self.features[extractor]
+
+
+def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]:
+    """The datasets of an exported lookup table (``facenas benchmark export``): per dataset the
+    successful entries of one training seed (``seed``, default each dataset's main seed: the one
+    with the most entries), so that seed-noise repeats do not enter the pools."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "lookup table not found", str(path))
+    by_dataset: dict[str, dict[int, list[dict[str, str]]]] = defaultdict(lambda: defaultdict(list))
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            missing = [k for k in ("dataset", "params", "seed", "val_ap50", "test_ap50", "status") if k not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}:{line}: no column {missing[0]!r} (export the table with `facenas benchmark export`)"
+                )
+            if row["status"] != "success" or not row["val_ap50"] or not row["test_ap50"]:
+                continue
+            by_dataset[row["dataset"]][int(row["seed"])].append(row)
+    out = {}
+    for name, seeds in sorted(by_dataset.items()):
+        chosen = seed if seed is not None else max(seeds, key=lambda s: (len(seeds[s]), -s))
+        data = TaskData(name, {}, {}, {})
+        for row in seeds.get(chosen, []):
+            data.space = row.get("space") or data.space
+            params = json.loads(row["params"])
+            key = config_key(params)
+            data.configs[key] = params
+            data.val[key] = float(row["val_ap50"])
+            data.test[key] = float(row["test_ap50"])
+        if data.configs:
+            out[name] = data
+    if not out:
+        raise ValueError(f"{path}: no successful entry")
+    return out
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+class OnlineTask:
+    """What a method sees of an online dataset."""
+
+    def __init__(self, data: TaskData, budget: int) -> None:
+        self._data = data
+        self.name = data.name
+        self.budget = budget
+        self.pool: list[dict[str, Any]] = [data.configs[k] for k in sorted(data.configs)]
+        self.evaluated: dict[str, float] = {}  # key -> validation AP, in order of evaluation
+
+    def features(self, extractor: str) -> np.ndarray:
+        """The dataset's per-image features (client side: only a meta-feature may leave it)."""
+        return self._data.feature(extractor)
+
+    def evaluate(self, config: Mapping[str, Any]) -> float:
+        """ "Train" ``config`` on the dataset: its validation AP (a table lookup), counted against
+        the budget; asking again for an evaluated configuration costs nothing."""
+        key = config_key(config)
+        if key in self.evaluated:
+            return self.evaluated[key]
+        if key not in self._data.val:
+            raise KeyError(f"configuration {key} is not in the pool of {self.name!r}")
+        if len(self.evaluated) >= self.budget:
+            raise BudgetExceeded(f"{self.name}: budget of {self.budget} evaluations used up")
+        self.evaluated[key] = self._data.val[key]
+        return self.evaluated[key]
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - len(self.evaluated)
+
+    def unevaluated(self) -> list[dict[str, Any]]:
+        return [c for c in self.pool if config_key(c) not in self.evaluated]
+
+
+class Method(ABC):
+    """A configuration-transfer method: warm up on the offline tables, then pick configurations
+    for each online task (through :meth:`OnlineTask.evaluate`) and learn from what it saw."""
+
+    name = "method"
+
+    def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
+        """Learn from the offline datasets' full tables (the platform's own)."""
+
+    @abstractmethod
+    def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        """Evaluate up to ``task.budget`` configurations of the task's pool."""
+
+    def update(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        """Learn from the task's evaluated configurations (``task.evaluated``) once it is done."""
+
+
+def fill_random(task: OnlineTask, rng: np.random.Generator) -> None:
+    """Spend the task's remaining budget on distinct configurations drawn uniformly."""
+    rest = task.unevaluated()
+    for i in rng.choice(len(rest), size=min(task.remaining, len(rest)), replace=False):
+        task.evaluate(rest[int(i)])
+
+
+def evaluate_ranked(task: OnlineTask, ranked: Sequence[Mapping[str, Any]]) -> None:
+    """Evaluate configurations in this order until the budget is spent."""
+    for config in ranked:
+        if task.remaining == 0:
+            return
+        task.evaluate(config)
+
+
+class RandomSearch(Method):
+    """B distinct configurations drawn uniformly from the pool."""
+
+    name = "random"
+
+    def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        fill_random(task, rng)
+
+
+def normalized_rank(data: TaskData, key: str) -> float:
+    """``100 * (1 + #configurations with a strictly higher validation AP) / pool size``."""
+    value = data.val[key]
+    return 100.0 * (1 + sum(v > value for v in data.val.values())) / len(data.val)
+
+
+def random_rank_closed_form(n: int, budget: int) -> tuple[float, float]:
+    """Mean and std of random search's normalized rank (the best of B distinct uniform picks
+    among N distinct values): (N+1)/(B+1) and sqrt((N+1)(N-B)B / ((B+1)^2 (B+2))), times 100/N."""
+    mean = (n + 1) / (budget + 1)
+    var = (n + 1) * (n - budget) * budget / ((budget + 1) ** 2 * (budget + 2))
+    return 100.0 * mean / n, 100.0 * math.sqrt(var) / n
+
+
+def run_online(
+    method: Method,
+    offline: Sequence[TaskData],
+    online: Sequence[TaskData],
+    budget: int = 4,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Algorithm 1 for one method and one order of the online datasets: per task the
+    configuration kept (best validation AP among those evaluated), its test AP and normalized rank."""
+    rng = np.random.default_rng(seed)
+    method.warmup(offline, rng)
+    results = []
+    for index, data in enumerate(online):
+        task = OnlineTask(data, budget)
+        method.select(task, rng)
+        if not task.evaluated:
+            raise RuntimeError(f"method {method.name} evaluated nothing on {data.name}")
+        best = max(task.evaluated, key=lambda k: (task.evaluated[k], -list(task.evaluated).index(k)))
+        results.append(
+            {
+                "method": method.name,
+                "task": index,
+                "dataset": data.name,
+                "configuration": best,
+                "val_ap50": data.val[best],
+                "test_ap50": data.test[best],
+                "rank": normalized_rank(data, best),
+                "pool": len(data.val),
+                "evaluated": len(task.evaluated),
+            }
+        )
+        method.update(task, rng)
+    return results
+
+
+def evaluate(
+    table: Mapping[str, TaskData],
+    methods: Mapping[str, Callable[[int], Method]],
+    offline: Sequence[str],
+    online: Sequence[str] | None = None,
+    runs: int = 10,
+    budget: int = 4,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    journal: str | Path | None = None,
+    journal_settings: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Every method on ``runs`` random orders of the online datasets (run r: order and method
+    seeds from ``(seed, r)``, the same order for every method); one row per (method, run, task).
+
+    With a ``journal`` (a JSON-lines file) each finished (run, method) is appended as it ends and
+    a killed evaluation resumes where it stopped: a (run, method) already there is not run again.
+    The journal's first line holds the settings (with ``journal_settings``, what else shapes the
+    methods); resuming with other settings is refused."""
+    unknown = [n for n in [*offline, *(online or [])] if n not in table]
+    if unknown:
+        raise ValueError(f"dataset {unknown[0]!r} is not in the table (it has {', '.join(table)})")
+    online = [n for n in table if n not in offline] if online is None else list(online)
+    if not online:
+        raise ValueError("no online dataset: every dataset of the table is offline")
+    settings = {"offline": list(offline), "online": online, "budget": budget, "seed": seed, **(journal_settings or {})}
+    done = _read_journal(journal, settings) if journal is not None else {}
+    if done and progress is not None:
+        progress(f"resuming {journal}: {len(done)} (run, method) pairs already finished")
+    rows = []
+    with single_thread():
+        for run in range(runs):
+            todo = {m: f for m, f in methods.items() if (run, m) not in done}
+            fresh = _run(table, todo, offline, online, run, runs, budget, seed, progress, journal) if todo else []
+            for name in methods:
+                rows += done.get((run, name)) or [r for r in fresh if r["method"] == name]
+    return rows
+
+
+def _read_journal(path: str | Path, settings: Mapping[str, Any]) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """The finished (run, method) rows of an evaluation journal, creating it with ``settings`` when new."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": settings}) + "\n")
+        return {}
+    done: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    with open(path) as f:
+        head = json.loads(f.readline())
+        if head.get("settings") != settings:
+            raise ValueError(
+                f"{path} was written with other settings ({head.get('settings')}); "
+                "use another output folder or delete it"
+            )
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed write
+                continue
+            done[(entry["run"], entry["method"])] = entry["rows"]
+    return done
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: the rankers' tensors are tiny, and on a busy machine the
+    thread pool's synchronisation made their steps ten times slower (measured: 148 s against
+    17 s for one HyperFD run on a planted table with 2 cores shared with a training)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(
+    table: Mapping[str, TaskData],
+    methods: Mapping[str, Callable[[int], Method]],
+    offline: Sequence[str],
+    online: Sequence[str],
+    run: int,
+    runs: int,
+    budget: int,
+    seed: int,
+    progress: Callable[[str], None] | None,
+    journal: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """One run: a random order of the online datasets (the same for every method)."""
+    order = [online[i] for i in np.random.default_rng([seed, run]).permutation(len(online))]
+    method_seed = int(np.random.SeedSequence([seed, run, 1]).generate_state(1)[0])
+    rows = []
+    for name, factory in methods.items():
+        result = run_online(
+            factory(method_seed), [table[n] for n in offline], [table[n] for n in order], budget, method_seed
+        )
+        for r in result:
+            r.update(method=name, run=run)
+        rows += result
+        if journal is not None:
+            with open(journal, "a") as f:
+                f.write(json.dumps({"run": run, "method": name, "rows": result}, default=str) + "\n")
+        if progress is not None:
+            progress(f"run {run + 1}/{runs} {name}: mean rank {np.mean([r['rank'] for r in result]):.2f}")
+    return rows
+
+
+def summarize_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Table 7's layout: per method and online dataset the mean and std over runs of the test AP
+    and the normalized rank; the average over datasets (AP: mean and std of the dataset means;
+    rank: mean of the dataset means and mean of the per-dataset stds, as the supplementary does);
+    per task index the mean rank (does a method improve as it sees more tasks?)."""
+    cells: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    curves: dict[tuple[str, int], list[float]] = defaultdict(list)
+    by_run: dict[tuple[str, Any], list[float]] = defaultdict(list)
+    for r in rows:
+        cells[(r["method"], r["dataset"])].append(r)
+        curves[(r["method"], r["task"])].append(r["rank"])
+        by_run[(r["method"], r.get("run", 0))].append(r["rank"])
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    datasets = sorted({r["dataset"] for r in rows})
+    out: dict[str, Any] = {"methods": methods, "datasets": datasets, "cells": {}, "average": {}, "curves": {}}
+    for m in methods:
+        ap_means, rank_means, rank_stds = [], [], []
+        for d in datasets:
+            chosen = cells[(m, d)]
+            ap = np.array([c["test_ap50"] for c in chosen])
+            rank = np.array([c["rank"] for c in chosen])
+            out["cells"][f"{m}|{d}"] = {
+                "ap_mean": float(ap.mean()),
+                "ap_std": float(ap.std()),
+                "rank_mean": float(rank.mean()),
+                "rank_std": float(rank.std()),
+                "runs": len(chosen),
+            }
+            ap_means.append(ap.mean())
+            rank_means.append(rank.mean())
+            rank_stds.append(rank.std())
+        run_means = np.array([np.mean(v) for (mm, _), v in by_run.items() if mm == m])
+        out["average"][m] = {
+            "ap_mean": float(np.mean(ap_means)),
+            "ap_std": float(np.std(ap_means)),
+            "rank_mean": float(np.mean(rank_means)),
+            "rank_std": float(np.mean(rank_stds)),
+            # the standard error of the average rank over runs (the datasets are fixed, the runs'
+            # orders and seeds are the sample): std of the per-run average / sqrt(runs)
+            "rank_sem": float(run_means.std(ddof=1) / math.sqrt(len(run_means))) if len(run_means) > 1 else math.nan,
+        }
+        tasks = sorted(t for (mm, t) in curves if mm == m)
+        out["curves"][m] = [float(np.mean(curves[(m, t)])) for t in tasks]
+    return out
+
+
+def markdown(summary: Mapping[str, Any], reference: Mapping[str, float] | None = None) -> str:
+    """The summary as two Markdown tables (test AP x 100, normalized rank), datasets as columns,
+    and the per-task mean-rank curves."""
+    datasets = summary["datasets"]
+    lines = []
+    for title, key, scale in (
+        ("Test AP@50 of the kept configuration (x 100)", "ap", 100.0),
+        ("Normalized rank (%)", "rank", 1.0),
+    ):
+        lines += [
+            f"**{title}**",
+            "",
+            "| method | " + " | ".join(datasets) + " | average |",
+            "|---" * (len(datasets) + 2) + "|",
+        ]
+        for m in summary["methods"]:
+            cells = [summary["cells"][f"{m}|{d}"] for d in datasets]
+            avg = summary["average"][m]
+            row = [f"{c[key + '_mean'] * scale:.2f} ± {c[key + '_std'] * scale:.2f}" for c in cells]
+            row.append(f"{avg[key + '_mean'] * scale:.2f} ± {avg[key + '_std'] * scale:.2f}")
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
+        "Standard error of the average rank over runs: "
+        + ", ".join(f"{m} {summary['average'][m]['rank_sem']:.2f}" for m in summary["methods"]),
+        "",
+    ]
+    if reference:
+        lines += ["Random search's closed form: " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()), ""]
+    lines += ["**Mean normalized rank by task index** (1 = the first online dataset)", ""]
+    n = max(len(c) for c in summary["curves"].values())
+    lines += ["| method | " + " | ".join(str(i + 1) for i in range(n)) + " |", "|---" * (n + 1) + "|"]
+    for m, curve in summary["curves"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in curve) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "BudgetExceeded",
+    "Method",
+    "OnlineTask",
+    "RandomSearch",
+    "TaskData",
+    "evaluate",
+    "evaluate_ranked",
+    "fill_random",
+    "markdown",
+    "normalized_rank",
+    "random_rank_closed_form",
+    "read_table",
+    "run_online",
+    "summarize_runs",
+]

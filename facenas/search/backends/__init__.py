@@ -1,0 +1,44 @@
+"""Search backends, each a small adapter behind :class:`Searcher` (ask / tell), chosen by name
+or ``class_path`` in the search YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from facenas.core.registry import Registry
+
+from .base import Budget, Searcher, SpaceExhausted
+from .moasha import MOASHA
+from .optuna import OptunaSearcher
+from .pool import PoolSearcher
+from .random import RandomSearcher
+from .smac import SMACSearcher
+
+BACKENDS: Registry[type[Searcher]] = Registry("backend")
+BACKENDS.register("random", RandomSearcher)
+BACKENDS.register("smac", SMACSearcher)
+BACKENDS.register("optuna", OptunaSearcher)
+BACKENDS.register("moasha", MOASHA)
+BACKENDS.register("pool", PoolSearcher)
+# registered by class_path: the HyperFD package sits above search, which never imports it
+BACKENDS.register("hyperfd", "facenas.hyperfd.backend.HyperFDSearcher")
+
+
+def create_searcher(spec: str | dict[str, Any]) -> Searcher:
+    """A backend from ``"smac"`` or ``{"class_path": "smac" | "facenas.search.backends.SMACSearcher",
+    "init_args": {...}}``."""
+    return BACKENDS.instantiate(spec, Searcher)
+
+
+__all__ = [
+    "BACKENDS",
+    "MOASHA",
+    "Budget",
+    "OptunaSearcher",
+    "PoolSearcher",
+    "RandomSearcher",
+    "SMACSearcher",
+    "Searcher",
+    "SpaceExhausted",
+    "create_searcher",
+]
