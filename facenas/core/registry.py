@@ -4,6 +4,7 @@ backbones, spaces, searchers, executors and data formats by name in YAML."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.case_sensitive = case_sensitive
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # deprecated name -> registered name
 
     def _key(self, name: str) -> str:
         return name if self.case_sensitive else name.lower()
@@ -41,16 +43,38 @@ class Registry(Generic[T]):
 
         def add(item: T) -> T:
             key = self._key(name)
-            if key in self._items:
+            if key in self._items or key in self._aliases:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[key] = item
             return item
 
         return add if obj is None else add(obj)
 
-    def get(self, name: str) -> T:
-        """The object registered under ``name``; :class:`UnknownName` names the choices."""
+    def alias(self, old: str, new: str) -> None:
+        """Keep a renamed entry's old name working: ``old`` resolves to the one registered as
+        ``new``, with a one-line deprecation notice on stderr whenever it is looked up; it is
+        not listed among the names."""
+        if self._key(new) not in self._items:
+            raise ValueError(f"{self.kind} {new!r} is not registered")
+        if self._key(old) in self._items or self._key(old) in self._aliases:
+            raise ValueError(f"{self.kind} {old!r} is already registered")
+        self._aliases[self._key(old)] = self._key(new)
+
+    def canonical(self, name: str, notice: bool = False) -> str:
+        """The registered name ``name`` stands for: itself, or the new name of a deprecated
+        alias (printing the one-line notice when ``notice``); any other string unchanged."""
         key = self._key(str(name))
+        if key not in self._aliases:
+            return name
+        new = self._aliases[key]
+        if notice:
+            print(f"facenas: {self.kind} {name!r} is deprecated; use {new!r}", file=sys.stderr)
+        return new
+
+    def get(self, name: str) -> T:
+        """The object registered under ``name`` (or a deprecated alias of it); :class:`UnknownName`
+        names the choices."""
+        key = self._key(self.canonical(str(name), notice=True))
         try:
             item = self._items[key]
         except KeyError:
@@ -65,7 +89,7 @@ class Registry(Generic[T]):
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._key(name) in self._items
+        return isinstance(name, str) and (self._key(name) in self._items or self._key(name) in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

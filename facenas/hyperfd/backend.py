@@ -142,26 +142,25 @@ class HyperFDSearcher(Searcher):
         self.picks = ranked[:n_top] + explored
         chosen = {config_key(c) for c in self.picks}
         self.observed: dict[str, float] = {}
-        # what proposes: the picks, then the rest of the ranking (a pool), or SMAC from the picks on
+        # what proposes: the picks, then the rest of the ranking (a list), or SMAC from the picks on
         if self.then == "smac":
             from facenas.search.backends.smac import SMACSearcher
 
             self._proposer: Searcher = SMACSearcher(initial_configs=self.picks)
         else:
-            from facenas.search.backends.pool import PoolSearcher
+            from facenas.search.backends.list import ListSearcher
 
-            self._proposer = PoolSearcher(self.picks + [c for c in ranked if config_key(c) not in chosen])
+            self._proposer = ListSearcher(self.picks + [c for c in ranked if config_key(c) not in chosen])
         self._proposer.setup(space, objectives, budget, seed, n_trials)
 
     def _dataset_features(self) -> np.ndarray:
         """The study dataset's per-image features (its training images), with the state's extractor."""
-        from facenas.search.spaces import _import, training_config
+        from facenas.training.config import build_datamodule
 
         from .features import extract_features
 
         s = self._study
-        data_config = training_config(list(s.base), dict(s.overrides))["data"]
-        data = _import(data_config["class_path"])(**(data_config.get("init_args") or {}))
+        data = build_datamodule(list(s.base), dict(s.overrides))  # as the study's trials build it
         data.prepare_data()
         data.setup("fit")
         return extract_features(data.splits["train"], self.method.extractor)

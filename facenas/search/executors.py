@@ -1,4 +1,4 @@
-"""Where trials run: in this process, in a pool of local subprocesses, or on the workers of a
+"""Where trials run: in this process, in local subprocesses, or on the workers of a
 Dask cluster. The study submits jobs and collects finished results; executors never decide
 what to run."""
 
@@ -25,8 +25,9 @@ class Executor(ABC):
     capacity: int = 1
 
     @abstractmethod
-    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        """Start a job (``report`` forwards intermediate values where the executor can)."""
+    def submit(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> None:
+        """Start a job (``should_prune`` gets its intermediate values where the executor can: the
+        backend's pruning decision)."""
 
     @abstractmethod
     def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
@@ -55,11 +56,11 @@ class _Synchronous(Executor):
     def __init__(self) -> None:
         self._done: list[tuple[int, Result]] = []
 
-    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
+    def _run(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None) -> Result:
         raise NotImplementedError
 
-    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
-        self._done.append((job.trial.id, self._run(job, report)))
+    def submit(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> None:
+        self._done.append((job.trial.id, self._run(job, should_prune)))
 
     def collect(self, timeout: float | None = None) -> list[tuple[int, Result]]:
         done, self._done = self._done, []
@@ -74,8 +75,8 @@ class InProcess(_Synchronous):
     """Trials one after another in the study's own process (the fastest for small trials, and
     the one that lets pruners stop trials on intermediate validation reports)."""
 
-    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
-        return run_in_process(job, report)
+    def _run(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None) -> Result:
+        return run_in_process(job, should_prune)
 
 
 class FunctionExecutor(_Synchronous):
@@ -85,7 +86,7 @@ class FunctionExecutor(_Synchronous):
         super().__init__()
         self.fn = fn
 
-    def _run(self, job: TrialJob, report: Callable[[int, float], bool] | None) -> Result:
+    def _run(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None) -> Result:
         start = time.perf_counter()
         try:
             result = self.fn(job.trial)
@@ -123,7 +124,7 @@ class _FutureExecutor(Executor):
         return out
 
 
-class SubprocessPool(_FutureExecutor):
+class SubprocessExecutor(_FutureExecutor):
     """``workers`` trials at once, each a ``facenas fit`` subprocess: a crash or an out-of-memory
     kill cannot take the study down.
 
@@ -154,7 +155,7 @@ class SubprocessPool(_FutureExecutor):
         finally:
             self._slots.put(slot)
 
-    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
+    def submit(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> None:
         self._futures[self._pool.submit(self._run, job)] = job.trial.id
 
     def interrupt(self) -> None:
@@ -205,7 +206,7 @@ class DaskExecutor(_FutureExecutor):
             return {f for f in futures if f.status in ("cancelled", "error", "lost")} or set()
         return set(done)
 
-    def submit(self, job: TrialJob, report: Callable[[int, float], bool] | None = None) -> None:
+    def submit(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> None:
         future = self.client.submit(
             run_subprocess, job, _DaskStop(self._stop_name), pure=False, key=f"trial-{job.trial.id}-{id(job)}"
         )
@@ -247,7 +248,7 @@ class _DaskStop:
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
 EXECUTORS.register("inprocess", InProcess)
-EXECUTORS.register("subprocess", SubprocessPool)
+EXECUTORS.register("subprocess", SubprocessExecutor)
 EXECUTORS.register("dask", DaskExecutor)
 
 

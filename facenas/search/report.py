@@ -14,7 +14,7 @@ import yaml
 
 from facenas.core.pareto import hypervolume_history, pareto_mask, reference_point
 
-from .spaces import apply_mapping, compact_config, derived_names, nested, with_derived
+from .spaces import apply_mapping, compact_config, derived_names, with_derived
 from .store import StoredTrial, StudyStore
 from .trial import Objective, Status
 
@@ -44,17 +44,17 @@ def best_trials(
 
 
 def export_training_yaml(trial: StoredTrial, settings: dict[str, Any], path: Path) -> Path:
-    """The base training YAML(s) merged with a trial's overrides, budget and seed, ready for
+    """The trial's training config as ``facenas fit`` resolved it (the base YAML(s), the study's
+    overrides, the trial's mapped values, budget and seed; every default filled in), ready for
     ``facenas fit --config <path>``: it trains the trial again as it was measured."""
-    merged: dict[str, Any] = {}
-    for base in settings["base"]:
-        _merge(merged, yaml.safe_load(Path(base).read_text()) or {})
+    from facenas.training.config import resolved_config
+
     overrides = dict(settings.get("overrides") or {})
     overrides.update(apply_mapping(trial.trial.config, settings["mapping"]))
     if trial.trial.budget is not None and settings.get("budget_key"):
         overrides[settings["budget_key"]] = int(round(trial.trial.budget))
     overrides["seed_everything"] = trial.trial.seed
-    _merge(merged, nested(overrides))
+    resolved = resolved_config(settings["base"], overrides)
     header = (
         f"# trial {trial.trial.id} of study {settings['name']}: "
         + ", ".join(
@@ -63,16 +63,8 @@ def export_training_yaml(trial: StoredTrial, settings: dict[str, Any], path: Pat
         )
         + f"\n# configuration: {json.dumps(trial.trial.config, sort_keys=True)}\n"
     )
-    path.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    path.write_text(header + yaml.safe_dump(resolved, sort_keys=False))
     return path
-
-
-def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 def write_report(store: StudyStore, out_dir: str | Path | None = None, *, console: Any = None) -> dict[str, Any]:

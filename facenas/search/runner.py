@@ -23,8 +23,8 @@ from lightning.pytorch import Callback
 
 from facenas.core import signals
 from facenas.core.errors import Interrupted
+from facenas.training.config import nested
 
-from .spaces import nested
 from .trial import Objective, Result, Status, Trial, crashed, interrupted, outcome
 
 # how a `facenas fit` stopped by SIGTERM / SIGINT exits: at a safe point (128 + n) or killed by it (-n)
@@ -176,23 +176,23 @@ def run_subprocess(
 
 
 class PruningReporter(Callback):
-    """Passes each validation's value of ``metric`` to ``report(epoch, value)`` and stops the
+    """Passes each validation's value of ``metric`` to ``should_prune(epoch, value)`` and stops the
     training when it returns True (the backend pruned the trial)."""
 
-    def __init__(self, metric: str, report: Callable[[int, float], bool]) -> None:
+    def __init__(self, metric: str, should_prune: Callable[[int, float], bool]) -> None:
         self.metric = metric
-        self.report = report
+        self.should_prune = should_prune
         self.pruned = False
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
             return
-        if self.report(trainer.current_epoch, float(trainer.callback_metrics[self.metric])):
+        if self.should_prune(trainer.current_epoch, float(trainer.callback_metrics[self.metric])):
             self.pruned = True
             trainer.should_stop = True
 
 
-def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = None) -> Result:
+def run_in_process(job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> Result:
     """Train a trial in this process with the same command a subprocess runs (fastest for small
     trials; intermediate reports reach the backend, so pruners work). Its output goes to
     ``<run_dir>/train.log``. Exceptions, out-of-memory errors and non-finite losses become a
@@ -203,7 +203,7 @@ def run_in_process(job: TrialJob, report: Callable[[int, float], bool] | None = 
     if signals.requested() is not None:  # the study is stopping: do not start
         return interrupted("the study stopped before the trial started", 0.0, job.run_dir)
     job.write_config()
-    reporter = PruningReporter(job.objectives[0].metric, report) if report is not None else None
+    reporter = PruningReporter(job.objectives[0].metric, should_prune) if should_prune is not None else None
     try:
         with open(Path(job.run_dir) / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
             fit_start = time.time()

@@ -311,18 +311,6 @@ def apply_mapping(config: Mapping[str, Any], mapping: Mapping[str, str]) -> dict
     return out
 
 
-def nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.init_args.lr": 0.1}`` -> ``{"model": {"init_args": {"lr": 0.1}}}``."""
-    root: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        node = root
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return root
-
-
 def mapping_sources(source: Any) -> list[str]:
     """The parameter names a mapping source uses: a template's ``{fields}``, else the name."""
     if not isinstance(source, str):
@@ -351,92 +339,24 @@ def check_mapping(mapping: Mapping[str, str], space: ConfigurationSpace) -> list
     return sorted(names - used - set(derived))
 
 
-# the top-level keys of a `facenas fit` config (LightningCLI's fit subcommand and FaceNASCLI's own)
-FIT_KEYS = (
-    "seed_everything",
-    "trainer",
-    "model",
-    "data",
-    "ckpt_path",
-    "optimizer",
-    "lr_scheduler",
-    "test_after_fit",
-    "metrics_table",
-)
-
-
-def _import(class_path: str) -> Any:
-    import importlib
-
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def init_parameters(cls: Any) -> set[str]:
-    """The constructor arguments a config may give ``cls`` (``init_args``): jsonargparse's
-    view, which follows ``**kwargs`` to parent classes, and ``inspect``'s."""
-    import inspect
-
-    names: set[str] = set()
-    try:
-        from jsonargparse import ArgumentParser
-
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(cls, "c", fail_untyped=False, sub_configs=True)
-        names |= {k.split(".")[0] for k in parser.get_defaults().c.keys()}
-    except Exception:  # an unusual signature: inspect alone decides
-        pass
-    try:
-        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        names |= {n for n, p in inspect.signature(cls).parameters.items() if p.kind not in kinds}
-    except (TypeError, ValueError):
-        pass
-    return names
-
-
-def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in other.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = dict(value) if isinstance(value, Mapping) else value
-    return into
-
-
-def training_config(base: list[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The base training YAML(s) merged as LightningCLI merges them (later files win), plus
-    dotted overrides."""
-    import yaml
-
-    merged: dict[str, Any] = {}
-    for path in base:
-        content = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(content, dict):
-            raise ValueError(f"base training config {path} is not a YAML mapping")
-        _merge(merged, content)
-    return _merge(merged, nested(dict(overrides or {})))
-
-
 def training_key_error(key: str, config: Mapping[str, Any]) -> str | None:
     """Why dotted ``key`` is not a key a trial's training config accepts (None when it is).
 
-    The key is walked through ``config`` (the merged base YAMLs). Keys the base sets are fine;
-    a key the base does not set must be a constructor argument of the class configured there
-    (``model.init_args.<arg>``, or jsonargparse's shorthand ``model.<arg>``; checked against the
-    class signature, since the base may leave it at its default) or of ``Trainer``
-    (``trainer.<arg>``). Inside a dict-valued argument (``head_args``) or a class given by a
-    short name nothing more can be checked statically, and the key is accepted.
+    ``config`` is the resolved training config (:func:`facenas.training.resolved_config`): every
+    section, trainer argument and constructor argument of a configured class is there with its
+    default, so a key is walked through it. jsonargparse's shorthand ``model.<arg>`` for
+    ``model.init_args.<arg>`` is followed. Inside a dict-valued argument (``head_args``), a list
+    or a section left empty (``optimizer: null``) nothing more can be checked, and the key is
+    accepted.
     """
     parts = key.split(".")
-    if parts[0] not in FIT_KEYS and parts[0] not in config:
-        return f"{parts[0]!r} is not a section of a training config ({', '.join(FIT_KEYS)})"
     node: Any = config
-    owner: Any = None  # the class whose constructor arguments `node` holds
+    owner = "a training config"  # what the keys of `node` belong to, when they are all known
     i = 0
     while i < len(parts):
         part = parts[i]
         if isinstance(node, dict) and "class_path" in node and part not in ("class_path", "dict_kwargs"):
-            owner = node["class_path"]
+            owner = str(node["class_path"]).rpartition(".")[2]
             node = node.get("init_args") or {}
             if part == "init_args":  # else jsonargparse's shorthand: model.lr is model.init_args.lr
                 i += 1
@@ -445,36 +365,33 @@ def training_key_error(key: str, config: Mapping[str, Any]) -> str | None:
             node, owner, i = node[int(part)], None, i + 1
             continue
         if isinstance(node, dict) and part in node:
-            node, owner, i = node[part], None, i + 1
+            top = node is config
+            node, i = node[part], i + 1
+            # a top-level group (trainer) lists all its arguments; an argument's dict value does not
+            owner = ("Trainer" if part == "trainer" else part) if top and isinstance(node, dict) else None
             continue
         if node is not None and not isinstance(node, dict):
             return f"{'.'.join(parts[:i])} is a value in the base config ({node!r}), not a group with key {part!r}"
-        # the base config does not set it: the constructor's signature decides
-        if owner is None and i == 1 and parts[0] == "trainer":
-            from lightning.pytorch import Trainer
+        if owner is None or node is None:
+            return None  # a free-form dict (an argument's value), a list item or an unset section
+        import difflib
 
-            owner = Trainer
-        if owner is None:
-            return None  # a free-form dict (an argument's value) or a section without a class
-        try:
-            cls = _import(owner) if isinstance(owner, str) else owner
-        except (ImportError, AttributeError, ValueError):
-            return None  # a class jsonargparse resolves from its short name
-        accepted = init_parameters(cls)
-        if part not in accepted:
-            import difflib
-
-            close = difflib.get_close_matches(part, sorted(accepted), n=3)
-            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-            return f"{cls.__name__} takes no argument {part!r}{hint}"
-        return None  # an argument the base leaves at its default (deeper keys: not checkable)
+        close = difflib.get_close_matches(part, sorted(node), n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        if node is config:
+            return f"{part!r} is not a section of a training config ({', '.join(sorted(config))}){hint}"
+        return f"{owner} takes no argument {part!r}{hint}"
     return None
 
 
 def check_training_keys(keys: Mapping[str, str], base: list[str], overrides: Mapping[str, Any] | None = None) -> None:
     """Raise ValueError for the first dotted key (``{key: what it is}``, e.g. ``mapping
-    key``) that a trial's training config would not take (see :func:`training_key_error`)."""
-    config = training_config(base, overrides)
+    key``) that a trial's training config would not take (see :func:`training_key_error`).
+    The base YAMLs and ``overrides`` are parsed as ``facenas fit`` parses them: a key or value
+    they give that fit refuses is one :class:`~facenas.core.errors.UserError`."""
+    from facenas.training.config import resolved_config
+
+    config = resolved_config(base, overrides)
     for key, what in keys.items():
         error = training_key_error(key, config)
         if error is not None:

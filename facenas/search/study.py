@@ -26,7 +26,7 @@ from rich.console import Console
 from facenas.core import signals
 from facenas.core.errors import Interrupted
 
-from .backends import Budget, Searcher, SpaceExhausted, create_searcher
+from .backends import BACKENDS, Budget, Searcher, SpaceExhausted, create_searcher
 from .executors import Executor, FunctionExecutor, create_executor
 from .runner import TrialJob, csv_logger
 from .spaces import (
@@ -100,6 +100,16 @@ class StudySettings:
         return d
 
 
+def _backend_identity(spec: Any) -> Any:
+    """A backend spec with its registered name in place of a deprecated alias (``pool`` ->
+    ``list``), so that a study stored under the old name resumes."""
+    if isinstance(spec, str):
+        return BACKENDS.canonical(spec)
+    if isinstance(spec, dict) and isinstance(spec.get("class_path"), str):
+        return {**spec, "class_path": BACKENDS.canonical(spec["class_path"])}
+    return spec
+
+
 class Study:
     """Runs a study to ``n_trials`` finished trials (or ``walltime`` seconds).
 
@@ -161,7 +171,9 @@ class Study:
             store.set_meta("settings", mine)
             return
         saved = {**saved, "objectives": [asdict(Objective(**o)) for o in saved.get("objectives") or []]}  # new fields
-        changed = [k for k in _IDENTITY if saved.get(k) != mine.get(k)]
+        # a backend named by a deprecated alias in either (a store written before a rename) is the same backend
+        compared = [({**d, "backend": _backend_identity(d.get("backend"))}) for d in (saved, mine)]
+        changed = [k for k in _IDENTITY if compared[0].get(k) != compared[1].get(k)]
         if changed:
             raise ValueError(
                 f"{store.path} holds study {saved['name']!r} with different {', '.join(changed)}; "
@@ -320,7 +332,8 @@ class Study:
                 store.start(trial)
                 live[trial.id] = trial
                 executor.submit(
-                    self._job(trial, searcher), report=lambda step, value, t=trial: searcher.report(t, step, value)
+                    self._job(trial, searcher),
+                    should_prune=lambda step, value, t=trial: searcher.should_prune(t, step, value),
                 )
             if executor.running == 0:
                 if finished < s.n_trials and not out_of_time and self.exhausted is None and signals.requested() is None:

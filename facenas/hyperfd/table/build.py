@@ -2,9 +2,10 @@
 AP@50, built with the study machinery (supplementary B.4, B.5, D; ../shared/design/HYPERFD.md
 sections 3.2 and 6).
 
-A benchmark YAML names the datasets, the space and its pool, the training recipe, the seeds and
-the executor. The build runs one study per (dataset, seed) with the ``pool`` backend, each in
-its own store under ``runs/benchmark/<name>/<dataset>/seed<seed>/``: the stores are the table, so
+A table YAML (``configs/hyperfd/``) names the datasets, the space and its candidate pool, the
+training recipe, the seeds and the executor. The build runs one study per (dataset, seed) with
+the ``list`` backend over the pool, each in its own store under
+``runs/hyperfd/<name>/<dataset>/seed<seed>/``: the stores are the table, so
 a build killed at any moment and run again finishes only what is missing (a study's own resume),
 and a failed training is a recorded entry that never stops the build. Entry values follow
 HyperFD's protocol: ``val/ap50`` is the best validation AP of the run (the checkpoint that is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +61,11 @@ class Dataset:
 
 
 @dataclass
-class BenchmarkSettings:
-    """A benchmark, as written in ``configs/hyperfd/<name>.yaml``.
+class TableConfig:
+    """A lookup table, as written in ``configs/hyperfd/<name>.yaml``.
 
     Args:
-        name: the table's name (its folder: ``runs/benchmark/<name>``, or ``root``).
+        name: the table's name (its folder: ``runs/hyperfd/<name>``, or ``root``).
         datasets: ``[{name, data: {data.init_args keys}}]``.
         space: ``hyperfd_hpo``, ``hyperfd_nas``, ``hyperfd_joint`` or another space.
         pool: ``{all: true}`` (every configuration of a finite space), ``{n, seed}`` (a seeded
@@ -100,15 +102,36 @@ class BenchmarkSettings:
         if len(set(names)) != len(names):
             raise ValueError(f"dataset names must be unique: {names}")
         if not self.datasets:
-            raise ValueError("a benchmark needs at least one dataset")
+            raise ValueError("a table needs at least one dataset")
         if not self.seeds:
-            raise ValueError("a benchmark needs at least one seed")
+            raise ValueError("a table needs at least one seed")
         if self.noise is not None and (int(self.noise.get("configs", 0)) < 1 or not self.noise.get("seeds")):
             raise ValueError("noise takes configs (>= 1) and a list of seeds")
 
     @property
     def root_dir(self) -> Path:
-        return Path(self.root or f"runs/benchmark/{self.name}")
+        """Where the table lives: ``root``, else ``runs/hyperfd/<name>``, or the folder tables
+        had before, ``runs/benchmark/<name>``, when only that one exists (a table built part-way
+        there resumes there)."""
+        if self.root:
+            return Path(self.root)
+        folder = Path(f"runs/hyperfd/{self.name}")
+        if not folder.exists() and self.former_root_dir.is_dir():
+            return self.former_root_dir
+        return folder
+
+    @property
+    def former_root_dir(self) -> Path:
+        """The default folder of a table before it moved to ``runs/hyperfd/<name>``."""
+        return Path(f"runs/benchmark/{self.name}")
+
+    def data_overrides(self, dataset: Dataset, seed: int) -> dict[str, Any]:
+        """The dotted training overrides of one dataset's entries with ``seed``: the table's
+        recipe, then the dataset's ``data.init_args`` keys, then the seed."""
+        overrides = dict(self.overrides)
+        overrides.update({f"data.init_args.{k}": v for k, v in dataset.data.items()})
+        overrides["seed_everything"] = seed
+        return overrides
 
     def configurations(self) -> list[dict[str, Any]]:
         """The pool: the same list for every dataset (a pure function of the settings)."""
@@ -144,9 +167,7 @@ class BenchmarkSettings:
             runs += [(int(s), configs[:k]) for s in self.noise["seeds"] if int(s) not in self.seeds]
         for seed, chosen in runs:
             for dataset in self.datasets:
-                overrides = dict(self.overrides)
-                overrides.update({f"data.init_args.{k}": v for k, v in dataset.data.items()})
-                overrides["seed_everything"] = seed
+                overrides = self.data_overrides(dataset, seed)
                 folder = self.root_dir / dataset.name / f"seed{seed}"
                 settings = StudySettings(
                     name=f"{self.name}/{dataset.name}/seed{seed}",
@@ -154,7 +175,7 @@ class BenchmarkSettings:
                     objectives=list(OBJECTIVES),
                     base=list(self.base),
                     mapping=dict(self.mapping),
-                    backend={"class_path": "pool", "init_args": {"configs": chosen}},
+                    backend={"class_path": "list", "init_args": {"configs": chosen}},
                     executor=self.executor,
                     budget=self.budget,
                     n_trials=len(chosen),
@@ -166,24 +187,22 @@ class BenchmarkSettings:
                 yield dataset, seed, chosen, settings
 
 
-def dataset_module(benchmark: str | Path, dataset: str) -> Any:
-    """The data module of one dataset of a benchmark YAML, configured as its entries train
-    (the base YAMLs' ``data``, the benchmark's data overrides, the dataset's own keys)."""
+def dataset_module(table_config: str | Path, dataset: str) -> Any:
+    """The data module of one dataset of a table YAML, built as its entries' ``facenas fit``
+    builds it (:func:`facenas.training.build_datamodule` over the base YAMLs and the overrides
+    of the dataset's first seed)."""
     import yaml
 
-    from facenas.search.spaces import _import, training_config
+    from facenas.training.config import build_datamodule
 
-    path = Path(benchmark)
+    path = Path(table_config)
     if not path.is_file():
-        raise FileNotFoundError(2, "benchmark config not found", str(path))
-    settings = BenchmarkSettings(**(yaml.safe_load(path.read_text()) or {}))
+        raise FileNotFoundError(2, "table config not found", str(path))
+    settings = TableConfig(**(yaml.safe_load(path.read_text()) or {}))
     chosen = next((d for d in settings.datasets if d.name == dataset), None)
     if chosen is None:
         raise ValueError(f"{path}: no dataset {dataset!r} (it has {', '.join(d.name for d in settings.datasets)})")
-    overrides = {k: v for k, v in settings.overrides.items() if k.startswith("data.")}
-    overrides.update({f"data.init_args.{k}": v for k, v in chosen.data.items()})
-    config = training_config(settings.base, overrides)["data"]
-    return _import(config["class_path"])(**(config.get("init_args") or {}))
+    return build_datamodule(settings.base, settings.data_overrides(chosen, settings.seeds[0]))
 
 
 def canonical(config: Mapping[str, Any]) -> str:
@@ -193,7 +212,7 @@ def canonical(config: Mapping[str, Any]) -> str:
     return ";".join(f"{k}={shown[k]}" for k in sorted(shown))
 
 
-def build(settings: BenchmarkSettings, console: Any = None) -> dict[str, int]:
+def build(settings: TableConfig, console: Any = None) -> dict[str, int]:
     """Train every missing entry of the table; returns counts of the entries by status.
 
     Studies run one after another (each with the configured executor: a subprocess pool or a
@@ -203,11 +222,17 @@ def build(settings: BenchmarkSettings, console: Any = None) -> dict[str, int]:
     from facenas.core.progress import bar
 
     console = console or Console()
+    if not settings.root and settings.root_dir == settings.former_root_dir:
+        print(
+            f"facenas: table {settings.name} continues in {settings.former_root_dir}, its folder before "
+            f"runs/hyperfd/{settings.name}",
+            file=sys.stderr,
+        )
     plan = list(settings.studies())
     total = sum(len(chosen) for _, _, chosen, _ in plan)
     done = sum(_finished(s) for _, _, _, s in plan)
     console.print(
-        f"[bold]benchmark {settings.name}[/]: {len(settings.datasets)} dataset(s), {total} entries, "
+        f"[bold]table {settings.name}[/]: {len(settings.datasets)} dataset(s), {total} entries, "
         f"{done} already in the table ({settings.root_dir})",
         highlight=False,
     )
@@ -241,7 +266,7 @@ def rows(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     stores = sorted(root.glob("*/seed*/study.sqlite"))
     if not stores:
-        raise ValueError(f"{root} holds no benchmark table (no <dataset>/seed<n>/study.sqlite)")
+        raise ValueError(f"{root} holds no lookup table (no <dataset>/seed<n>/study.sqlite)")
     out = []
     for path in stores:
         store = StudyStore(path, read_only=True)
@@ -282,11 +307,14 @@ def export(root: str | Path, out: str | Path) -> int:
     return len(table)
 
 
+# the class's name before tables were called tables (facenas.cli and older scripts import it)
+BenchmarkSettings = TableConfig
+
 __all__ = [
     "COLUMNS",
     "OBJECTIVES",
-    "BenchmarkSettings",
     "Dataset",
+    "TableConfig",
     "build",
     "canonical",
     "export",

@@ -8,9 +8,9 @@ from typing import Any
 from facenas.core.registry import Registry
 
 from .base import Budget, Searcher, SpaceExhausted
+from .list import ListSearcher
 from .moasha import MOASHA
 from .optuna import OptunaSearcher
-from .pool import PoolSearcher
 from .random import RandomSearcher
 from .smac import SMACSearcher
 
@@ -19,7 +19,8 @@ BACKENDS.register("random", RandomSearcher)
 BACKENDS.register("smac", SMACSearcher)
 BACKENDS.register("optuna", OptunaSearcher)
 BACKENDS.register("moasha", MOASHA)
-BACKENDS.register("pool", PoolSearcher)
+BACKENDS.register("list", ListSearcher)
+BACKENDS.alias("pool", "list")  # its former name, deprecated: "pool" means only HyperFD's candidate pool
 # registered by class_path: the HyperFD package sits above search, which never imports it
 BACKENDS.register("hyperfd", "facenas.hyperfd.backend.HyperFDSearcher")
 
@@ -34,8 +35,8 @@ __all__ = [
     "BACKENDS",
     "MOASHA",
     "Budget",
+    "ListSearcher",
     "OptunaSearcher",
-    "PoolSearcher",
     "RandomSearcher",
     "SMACSearcher",
     "Searcher",

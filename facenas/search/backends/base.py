@@ -89,8 +89,9 @@ class Searcher(ABC):
         study never draws its first configurations again. Default: nothing to do (backends
         that avoid what they were told, like SMAC)."""
 
-    def report(self, trial: Trial, step: int, value: float) -> bool:
-        """An intermediate value of the first objective; return True to stop the trial early."""
+    def should_prune(self, trial: Trial, step: int, value: float) -> bool:
+        """Called with each intermediate value of the first objective (``step``: the epoch);
+        True stops the trial early (pruned). Default: never."""
         return False
 
     def name(self) -> str:

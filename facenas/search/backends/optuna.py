@@ -140,7 +140,7 @@ class OptunaSearcher(Searcher):
         budget = self.budget.max if self.budget is not None else None
         return Proposal({k: plain(v) for k, v in values.items()}, budget, trial)
 
-    def report(self, trial: Trial, step: int, value: float) -> bool:
+    def should_prune(self, trial: Trial, step: int, value: float) -> bool:
         if trial.info is None or self.pruner_name is None:
             return False
         trial.info.report(value, step)
