@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facenas.cli.hyperfd import _attach_features
+from facenas.hyperfd.evaluation import attach_features
 from facenas.hyperfd.methods import HyperFD
 from facenas.hyperfd.online import normalized_rank, read_table, single_thread
 from facenas.search.spaces import config_key
@@ -41,7 +41,7 @@ def main() -> None:
     space = next(iter(table.values())).space
     offline = args.offline or [n for n in table if n.startswith("wider")]
     online = [n for n in table if n not in offline]
-    _attach_features(table, args.benchmark, list(table), {args.features}, args.cache)
+    attach_features(table, args.benchmark, list(table), {args.features}, args.cache)
     source = table["wider"].val
     by_source = sorted(source, key=lambda k: -source[k])
 

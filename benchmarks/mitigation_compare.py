@@ -1,6 +1,6 @@
 """FR-NAS's comparison (Table 1) at CPU size: a usual backbone and a searched architecture, each
 trained as a baseline and with each bias-mitigation method (Flipped, Angular, SensitiveNets on
-the baseline's checkpoint as its frozen extractor), several seeds, then ``facenas fairness-compare``.
+the baseline's checkpoint as its frozen extractor), several seeds, then ``facenas eval compare``.
 
     python benchmarks/mitigation_compare.py --data synthetic --out runs/compare/synthetic
     python benchmarks/mitigation_compare.py --data celeba --out runs/compare/celeba
@@ -146,7 +146,7 @@ def main() -> None:
     listing = out / "runs.yaml"
     listing.write_text(yaml.safe_dump({"runs": entries}, sort_keys=False))
     subprocess.run(
-        [sys.executable, "-m", "facenas", "fairness-compare", "--runs", f"[{listing}]", "--out", str(out / "compare")],
+        [sys.executable, "-m", "facenas", "eval", "compare", "--runs", f"[{listing}]", "--out", str(out / "compare")],
         cwd=REPO, check=True,
     )  # fmt: skip
 

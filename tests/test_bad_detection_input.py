@@ -58,7 +58,7 @@ def write_prediction(path: Path, text: str | bytes) -> None:
 
 
 def eval_json(*args: str, cwd: Path) -> tuple[dict, str]:
-    out = run_facenas("eval-detections", *args, "--json", cwd=cwd)
+    out = run_facenas("eval", "detections", *args, "--json", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     return json.loads(out.stdout), out.stderr
@@ -104,7 +104,7 @@ def test_every_prediction_file_skipped_is_an_error(tmp_path):
     gt = tmp_path / "gt.txt"
     gt.write_text(f"0--a/x.jpg\n1\n10 10 20 20 {BOX}\n")
     write_prediction(tmp_path / "pred/0--a/x.txt", "x\n5\n10 10 20 20 0.9\n")
-    line = one_line_error(run_facenas("eval-detections", "--gt", str(gt), "--pred", str(tmp_path / "pred")))
+    line = one_line_error(run_facenas("eval", "detections", "--gt", str(gt), "--pred", str(tmp_path / "pred")))
     assert "every image's prediction file was skipped" in line and "x.txt:2: the header announces 5" in line
 
 
@@ -114,7 +114,7 @@ def test_iou_outside_0_1_is_one_line(tmp_path, iou):
     gt.write_text(f"0--a/x.jpg\n1\n10 10 20 20 {BOX}\n")
     write_prediction(tmp_path / "pred/0--a/x.txt", "x\n1\n10 10 20 20 0.9\n")
     line = one_line_error(
-        run_facenas("eval-detections", "--gt", str(gt), "--pred", str(tmp_path / "pred"), "--iou", iou)
+        run_facenas("eval", "detections", "--gt", str(gt), "--pred", str(tmp_path / "pred"), "--iou", iou)
     )
     assert "iou" in line
 
@@ -195,7 +195,7 @@ def test_empty_ground_truth_is_an_error_for_eval_detections(tmp_path):
     gt = tmp_path / "gt.txt"
     gt.write_text("")
     write_prediction(tmp_path / "pred/0--a/x.txt", "x\n1\n10 10 20 20 0.9\n")
-    line = one_line_error(run_facenas("eval-detections", "--gt", str(gt), "--pred", str(tmp_path / "pred")))
+    line = one_line_error(run_facenas("eval", "detections", "--gt", str(gt), "--pred", str(tmp_path / "pred")))
     assert "no image entry in the annotations" in line
 
 

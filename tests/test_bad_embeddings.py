@@ -181,7 +181,7 @@ def write_set(tmp_path, emb, ids, groups, name="emb.npy", meta="meta.csv", encod
 
 
 def report(*args):
-    out = run_facenas("fairness-report", *args, "--json")
+    out = run_facenas("eval", "fairness", *args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout), out.stderr
 
@@ -223,14 +223,14 @@ def test_fairness_report_leaves_out_and_counts_bad_rows(tmp_path):
     assert (got["nonfinite_rows"], got["zero_rows"], got["bad_embeddings"]) == (7, 3, 10)
     assert "10 embedding rows left out (7 with a NaN or infinite value, 3 all zeros" in stderr
     assert f"rows {bad[0]}, {bad[1]}" in stderr
-    table = run_facenas("fairness-report", *args)
+    table = run_facenas("eval", "fairness", *args)
     assert table.returncode == 0 and "rows left out: NaN/inf" in table.stdout
     # above the limit (default 5%): one line naming the file, never a number; or a raised limit
     bad = bad_rows(len(ids), 0.1)
     broken = emb.copy()
     broken[bad] = np.nan
     np.save(tmp_path / "emb.npy", broken)
-    out = run_facenas("fairness-report", *args, "--json")
+    out = run_facenas("eval", "fairness", *args, "--json")
     one_line_error(out, "emb.npy: 20 of 200 embedding rows are unusable", "more than max_bad_fraction=0.05")
     keep = np.setdiff1d(np.arange(len(ids)), bad)
     clean = evaluate_fairness(
@@ -254,7 +254,7 @@ def test_fairness_report_reads_npz(tmp_path):
     assert as_json(from_files(tmp_path / "one.npz", tmp_path / "meta.csv")) == want
     meta = args[2:]
     assert report("--embeddings", f"{tmp_path / 'two.npz'}:embeddings", *meta)[0] == want
-    out = run_facenas("fairness-report", "--embeddings", str(tmp_path / "two.npz"), *meta)
+    out = run_facenas("eval", "fairness", "--embeddings", str(tmp_path / "two.npz"), *meta)
     one_line_error(out, "two.npz", "2 arrays ('embeddings', 'logits')", "two.npz:<key>")
     with pytest.raises(DataError, match="two.npz: no array 'emb' \\(arrays: 'embeddings', 'logits'\\)"):
         from_files(f"{tmp_path / 'two.npz'}:emb", tmp_path / "meta.csv")
@@ -273,7 +273,7 @@ def test_fairness_report_reads_a_byte_order_mark_and_names_undecodable_bytes(tmp
     lines[4] = lines[4].replace("female", "f\xe9minin").replace("male", "m\xe2le")
     (tmp_path / "latin1.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     out = run_facenas(
-        "fairness-report", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "latin1.csv")
+        "eval", "fairness", "--embeddings", str(tmp_path / "emb.npy"), "--meta", str(tmp_path / "latin1.csv")
     )
     one_line_error(out, "latin1.csv:5: not UTF-8 text")
 
@@ -289,7 +289,7 @@ def test_fairness_report_rejects_rows_shapes_and_columns_that_do_not_fit(tmp_pat
         (tmp_path / "changed.csv").write_text("\n".join(changed) + "\n")
         return tmp_path / "changed.csv"
 
-    out = run_facenas("fairness-report", "--embeddings", args[1], "--meta", str(meta_with(7, "id1,5.jpg")))
+    out = run_facenas("eval", "fairness", "--embeddings", args[1], "--meta", str(meta_with(7, "id1,5.jpg")))
     one_line_error(out, "changed.csv:7: 2 fields where the header has 3 (identity, image, gender)")
     for text, message in (
         ("id1,5.jpg,male,extra", r"changed.csv:7: 4 fields"),
@@ -298,10 +298,10 @@ def test_fairness_report_rejects_rows_shapes_and_columns_that_do_not_fit(tmp_pat
         with pytest.raises(DataError, match=message):
             from_files(tmp_path / "emb.npy", meta_with(7, text))
     (tmp_path / "fewer.csv").write_text("\n".join(lines[:-3]) + "\n")
-    out = run_facenas("fairness-report", "--embeddings", args[1], "--meta", str(tmp_path / "fewer.csv"))
+    out = run_facenas("eval", "fairness", "--embeddings", args[1], "--meta", str(tmp_path / "fewer.csv"))
     one_line_error(out, "fewer.csv: 197 data rows, but", "has 200 embedding rows")
     np.save(tmp_path / "e3.npy", emb[:, :, None])
-    out = run_facenas("fairness-report", "--embeddings", str(tmp_path / "e3.npy"), *args[2:])
+    out = run_facenas("eval", "fairness", "--embeddings", str(tmp_path / "e3.npy"), *args[2:])
     one_line_error(out, "e3.npy: expected a 2-D (N, D) array, one row per image, got shape (200, 32, 1)")
     np.save(tmp_path / "e1.npy", emb[:, 0])
     np.save(tmp_path / "text.npy", np.array([["a", "b"]] * 200))
@@ -312,7 +312,7 @@ def test_fairness_report_rejects_rows_shapes_and_columns_that_do_not_fit(tmp_pat
     ):
         with pytest.raises(DataError, match=message):
             from_files(tmp_path / name, tmp_path / "meta.csv")
-    out = run_facenas("fairness-report", *args, "--group_column", "race")
+    out = run_facenas("eval", "fairness", *args, "--group_column", "race")
     one_line_error(out, "meta.csv:1: column 'race' missing (columns: identity, image, gender)")
     with pytest.raises(DataError, match=r"column 'person' missing \(columns: identity, image, gender\)"):
         from_files(tmp_path / "emb.npy", tmp_path / "meta.csv", identity_column="person")
@@ -395,5 +395,5 @@ def mk(path):
 def test_fairness_report_names_a_device_it_cannot_use(tmp_path):
     emb, ids, groups = identities()
     args = write_set(tmp_path, emb, ids, groups)
-    out = run_facenas("fairness-report", *args, "--group_column", "gender", "--device", "bogus")
+    out = run_facenas("eval", "fairness", *args, "--group_column", "gender", "--device", "bogus")
     one_line_error(out, "device 'bogus' cannot be used")

@@ -94,7 +94,7 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     """2 synthetic datasets x 4 configurations: SIGKILL after the second entry, build again:
     8 entries, each (dataset, configuration) once, the first two untouched; export: 8 rows."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0"}
-    command = [sys.executable, "-m", "facenas", "benchmark", "build", "--config", str(TINY)]
+    command = [sys.executable, "-m", "facenas", "hyperfd", "build", "--config", str(TINY)]
     # the tiny YAML names its base relative to the repository
     (tmp_path / "configs").symlink_to(REPO / "configs")
     log = open(tmp_path / "build.log", "w")  # a file, not a pipe nobody reads while the build runs
@@ -111,9 +111,9 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     before = {r["key"]: r for r in rows(tmp_path / "runs/benchmark/tiny")}
     assert len(before) >= 2
 
-    out = run_facenas("benchmark", "build", "--config", str(TINY), cwd=tmp_path)
+    out = run_facenas("hyperfd", "build", "--config", str(TINY), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "benchmark tiny: 8 success" in out.stdout
+    assert "table tiny: 8 success" in out.stdout
     table = rows(tmp_path / "runs/benchmark/tiny")
     assert len(table) == 8
     assert sorted((r["dataset"], r["key"]) for r in table) == sorted({(r["dataset"], r["key"]) for r in table})
@@ -125,10 +125,10 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     # the same configurations on both datasets
     assert {r["key"] for r in table if r["dataset"] == "plain"} == {r["key"] for r in table if r["dataset"] == "masked"}
 
-    again = run_facenas("benchmark", "build", "--config", str(TINY), cwd=tmp_path)
+    again = run_facenas("hyperfd", "build", "--config", str(TINY), cwd=tmp_path)
     assert again.returncode == 0 and "8 entries, 8 already in the table" in again.stdout.replace("\n", " ")
 
-    out = run_facenas("benchmark", "export", "runs/benchmark/tiny", "--out", "tiny.csv", cwd=tmp_path)
+    out = run_facenas("hyperfd", "export", "runs/benchmark/tiny", "--out", "tiny.csv", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / "tiny.csv", newline="") as f:
         exported = list(csv.DictReader(f))
@@ -137,11 +137,11 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
         "error",
     ]  # fmt: skip
     assert {json.dumps(json.loads(r["params"]), sort_keys=True) for r in exported} == {r["key"] for r in table}
-    missing = run_facenas("benchmark", "export", "nowhere", "--out", "x.csv", cwd=tmp_path)
+    missing = run_facenas("hyperfd", "export", "nowhere", "--out", "x.csv", cwd=tmp_path)
     assert missing.returncode == 2 and "holds no benchmark table" in missing.stderr
 
     # HyperFD on the exported table: plain offline, masked online, B = 2 of the 4 configurations
-    common = ["--table", "tiny.csv", "--benchmark", str(TINY), "--warmup_steps", "20"]
+    common = ["--table", "tiny.csv", "--table_config", str(TINY), "--warmup_steps", "20"]
     methods = "[random, best_on_source, hyperfd_stats]"
     out = run_facenas(
         "hyperfd", "evaluate", *common, "--source", "plain", "--methods", methods, "--runs", "2", "--budget", "2",
@@ -214,8 +214,8 @@ def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):
     from facenas.hyperfd.table.build import dataset_module
 
     (tmp_path / "configs").symlink_to(REPO / "configs")
-    args = ["--benchmark", str(TINY), "--dataset", "plain", "--out", "subsets", "--min_images", "3"]
-    out = run_facenas("benchmark", "augment", *args, "--n_clusters", "[2, 3]", cwd=tmp_path)
+    args = ["--table_config", str(TINY), "--dataset", "plain", "--out", "subsets", "--min_images", "3"]
+    out = run_facenas("hyperfd", "augment", *args, "--n_clusters", "[2, 3]", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "30 images (train 18 / val 3 / test 9)" in out.stdout
     index = json.loads((tmp_path / "subsets/index.json").read_text())
@@ -238,7 +238,7 @@ def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):
     original = {s.name: part for part, samples in parent.splits.items() for s in samples}
     got = {s.name: part for part, samples in sub.splits.items() for s in samples}
     assert got == chosen["assignments"] and all(original[n] == p for n, p in got.items())
-    missing = run_facenas("benchmark", "augment", *args[:2], "--dataset", "nope", "--out", "x", cwd=tmp_path)
+    missing = run_facenas("hyperfd", "augment", *args[:2], "--dataset", "nope", "--out", "x", cwd=tmp_path)
     assert missing.returncode == 2 and "no dataset 'nope'" in missing.stderr
 
 

@@ -75,7 +75,7 @@ def test_fairness_compare_command_with_a_runs_yaml(run_folders, tmp_path):
         {"dir": f.name, "model": f.name.split("_")[0].upper(), "method": f.name.split("_")[1]} for f in run_folders
     ]
     listing.write_text(yaml.safe_dump({"runs": entries}))
-    out = run_facenas("fairness-compare", "--runs", f"[{listing}]", "--out", "cmp", "--json", cwd=tmp_path)
+    out = run_facenas("eval", "compare", "--runs", f"[{listing}]", "--out", "cmp", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert {e["model"] for e in result["entries"]} == {"DPN", "RESNET"}  # names from the YAML
@@ -97,7 +97,7 @@ def test_bad_runs_are_one_clear_error(tmp_path):
         read_runs([tmp_path / "val_only"])
     assert read_runs([tmp_path / "val_only"], stage="val")[0].values == {"error": 0.5}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"runs": [{"model": "x"}]}))
-    out = run_facenas("fairness-compare", "--runs", f"[{tmp_path / 'bad.yaml'}]", cwd=tmp_path)
+    out = run_facenas("eval", "compare", "--runs", f"[{tmp_path / 'bad.yaml'}]", cwd=tmp_path)
     assert out.returncode == 2 and "runs[0] needs a 'dir'" in out.stderr
 
 
@@ -114,7 +114,7 @@ def test_fairness_compare_on_a_real_training(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     (folder,) = (tmp_path / "logs").glob("*/version_0")
-    out = run_facenas("fairness-compare", "--runs", f"[{folder}]", "--json", cwd=tmp_path)
+    out = run_facenas("eval", "compare", "--runs", f"[{folder}]", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     (entry,) = json.loads(out.stdout)["entries"]
     assert entry["model"] == "dpn_search_small_301" and entry["method"] == "angular" and entry["runs"] == 1

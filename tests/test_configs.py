@@ -282,8 +282,8 @@ def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):
 def test_benchmark_config_plans_its_studies(config):
     """Every shipped benchmark YAML parses through `facenas benchmark build`'s options, and each of
     its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
-    from facenas.cli.benchmark import build_parser
     from facenas.cli.common import parse
+    from facenas.cli.hyperfd import build_parser
     from facenas.hyperfd.table.build import BenchmarkSettings
     from facenas.search.study import Study
 

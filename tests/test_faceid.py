@@ -374,14 +374,14 @@ def test_quick_fit_then_probe_verb(tmp_path):
     assert "val/rank_disparity" in fit.stdout and "test/error" in fit.stdout
     (ckpt,) = (tmp_path / "runs/id/version_0/checkpoints").glob("best-*.ckpt")
     out = run_facenas(
-        "probe", "--config", str(path), "--ckpt", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
+        "probe", "--config", str(path), "--ckpt_path", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["groups"] == ["female", "male"] and set(report["layers"]) == {"N-1 (backbone)", "N (embedding)"}
     saved = tmp_path / "runs/id/version_0/config.yaml"  # the run's own config, with fit's ckpt_path
     again = run_facenas(
-        "probe", "--config", str(saved), "--ckpt", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
+        "probe", "--config", str(saved), "--ckpt_path", str(ckpt), "--attribute", "gender", "--json", cwd=tmp_path
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout.strip().splitlines()[-1]) == report
@@ -408,7 +408,8 @@ def test_quick_fit_then_probe_verb(tmp_path):
     emb = np.load(emb_file)
     assert emb.shape == (len(data.splits["test"]), 32)
     report = run_facenas(
-        "fairness-report",
+        "eval",
+        "fairness",
         "--embeddings",
         str(emb_file),
         "--meta",
@@ -425,7 +426,7 @@ def test_quick_fit_then_probe_verb(tmp_path):
     fairness = json.loads(report.stdout)
     assert fairness["probes"] == tested["test/probes"] == len(data.splits["test"])  # every test image is a probe
     assert fairness["error"] == pytest.approx(tested["test/error"], abs=1e-6)  # the logged test error
-    missing = run_facenas("probe", "--config", str(path), "--ckpt", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
+    missing = run_facenas("probe", "--config", str(path), "--ckpt_path", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
 
 

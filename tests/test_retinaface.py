@@ -515,7 +515,8 @@ def test_predict_writes_one_file_per_test_image_and_eval_scores_that_split(tmp_p
     assert written == sorted(str(Path(k).with_suffix("").as_posix()) for k in test_images) and len(written) == 9
     (gt,) = (tmp_path / "data/synthetic").glob("*/wider_face_bbx_gt.txt")
     scored = run_facenas(
-        "eval-detections",
+        "eval",
+        "detections",
         "--gt",
         str(gt),
         "--pred",

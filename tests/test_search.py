@@ -368,7 +368,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     config.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "facenas", "search", "--config", str(config)],
+        [sys.executable, "-m", "facenas", "search", "run", "--config", str(config)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -391,7 +391,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     }
     in_flight = [r.trial.id for r in StudyStore(store_path).trials() if r.result is None]
     assert len(before) >= 2 and in_flight
-    out = run_facenas("search", "--config", str(config), "--resume")
+    out = run_facenas("search", "run", "--config", str(config), "--resume")
     assert out.returncode == 0, out.stderr[-3000:]
     after = StudyStore(store_path).trials()
     assert len(after) == 6 and [r.trial.id for r in after] == list(range(6))
@@ -472,7 +472,7 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
     settings["report"] = True
     config = tmp_path / "facenas.search.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in settings.items() if v is not None}))
-    out = run_facenas("search", "--config", str(config))
+    out = run_facenas("search", "run", "--config", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     folder = tmp_path / "runs"
     for name in ("trials.csv", "summary.json", "pareto.png", "history.png"):
@@ -512,15 +512,15 @@ def test_search_cli_report_and_exported_yaml(tmp_path):
         if v
     }
     assert last["val/w"] == pytest.approx(trial_metrics["val/w"], rel=1e-6)
-    again = run_facenas("search-report", str(tmp_path / "study.sqlite"))
+    again = run_facenas("search", "report", str(tmp_path / "study.sqlite"))
     assert again.returncode == 0 and "Pareto front" in again.stdout
-    assert run_facenas("search-report", str(tmp_path / "nowhere")).returncode == 2
+    assert run_facenas("search", "report", str(tmp_path / "nowhere")).returncode == 2
     changed = dict(settings, seed=5)
     config.write_text(yaml.safe_dump({k: v for k, v in changed.items() if v is not None}))
-    clash = run_facenas("search", "--config", str(config))
+    clash = run_facenas("search", "run", "--config", str(config))
     assert clash.returncode == 2 and "different seed" in clash.stderr
     missing = run_facenas(
-        "search", "--config", str(config), "--name", "other", "--storage", str(tmp_path / "o.sqlite"), "--resume"
+        "search", "run", "--config", str(config), "--name", "other", "--storage", str(tmp_path / "o.sqlite"), "--resume"
     )
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
 

@@ -189,13 +189,13 @@ def test_a_mapping_onto_nothing_is_refused_before_any_trial(tmp_path):
     take, used to be dropped (the trial trained with the default, the reports showed the
     sampled value): now one line, exit code 2, and nothing runs."""
     wrong_parameter = search_yaml(tmp_path, mapping={"model.init_args.x": "x", "model.init_args.y": "z"})
-    out = run_facenas("search", "--config", str(wrong_parameter))
+    out = run_facenas("search", "run", "--config", str(wrong_parameter))
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
     assert "model.init_args.y" in line and "'z' is not a parameter of space 'toy'" in line
     assert not (tmp_path / "runs").exists()  # no store, no trial
     wrong_key = search_yaml(tmp_path, mapping={"model.init_args.x": "x", "model.init_args.yy": "y"})
-    out = run_facenas("search", "--config", str(wrong_key))
+    out = run_facenas("search", "run", "--config", str(wrong_key))
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
     assert "mapping key model.init_args.yy" in line and "ToySearchModule takes no argument 'yy'" in line
@@ -286,7 +286,7 @@ def damaged(kind: str, path: Path) -> Path:
 def test_a_damaged_store_is_one_line_naming_it_and_reports_never_write_it(tmp_path, kind):
     path = damaged(kind, tmp_path / "study.sqlite")
     before = path.read_bytes()
-    out = run_facenas("search-report", str(path))
+    out = run_facenas("search", "report", str(path))
     assert out.returncode == 2, (out.stdout[-1000:], out.stderr[-2000:])
     (line,) = out.stderr.strip().splitlines()
     assert str(path) in line and "Traceback" not in out.stderr
@@ -300,12 +300,12 @@ def test_a_damaged_store_is_one_line_naming_it_and_reports_never_write_it(tmp_pa
 def test_resume_of_a_damaged_or_empty_store_is_one_line(tmp_path):
     config = search_yaml(tmp_path, storage=str(tmp_path / "study.sqlite"))
     damaged("truncated", tmp_path / "study.sqlite")
-    out = run_facenas("search", "--config", str(config))
+    out = run_facenas("search", "run", "--config", str(config))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
     assert str(tmp_path / "study.sqlite") in line and "not a readable study store" in line
     (tmp_path / "study.sqlite").write_bytes(b"")
-    out = run_facenas("search", "--config", str(config), "--resume")
+    out = run_facenas("search", "run", "--config", str(config), "--resume")
     assert out.returncode == 2 and "holds no study" in out.stderr, out.stderr[-2000:]
     assert (tmp_path / "study.sqlite").read_bytes() == b""
 
@@ -316,7 +316,7 @@ def test_resume_of_a_damaged_or_empty_store_is_one_line(tmp_path):
 def start_search(config: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACENAS_PROGRESS": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "facenas", "search", "--config", str(config), *args],
+        [sys.executable, "-m", "facenas", "search", "run", "--config", str(config), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -410,7 +410,7 @@ def test_sigterm_stops_an_in_process_study_and_resume_loses_and_repeats_nothing(
     before = {r.trial.id: (r.trial.config, r.result.values) for r in rows if r.result is not None}
     configs = {r.trial.id: r.trial.config for r in rows}
 
-    out = run_facenas("search", "--config", str(config))
+    out = run_facenas("search", "run", "--config", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     after = StudyStore(store_path, read_only=True).trials()
     assert [r.trial.id for r in after] == list(range(4)) and all(r.status == Status.SUCCESS for r in after)
@@ -618,7 +618,7 @@ def test_a_corrupt_last_checkpoint_and_probe_ckpt_are_one_line(tmp_path):
         "probe",
         "--config",
         "configs/recognition/quickstart.yaml",
-        "--ckpt",
+        "--ckpt_path",
         str(bad),
         "--attribute",
         "gender",

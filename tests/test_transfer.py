@@ -103,7 +103,7 @@ def transfer_files(tmp_path_factory):
 def test_evaluate_transfer_verification_and_race(transfer_files, tmp_path):
     ckpt, pair_set, folder, rows, people = transfer_files
     out = run_facenas(
-        "evaluate-transfer", "--ckpt", str(ckpt), "--sets", f"[{pair_set}]",
+        "eval", "transfer", "--ckpt_path", str(ckpt), "--sets", f"[{pair_set}]",
         "--identification", str(folder / "rfw.csv"),
         "--attribute", "race", "--batch_size", "7", "--image_size", "32", "--device", "cpu", "--json", cwd=tmp_path,
     )  # fmt: skip
@@ -139,8 +139,9 @@ def test_evaluate_transfer_verification_and_race(transfer_files, tmp_path):
 def test_evaluate_transfer_age_bins_and_errors(transfer_files, tmp_path):
     ckpt, _, folder, _, _ = transfer_files
     args = [
-        "evaluate-transfer",
-        "--ckpt",
+        "eval",
+        "transfer",
+        "--ckpt_path",
         str(ckpt),
         "--identification",
         str(folder / "agedb.csv"),
@@ -152,7 +153,7 @@ def test_evaluate_transfer_age_bins_and_errors(transfer_files, tmp_path):
     assert sorted(json.loads(out.stdout)["identification"]["groups"]) == ["1-25", "26-50", "51-75", "76-110"]
     out = run_facenas(*args, "--attribute", "race", cwd=tmp_path)
     assert out.returncode == 2 and "no image has a value for the attribute 'race'" in out.stderr
-    out = run_facenas("evaluate-transfer", "--ckpt", str(ckpt), cwd=tmp_path)
+    out = run_facenas("eval", "transfer", "--ckpt_path", str(ckpt), cwd=tmp_path)
     assert out.returncode != 0 and "nothing to evaluate" in out.stderr
-    out = run_facenas("evaluate-transfer", "--ckpt", str(tmp_path / "nope.ckpt"), "--sets", "[x.bin]", cwd=tmp_path)
+    out = run_facenas("eval", "transfer", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--sets", "[x.bin]", cwd=tmp_path)
     assert out.returncode != 0 and "checkpoint not found" in out.stderr

@@ -1,5 +1,5 @@
-"""The metric cores fed from files, as ``facenas eval-detections`` and ``facenas
-fairness-report`` do: the same functions the training callbacks use, so a number printed by
+"""The metric cores fed from files, as ``facenas eval detections`` and ``facenas
+eval fairness`` do: the same functions the training callbacks use, so a number printed by
 the CLI and one logged in training cannot disagree."""
 
 from __future__ import annotations

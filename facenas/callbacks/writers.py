@@ -14,7 +14,7 @@ from facenas.datamodules.detection.formats import write_wider_predictions
 
 class WiderPredictionWriter(BasePredictionWriter):
     """Writes each predicted image as WIDER FACE prediction file ``<out>/<event>/<stem>.txt``
-    (readable by ``facenas eval-detections``).
+    (readable by ``facenas eval detections``).
 
     Args:
         output_dir: where to write; default ``<run folder>/predictions``.
@@ -82,7 +82,7 @@ class WiderPredictionWriter(BasePredictionWriter):
 class EmbeddingWriter(BasePredictionWriter):
     """Writes the evaluation embeddings of every predicted image to ``<out>/embeddings.npy``
     (N, D) and one row per embedding to ``<out>/meta.csv`` (``image``, ``identity`` and the
-    data's group column, e.g. ``gender``): the inputs of ``facenas fairness-report``.
+    data's group column, e.g. ``gender``): the inputs of ``facenas eval fairness``.
 
     Under DDP each rank writes its own pair, ``embeddings.rank<r>.npy`` / ``meta.rank<r>.csv``.
 

@@ -32,6 +32,12 @@ def parse(parser, argv: Sequence[str]):
         raise UserError(f"{one_line_parse_error(str(exc))} (--help lists every option)") from None
 
 
+def file_error(exc: OSError) -> str:
+    """One line for a missing or unreadable file: what it is and its path, without ``[Errno N]``."""
+    what = exc.strerror or "file not found"
+    return f"{what}: {exc.filename}" if exc.filename else what
+
+
 def print_json(value: Any) -> None:
     """One line of strict JSON (non-finite floats as null)."""
     print(json.dumps(json_safe(value)))

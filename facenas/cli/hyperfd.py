@@ -1,56 +1,183 @@
-"""``facenas hyperfd evaluate | train``: HyperFD and its baselines on a performance lookup table
-(supplementary Table 7), and a ranker state for the ``hyperfd`` search backend."""
+"""``facenas hyperfd build | export | report | augment | evaluate | train``: HyperFD's performance
+lookup tables, its evaluation on one (supplementary Table 7) and a ranker state for the ``hyperfd``
+search backend."""
 
 from __future__ import annotations
 
 from facenas.core.errors import UserError
 
-from .common import parse, tool_parser
+from .common import file_error, parse, tool_parser
+from .search import _quiet_libraries
 
 
-def _attach_features(table: dict, benchmark: str, datasets: list[str], extractors: set[str], cache: str) -> None:
-    """Give each dataset of the table its per-image features of its training images (what its client
-    holds), by extractor, cached per (dataset, extractor version)."""
-    from facenas.hyperfd.features import create_extractor, extract_features
+def build_parser(verb: str = "hyperfd build"):
+    """The options of ``facenas hyperfd build`` (the keys of a table YAML in configs/hyperfd/)."""
+    parser = tool_parser(
+        verb,
+        "Build HyperFD's performance lookup table: train every configuration of the pool on every "
+        "dataset (and the noise seeds), recording validation and test AP@50. Running it again finishes "
+        "only what is missing.",
+    )
+    parser.add_argument("--name", type=str, required=True, help="the table's name (runs/hyperfd/<name>)")
+    parser.add_argument(
+        "--datasets",
+        type=list[dict],
+        required=True,
+        help="[{name: wider, data: {data.init_args keys}}, {name: masked, data: {synthetic_domains: [masked]}}]",
+    )
+    parser.add_argument("--space", type=str, required=True, help="hyperfd_hpo, hyperfd_nas, hyperfd_joint, ...")
+    parser.add_argument(
+        "--pool", type=dict, required=True, help="{all: true} | {n: 48, seed: 0} | {configs: [...]} (same per dataset)"
+    )
+    parser.add_argument(
+        "--mapping",
+        type=dict[str, str],
+        required=True,
+        help="dotted training key -> space parameter or template, as in a search YAML, e.g. {model.init_args.lr: lr}",
+    )
+    parser.add_argument("--base", type=list[str], required=True, help="training YAML(s) every entry starts from")
+    parser.add_argument("--overrides", type=dict, default={}, help="dotted training keys for every entry (the recipe)")
+    parser.add_argument("--budget", type=float | None, default=None, help="epochs per entry")
+    parser.add_argument("--seeds", type=list[int], default=[0], help="training seeds of the whole pool")
+    parser.add_argument(
+        "--noise", type=dict | None, default=None, help="{configs: 8, seeds: [1, 2]}: seed-noise entries"
+    )
+    parser.add_argument("--executor", type=str | dict, default="inprocess", help="inprocess, subprocess or dask")
+    parser.add_argument("--root", type=str | None, default=None, help="table folder (default runs/hyperfd/<name>)")
+    return parser
+
+
+def build(verb: str, argv: list[str]) -> int:
+    from facenas.hyperfd.table.build import TableConfig
+    from facenas.hyperfd.table.build import build as run_build
+
+    args = parse(build_parser(verb), argv)
+    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__")}
+    try:
+        settings = TableConfig(**fields)
+        _quiet_libraries()
+        counts = run_build(settings)  # SIGTERM / SIGINT: core.errors.Interrupted, exit code 143 / 130
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"table {settings.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
+def export(verb: str, argv: list[str]) -> int:
+    parser = tool_parser(verb, "Write a lookup table as CSV, one row per entry.")
+    parser.add_argument("table", type=str, help="the table's folder (runs/hyperfd/<name>)")
+    parser.add_argument("--out", type=str | None, default=None, help="the CSV file (default <table>/table.csv)")
+    args = parse(parser, argv)
+    from pathlib import Path
+
+    from facenas.hyperfd.table.build import export as run_export
+
+    out = args.out or str(Path(args.table) / "table.csv")
+    try:
+        n = run_export(args.table, out)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{n} entries written to {out}")
+    return 0
+
+
+def report(verb: str, argv: list[str]) -> int:
+    parser = tool_parser(
+        verb,
+        "Report on a lookup table: AP distribution per dataset, validation-test rank correlation, best "
+        "configuration, seed noise against the spread across configurations, and the Spearman correlation "
+        "of configuration rankings between datasets (Markdown, JSON, PNGs).",
+    )
+    parser.add_argument("table", type=str, help="the table's folder (runs/hyperfd/<name>)")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default <table>/report)")
+    args = parse(parser, argv)
+    from facenas.hyperfd.table.report import write_report
+
+    try:
+        text, files = write_report(args.table, args.out)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(text)
+    print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def augment(verb: str, argv: list[str]) -> int:
+    parser = tool_parser(
+        verb,
+        "HyperFD's dataset augmentation by clustering (supplementary B.4, Table 5): cluster a dataset's "
+        "images by meta-features with the nine set-ups and write each kept cluster as a subset split file "
+        "(every image keeps its split; no image is copied). Use one as a dataset of a table: "
+        "{name: wider_c1, data: {split_file: <out>/<id>.json}}.",
+    )
+    parser.add_argument(
+        "--table_config", type=str, required=True, help="the table YAML (configs/hyperfd/) that defines the dataset"
+    )
+    parser.add_argument("--dataset", type=str, required=True, help="the dataset's name in that YAML")
+    parser.add_argument(
+        "--features", type=list[str], default=["label_stats"], help="extractors: label_stats, detector, timm:<name>"
+    )
+    parser.add_argument("--out", type=str, required=True, help="folder of the subset split files and index")
+    parser.add_argument("--setups", type=list[str] | None, default=None, help="clustering set-ups (default: all 9)")
+    parser.add_argument("--n_clusters", type=list[int], default=[2, 3, 5, 7])
+    parser.add_argument("--min_images", type=int, default=30, help="smallest sub-dataset (floor)")
+    parser.add_argument("--min_fraction", type=float, default=0.05, help="smallest sub-dataset, share of the parent")
+    parser.add_argument("--max_deviation", type=float, default=0.5, help="largest relative split-fraction change")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parse(parser, argv)
+    from facenas.hyperfd.features import extract_features
+    from facenas.hyperfd.table.augment import SETUPS, Rules
+    from facenas.hyperfd.table.augment import augment as run_augment
     from facenas.hyperfd.table.build import dataset_module
 
-    built = {
-        name: create_extractor(name, **({"allow_random": True} if name.startswith("timm:") else {}))
-        for name in extractors
-    }
-    for dataset in datasets:
-        data = dataset_module(benchmark, dataset)
-        data.prepare_data()
+    try:
+        data = dataset_module(args.table_config, args.dataset)
         data.setup("fit")
-        samples = data.splits["train"]
-        table[dataset].features = {name: extract_features(samples, e, cache, dataset) for name, e in built.items()}
+        samples = [s for part in ("train", "val", "test") for s in data.splits.get(part, [])]
+        splits = {s.name: part for part in ("train", "val", "test") for s in data.splits.get(part, [])}
+        cache = f"{args.out}/features"
+        features = {name: extract_features(samples, name, cache, args.dataset) for name in args.features}
+        result = run_augment(
+            samples,
+            splits,
+            features,
+            args.out,
+            setups=args.setups or tuple(SETUPS),
+            n_clusters=args.n_clusters,
+            rules=Rules(args.min_fraction, args.min_images, args.max_deviation),
+            seed=args.seed,
+            split_seed=data.hparams.seed,
+            split_ratios=data.hparams.split_ratios,
+        )
+    except FileNotFoundError as exc:
+        raise UserError(file_error(exc)) from None
+    except (KeyError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(result)
+    return 0
+
+
+def _table_arguments(parser) -> None:
+    parser.add_argument("--table", type=str, required=True, help="the table's CSV (facenas hyperfd export)")
+    parser.add_argument(
+        "--table_config", type=str, required=True, help="the table YAML (configs/hyperfd/): each dataset's images"
+    )
 
 
 def evaluate(verb: str, argv: list[str]) -> int:
+    from facenas.hyperfd.evaluation import DEFAULT_METHODS, evaluate_table
+
     parser = tool_parser(
         verb,
         "HyperFD's evaluation (supplementary Table 7) on a lookup table: warm up every method on the offline "
         "datasets, then meet the online datasets in random orders, B evaluations each; report the test AP of "
         "the configuration kept and its normalized rank, per dataset and on average, and the rank by task index.",
     )
-    parser.add_argument("--table", type=str, required=True, help="the table's CSV (facenas benchmark export)")
-    parser.add_argument(
-        "--benchmark", type=str, required=True, help="the benchmark YAML (to read each dataset's images)"
-    )
+    _table_arguments(parser)
     parser.add_argument(
         "--methods",
         type=list[str],
-        default=[
-            "random",
-            "best_on_source",
-            "tr_automl",
-            "hyperstar",
-            "scot",
-            "zero_shot",
-            "hyperfd_stats",
-            "hyperfd_mse",
-            "hyperfd",
-        ],
+        default=list(DEFAULT_METHODS),
         help="methods to compare (random, best_on_source, tr_automl, hyperstar, scot, zero_shot, hyperfd_resnet, "
         "hyperfd_stats, hyperfd_mse, hyperfd)",
     )
@@ -74,83 +201,16 @@ def evaluate(verb: str, argv: list[str]) -> int:
     parser.add_argument("--cache", type=str, default="runs/hyperfd/features", help="per-image feature cache")
     parser.add_argument("--out", type=str, default="runs/hyperfd/evaluation", help="report folder")
     args = parse(parser, argv)
-
-    import csv
-    import json
-    from pathlib import Path
-
-    from facenas.hyperfd.methods import METHODS, create_method
-    from facenas.hyperfd.online import evaluate as run_evaluate
-    from facenas.hyperfd.online import markdown, random_rank_closed_form, read_table, summarize_runs
-
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "table")}
     try:
-        table = read_table(args.table)
-        space = next(iter(table.values())).space
-        offline = args.offline or [n for n in table if n.startswith(args.source)]
-        roles = {"features": args.features, "stats": args.stats, "resnet": args.resnet}
-        needed = {
-            roles[v.strip("{}")]
-            for m in args.methods
-            for v in METHODS[m][1].values()
-            if isinstance(v, str) and v.startswith("{")
-        }
-        _attach_features(table, args.benchmark, list(table), needed, args.cache)
-
-        def factory(name: str):
-            return lambda seed: create_method(name, seed, roles, space, args.source, args.warmup_steps)
-
-        rows = run_evaluate(
-            table,
-            {m: factory(m) for m in args.methods},
-            offline,
-            args.online,
-            runs=args.runs,
-            budget=args.budget,
-            seed=args.seed,
-            progress=print,
-            journal=Path(args.out) / "journal.jsonl",
-            journal_settings={k: getattr(args, k) for k in ("table", "features", "stats", "resnet", "warmup_steps")},
-        )
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+        result = evaluate_table(args.table, progress=print, **fields)
+    except FileNotFoundError as exc:
+        raise UserError(file_error(exc)) from None
+    except (KeyError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    summary = summarize_runs(rows)
-    pools = sorted({r["pool"] for r in rows})
-    reference = {f"N={n}": random_rank_closed_form(n, args.budget)[0] for n in pools}
-    text = markdown(summary, reference)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.md").write_text(text)
-    (out / "summary.json").write_text(
-        json.dumps({"settings": vars(args) | {"offline": offline}, **summary}, indent=1, default=str)
-    )
-    with open(out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot_curves(summary, out / "rank_by_task.png")
-    print(text)
-    print(f"written: {out}/evaluation.md, summary.json, runs.csv, rank_by_task.png")
+    print(result.text)
+    print("written: " + ", ".join(str(f) for f in result.files))
     return 0
-
-
-def _plot_curves(summary: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, curve in summary["curves"].items():
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=method)
-    ax.set_xlabel("online task index")
-    ax.set_ylabel("mean normalized rank (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def train(verb: str, argv: list[str]) -> int:
@@ -159,37 +219,30 @@ def train(verb: str, argv: list[str]) -> int:
         "Train HyperFD's ranker on a lookup table (every dataset of it, or those named, as the platform's "
         "offline data) and save its state for the hyperfd search backend.",
     )
-    parser.add_argument("--table", type=str, required=True, help="the table's CSV (facenas benchmark export)")
-    parser.add_argument(
-        "--benchmark", type=str, required=True, help="the benchmark YAML (to read each dataset's images)"
-    )
+    _table_arguments(parser)
     parser.add_argument("--datasets", type=list[str] | None, default=None, help="datasets to learn from (default: all)")
     parser.add_argument("--features", type=str, default="detector", help="the meta-feature extractor")
     parser.add_argument("--warmup_steps", type=int, default=1000, help="ranker steps on the table")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=str, default="runs/hyperfd/features", help="per-image feature cache")
-    parser.add_argument("--out", type=str, required=True, help="the ranker state file (.pt)")
+    parser.add_argument(
+        "--out",
+        type=str | None,
+        default=None,
+        help="the ranker state file (.pt; default runs/hyperfd/rankers/<table stem>-<features>.pt)",
+    )
     args = parse(parser, argv)
+    from facenas.hyperfd.evaluation import train_ranker
 
-    import numpy as np
-
-    from facenas.hyperfd.backend import save_state
-    from facenas.hyperfd.methods import HyperFD
-    from facenas.hyperfd.online import read_table, single_thread
-
+    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "table")}
     try:
-        table = read_table(args.table)
-        space = next(iter(table.values())).space
-        names = args.datasets or list(table)
-        missing = [n for n in names if n not in table]
-        if missing:
-            raise ValueError(f"dataset {missing[0]!r} is not in {args.table}")
-        _attach_features(table, args.benchmark, names, {args.features}, args.cache)
-        method = HyperFD(space=space, extractor=args.features, warmup_steps=args.warmup_steps, seed=args.seed)
-        with single_thread():
-            method.warmup([table[n] for n in names], np.random.default_rng(args.seed))
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+        state = train_ranker(args.table, **fields)
+    except FileNotFoundError as exc:
+        raise UserError(file_error(exc)) from None
+    except (KeyError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    path = save_state(method.state(), args.out)
-    print(f"ranker state ({space}, {args.features} features, {len(names)} datasets) written to {path}")
+    print(
+        f"ranker state ({state.space}, {state.features} features, {len(state.datasets)} datasets) "
+        f"written to {state.path}"
+    )
     return 0

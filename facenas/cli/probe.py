@@ -12,7 +12,10 @@ from .common import print_json, table
 
 def _arguments(parser) -> None:
     parser.add_argument(
-        "--ckpt", type=str, required=True, help="checkpoint of the trained model (e.g. runs/.../best-*.ckpt)"
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="checkpoint of the trained model (e.g. runs/.../best-*.ckpt); required",
     )
     parser.add_argument(
         "--attribute",
@@ -35,8 +38,21 @@ def _arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+SUMMARY = (
+    "Freeze a trained identification model, extract its last two layers (N-1: pooled backbone features, "
+    "N: embeddings) and report how well a probe predicts a protected attribute on held-out identities."
+)
+
+
 def run(verb: str, argv: list[str]) -> int:
     from pathlib import Path
+
+    from .train import full_help, short_help, wants_help
+
+    if wants_help(argv):
+        print(short_help(verb, argv, SUMMARY, extra_arguments=_arguments))
+        return 0
+    argv = full_help(argv)
 
     from facenas.callbacks.probes import extract_layers, probe_layers
     from facenas.training import FaceNASCLI
@@ -49,9 +65,7 @@ def run(verb: str, argv: list[str]) -> int:
         save_config_callback=None,
         parser_kwargs={
             "prog": "facenas probe",
-            "description": "Freeze a trained identification model, extract its last two layers "
-            "(N-1: pooled backbone features, N: embeddings) and report how well a "
-            "probe predicts a protected attribute on held-out identities.",
+            "description": SUMMARY,
         },
     )
     cfg = cli.config
@@ -59,9 +73,11 @@ def run(verb: str, argv: list[str]) -> int:
         raise UserError(
             f"{type(cli.model).__name__} has no features() method: probes need an identification model (FaceID)"
         )
-    if not Path(cfg.ckpt).is_file():
-        raise UserError(f"checkpoint not found: {cfg.ckpt}")
-    check_checkpoint(cfg.ckpt)
+    if cfg.ckpt_path is None:
+        raise UserError("give --ckpt_path: the checkpoint of the trained model")
+    if not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"checkpoint not found: {cfg.ckpt_path}")
+    check_checkpoint(cfg.ckpt_path)
     data = cli.datamodule
     attribute = cfg.attribute or data.hparams.group_column
     if attribute != data.hparams.group_column:  # the same data, grouped by the probed attribute
@@ -70,7 +86,7 @@ def run(verb: str, argv: list[str]) -> int:
     data.setup("test")
     if not data.group_names:
         raise UserError(f"no image has a value for attribute {attribute!r}")
-    model = type(cli.model).load_from_checkpoint(cfg.ckpt, map_location="cpu", weights_only=False).eval()
+    model = type(cli.model).load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=False).eval()
     features, labels, identities = extract_layers(model, data.eval_dataloader(cfg.split))
     try:
         results = probe_layers(features, labels, identities, probe=cfg.probe, test_fraction=cfg.test_fraction)

@@ -1,4 +1,4 @@
-"""``facenas search`` and ``facenas search-report``."""
+"""``facenas search run`` and ``facenas search report``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def search_parser(verb: str = "search"):
-    """The options of ``facenas search`` (the keys of a search YAML)."""
+def search_parser(verb: str = "search run"):
+    """The options of ``facenas search run`` (the keys of a search YAML)."""
+    from facenas.search.backends import BACKENDS
+    from facenas.search.executors import EXECUTORS
+    from facenas.search.spaces import SPACES
+
     parser = tool_parser(
         verb,
         "Search hyper-parameters and architectures: ask the backend, train each trial from the "
@@ -29,7 +33,7 @@ def search_parser(verb: str = "search"):
         "--space",
         type=str,
         required=True,
-        help="hyperfd_hpo, hyperfd_nas, hyperfd_joint, frnas_joint, frnas_phase1, or a ConfigSpace .json",
+        help=f"a registered space ({', '.join(SPACES.names())}) or a ConfigSpace .json",
     )
     parser.add_argument(
         "--objectives",
@@ -50,13 +54,15 @@ def search_parser(verb: str = "search"):
         "--backend",
         type=str | dict,
         default="random",
-        help="random, smac, optuna, moasha, or {class_path: ..., init_args: {...}} (e.g. smac with facade: mf)",
+        help=f"a registered backend ({', '.join(BACKENDS.names())}), or {{class_path: ..., init_args: {{...}}}} "
+        "(e.g. smac with facade: mf)",
     )
     parser.add_argument(
         "--executor",
         type=str | dict,
         default="inprocess",
-        help="inprocess, subprocess ({workers: N, gpus: [...]}) or dask ({scheduler: tcp://host:8786, workers: N})",
+        help=f"a registered executor ({', '.join(EXECUTORS.names())}), or {{class_path: ..., init_args: {{...}}}}: "
+        "e.g. {class_path: subprocess, init_args: {workers: N, gpus: [...]}}",
     )
     parser.add_argument(
         "--budget",

@@ -109,13 +109,15 @@ class FaceNASCLI(LightningCLI):
                 "trainer.default_root_dir": "runs",
             }
         )
+        if self._extra_arguments is not None:
+            self._extra_arguments(parser)
         if self._instantiate_only:
             # a run's saved config.yaml (written by fit) has fit's own keys; a verb that only
             # instantiates its model and data (probe) takes that file as it is
             for key, kind in (("ckpt_path", str | None), ("weights_only", bool | None)):
-                parser.add_argument(f"--{key}", type=kind, default=None, help=f"fit's {key}: read and not used here")
-        if self._extra_arguments is not None:
-            self._extra_arguments(parser)
+                if f"--{key}" not in parser._option_string_actions:  # unless the verb has its own
+                    help_text = f"fit's {key}: read and not used here"
+                    parser.add_argument(f"--{key}", type=kind, default=None, help=help_text)
 
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -220,11 +222,19 @@ class FaceNASCLI(LightningCLI):
     def before_fit(self) -> None:
         self._resolve_ckpt()
 
+    def _print_once(self) -> None:
+        """With facenas's own metrics table, Lightning's results table is not printed as well."""
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("metrics_table", True) and "verbose" in cfg:
+            cfg["verbose"] = False
+
     def before_validate(self) -> None:
         self._resolve_ckpt()
+        self._print_once()
 
     def before_test(self) -> None:
         self._resolve_ckpt()
+        self._print_once()
 
     def before_predict(self) -> None:
         self._resolve_ckpt()
@@ -237,7 +247,13 @@ class FaceNASCLI(LightningCLI):
                 (c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), ""
             )
             fitted = dict(trainer.callback_metrics)
-            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
+            trainer.test(
+                self.model,
+                datamodule=self.datamodule,
+                ckpt_path=best or None,
+                weights_only=False,
+                verbose=not cfg.get("metrics_table", True),  # the metrics are printed once, below
+            )
             trainer.callback_metrics.update({k: v for k, v in fitted.items() if k not in trainer.callback_metrics})
         self._finish("final metrics")
 

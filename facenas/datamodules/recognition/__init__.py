@@ -50,7 +50,7 @@ __all__ = [
 
 
 # the data modules (and Lightning under them) are imported on first use, so that the readers
-# serve `facenas data check` and `eval-detections` without paying for Lightning
+# serve `facenas data check` and `facenas eval detections` without paying for Lightning
 _LAZY = {"FaceIDDataModule", "IdentityDataset", "crop_face"}
 
 

@@ -1,4 +1,4 @@
-"""``facenas evaluate-transfer``: a trained identification model on other data (FR-NAS Table 2,
+"""``facenas eval transfer``: a trained identification model on other data (FR-NAS Table 2,
 Tables 10-11): 10-fold verification accuracy on insightface pair sets, and identification error
 and fairness on a labelled set grouped by another protected attribute (race, age bins)."""
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from facenas.core.errors import UserError
+from facenas.core.progress import counting, tick, track
 
-from .common import parse, print_json, table, tool_parser
+from ..common import parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:
@@ -21,7 +22,7 @@ def run(verb: str, argv: list[str]) -> int:
         "identification error and fairness on a labelled set by a protected attribute (each fairness metric "
         "the maximum over ordered pairs of groups, as FR-NAS reports transfer).",
     )
-    parser.add_argument("--ckpt", type=str, required=True, help="a FaceID checkpoint (facenas fit writes them)")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="a FaceID checkpoint (facenas fit writes them)")
     parser.add_argument(
         "--sets", type=list[str], default=[], help="insightface .bin pair sets; each is named by its file name"
     )
@@ -61,16 +62,22 @@ def run(verb: str, argv: list[str]) -> int:
     from facenas.datamodules.recognition.formats import read_verification_bin
     from facenas.training.cli import check_checkpoint
 
-    if not Path(args.ckpt).is_file():
-        raise UserError(f"checkpoint not found: {args.ckpt}")
-    check_checkpoint(args.ckpt)
+    if not Path(args.ckpt_path).is_file():
+        raise UserError(f"checkpoint not found: {args.ckpt_path}")
+    check_checkpoint(args.ckpt_path)
     device = torch.device(resolve_device(args.device))
-    model = load_faceid(args.ckpt, device)
-    result: dict = {"checkpoint": args.ckpt, "verification": {}, "identification": None}
+    model = load_faceid(args.ckpt_path, device)
+    result: dict = {"checkpoint": args.ckpt_path, "verification": {}, "identification": None}
+
+    def embed(images):
+        tick()
+        return model.embed(images)
+
     for path in args.sets:
         pairs = read_verification_bin(path)
-        with torch.inference_mode():
-            mean, std = pair_set_accuracy(model.embed, pairs, args.image_size, args.batch_size, device)
+        batches = -(-len(pairs.images) // args.batch_size)
+        with torch.inference_mode(), counting(f"{Path(path).stem} ({len(pairs.images)} images)", batches):
+            mean, std = pair_set_accuracy(embed, pairs, args.image_size, args.batch_size, device)
         result["verification"][Path(path).stem] = {"pairs": len(pairs), "accuracy": mean, "std": std}
     if args.identification is not None:
         result["identification"] = identification_fairness(
@@ -139,7 +146,7 @@ def identification_fairness(
     dataset = IdentityDataset(samples, eval_transform(image_size), {}, identities, groups, crop_margin=0.0)
     embeddings, ids, grp = [], [], []
     with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=batch_size):
+        for batch in track(DataLoader(dataset, batch_size=batch_size), f"identification ({len(samples)} images)"):
             embeddings.append(model.embed(batch["images"].to(device)).float().cpu())
             ids.append(batch["identities"])
             grp.append(batch["groups"])
@@ -147,5 +154,5 @@ def identification_fairness(
         torch.cat(embeddings), torch.cat(ids), torch.cat(grp), names, reference_group=None, singletons=singletons
     )
     if report.issues:
-        print(f"facenas evaluate-transfer: {report.summary()}", file=sys.stderr)
+        print(f"facenas eval transfer: {report.summary()}", file=sys.stderr)
     return result.as_dict()

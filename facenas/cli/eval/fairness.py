@@ -1,11 +1,11 @@
-"""``facenas fairness-report``: FR-NAS identification error and fairness of saved embeddings."""
+"""``facenas eval fairness``: FR-NAS identification error and fairness of saved embeddings."""
 
 from __future__ import annotations
 
 import sys
 from typing import Literal
 
-from .common import parse, print_json, table, tool_parser
+from ..common import parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:

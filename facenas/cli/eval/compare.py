@@ -1,11 +1,11 @@
-"""``facenas fairness-compare``: FR-NAS's comparison of bias-mitigation methods (Table 1, Table 8)."""
+"""``facenas eval compare``: FR-NAS's comparison of bias-mitigation methods (Table 1, Table 8)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from .common import parse, print_json, tool_parser
+from ..common import parse, print_json, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:

@@ -1,10 +1,10 @@
-"""``facenas eval-detections``: AP@IoU of WIDER-format prediction files."""
+"""``facenas eval detections``: AP@IoU of WIDER-format prediction files."""
 
 from __future__ import annotations
 
 import sys
 
-from .common import parse, print_json, table, tool_parser
+from ..common import parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:

@@ -1,0 +1,228 @@
+"""HyperFD's evaluation on a performance lookup table (supplementary Table 7) and the training of
+a ranker state for the ``hyperfd`` search backend: the library behind ``facenas hyperfd evaluate``
+and ``facenas hyperfd train``. Each function writes its files and returns what it wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facenas.core.progress import track
+
+DEFAULT_METHODS = (
+    "random",
+    "best_on_source",
+    "tr_automl",
+    "hyperstar",
+    "scot",
+    "zero_shot",
+    "hyperfd_stats",
+    "hyperfd_mse",
+    "hyperfd",
+)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_table` wrote: the Markdown report, the folder and its files."""
+
+    text: str
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RankerState:
+    """What :func:`train_ranker` wrote: the state file, the space, the extractor and the datasets learned from."""
+
+    path: Path
+    space: str
+    features: str
+    datasets: list[str]
+
+
+def attach_features(table: dict, table_config: str, datasets: Sequence[str], extractors: set[str], cache: str) -> None:
+    """Give each dataset of ``table`` the per-image features of its training images (what its
+    client holds), by extractor, cached per (dataset, extractor version) under ``cache``.
+
+    Args:
+        table: the lookup table (:func:`facenas.hyperfd.online.read_table`), changed in place.
+        table_config: the table's YAML (configs/hyperfd/...), to read each dataset's images.
+        datasets: the datasets of ``table`` to give features.
+        extractors: extractor names (label_stats, detector, timm:<name>).
+        cache: the feature cache folder.
+    """
+    from facenas.hyperfd.features import create_extractor, extract_features
+    from facenas.hyperfd.table.build import dataset_module
+
+    built = {
+        name: create_extractor(name, **({"allow_random": True} if name.startswith("timm:") else {}))
+        for name in extractors
+    }
+    for dataset in track(list(datasets), "meta-features"):
+        data = dataset_module(table_config, dataset)
+        data.prepare_data()
+        data.setup("fit")
+        samples = data.splits["train"]
+        table[dataset].features = {name: extract_features(samples, e, cache, dataset) for name, e in built.items()}
+
+
+def plot_curves(summary: dict, path: str | Path) -> Path:
+    """The mean normalized rank by online task index, one line per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, curve in summary["curves"].items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=method)
+    ax.set_xlabel("online task index")
+    ax.set_ylabel("mean normalized rank (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def evaluate_table(
+    table_csv: str,
+    table_config: str,
+    out: str | Path,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    source: str = "wider",
+    offline: Sequence[str] | None = None,
+    online: Sequence[str] | None = None,
+    features: str = "detector",
+    stats: str = "label_stats",
+    resnet: str = "timm:resnet18",
+    runs: int = 10,
+    budget: int = 4,
+    warmup_steps: int = 1000,
+    seed: int = 0,
+    cache: str = "runs/hyperfd/features",
+    progress: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """HyperFD and its baselines on a lookup table: warm every method up on the offline datasets,
+    meet the online datasets in ``runs`` random orders with ``budget`` evaluations each, and write
+    ``evaluation.md``, ``summary.json``, ``runs.csv`` and ``rank_by_task.png`` into ``out``.
+
+    Raises:
+        ValueError: an unknown method, or a table or dataset that does not fit.
+        KeyError, FileNotFoundError: a dataset or file that is not there.
+    """
+    from facenas.hyperfd.methods import METHODS, create_method
+    from facenas.hyperfd.online import evaluate as run_evaluate
+    from facenas.hyperfd.online import markdown, random_rank_closed_form, read_table, summarize_runs
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    table = read_table(table_csv)
+    space = next(iter(table.values())).space
+    offline = list(offline or [n for n in table if n.startswith(source)])
+    roles = {"features": features, "stats": stats, "resnet": resnet}
+    needed = {
+        roles[v.strip("{}")]
+        for m in methods
+        for v in METHODS[m][1].values()
+        if isinstance(v, str) and v.startswith("{")
+    }
+    attach_features(table, table_config, list(table), needed, cache)
+
+    def factory(name: str):
+        return lambda s: create_method(name, s, roles, space, source, warmup_steps)
+
+    out = Path(out)
+    settings = {"table": table_csv, "features": features, "stats": stats, "resnet": resnet}
+    rows = run_evaluate(
+        table,
+        {m: factory(m) for m in methods},
+        offline,
+        None if online is None else list(online),
+        runs=runs,
+        budget=budget,
+        seed=seed,
+        progress=progress or (lambda line: None),
+        journal=out / "journal.jsonl",
+        journal_settings=settings | {"warmup_steps": warmup_steps},
+    )
+    summary = summarize_runs(rows)
+    reference = {f"N={n}": random_rank_closed_form(n, budget)[0] for n in sorted({r["pool"] for r in rows})}
+    text = markdown(summary, reference)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.md").write_text(text)
+    all_settings = settings | {
+        "table_config": table_config,
+        "methods": list(methods),
+        "source": source,
+        "offline": offline,
+        "online": None if online is None else list(online),
+        "runs": runs,
+        "budget": budget,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "cache": cache,
+        "out": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps({"settings": all_settings, **summary}, indent=1, default=str))
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    png = plot_curves(summary, out / "rank_by_task.png")
+    files = [out / "evaluation.md", out / "summary.json", out / "runs.csv", png]
+    return Evaluation(text, out, files, summary)
+
+
+def default_ranker_path(table_csv: str, features: str) -> Path:
+    """Where ``facenas hyperfd train`` writes a ranker state without ``--out``:
+    ``runs/hyperfd/rankers/<table stem>-<extractor>.pt``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in features)
+    return Path("runs/hyperfd/rankers") / f"{Path(table_csv).stem}-{safe}.pt"
+
+
+def train_ranker(
+    table_csv: str,
+    table_config: str,
+    out: str | Path | None = None,
+    datasets: Sequence[str] | None = None,
+    features: str = "detector",
+    warmup_steps: int = 1000,
+    seed: int = 0,
+    cache: str = "runs/hyperfd/features",
+) -> RankerState:
+    """Train HyperFD's ranker on a lookup table (its datasets, or those named, as the platform's
+    offline data) and save its state for the ``hyperfd`` search backend to ``out`` (default
+    :func:`default_ranker_path`).
+
+    Raises:
+        ValueError: a dataset that is not in the table, or a table that does not fit.
+        FileNotFoundError: a missing table or table config.
+    """
+    import numpy as np
+
+    from facenas.core.progress import counting
+    from facenas.hyperfd.backend import save_state
+    from facenas.hyperfd.methods import HyperFD
+    from facenas.hyperfd.online import read_table, single_thread
+
+    table = read_table(table_csv)
+    space = next(iter(table.values())).space
+    names = list(datasets or table)
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"dataset {missing[0]!r} is not in {table_csv}")
+    attach_features(table, table_config, names, {features}, cache)
+    method = HyperFD(space=space, extractor=features, warmup_steps=warmup_steps, seed=seed)
+    with single_thread(), counting(f"ranker warm-up ({warmup_steps} steps)"):
+        method.warmup([table[n] for n in names], np.random.default_rng(seed))
+    path = Path(out) if out is not None else default_ranker_path(table_csv, features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return RankerState(Path(save_state(method.state(), path)), str(space), features, names)
