@@ -311,8 +311,10 @@ def test_search_config_builds_its_study(config):
     searcher = create_searcher(settings.backend)
     searcher.attach(settings)  # as the study does (the hyperfd backend reads the study's dataset)
     searcher.setup(space, settings.objectives, settings.budget, settings.seed, settings.n_trials)
-    searcher.observed = {}  # nothing ran: close() must not update the ranker
-    searcher.close()
+    ranker = settings.run_root / "ranker.pt"  # where the hyperfd backend saves its updated ranker
+    before = ranker.stat().st_mtime_ns if ranker.exists() else None
+    searcher.close()  # nothing ran: close() must not update the ranker
+    assert (ranker.stat().st_mtime_ns if ranker.exists() else None) == before
 
     def merge(into: dict, new: dict) -> dict:  # later configs update earlier ones key by key, as the CLI does
         for key, value in new.items():

@@ -248,12 +248,28 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
 
 
 def test_create_method_passes_the_space_seed_and_warmup_to_every_method():
+    """Each method gets exactly the evaluation's settings it takes (none of them the default) and
+    the extractor its role names."""
     roles = {"features": "detector", "stats": "label_stats", "resnet": "timm:resnet18"}
-    for name in METHODS:
-        method = create_method(name, 7, roles, space="hyperfd_nas", source="wider", warmup_steps=3)
-        for key, value in (("space", "hyperfd_nas"), ("seed", 7), ("warmup_steps", 3), ("source", "wider")):
-            if hasattr(method, key):
-                assert getattr(method, key) == value, (name, key)
+    ranker = {"space": "hyperfd_nas", "seed": 7, "warmup_steps": 3}
+    expected = {
+        "random": {},
+        "best_on_source": {"source": "celeba"},
+        "tr_automl": {"seed": 7, "extractor": "detector"},
+        "hyperstar": {**ranker, "extractor": "detector"},
+        "scot": {"space": "hyperfd_nas", "seed": 7, "extractor": "label_stats"},
+        "zero_shot": {},
+        "hyperfd_resnet": {**ranker, "extractor": "timm:resnet18", "loss": "rank"},
+        "hyperfd_stats": {**ranker, "extractor": "label_stats", "loss": "rank"},
+        "hyperfd_mse": {**ranker, "extractor": "detector", "loss": "mse"},
+        "hyperfd": {**ranker, "extractor": "detector", "loss": "rank"},
+    }
+    assert set(expected) == set(METHODS)  # a new method gets its row here
+    settings = ("space", "seed", "warmup_steps", "source", "extractor", "loss")
+    for name, want in expected.items():
+        method = create_method(name, 7, roles, space="hyperfd_nas", source="celeba", warmup_steps=3)
+        got = {key: getattr(method, key) for key in settings if key in vars(method)}
+        assert got == want, name
     assert create_method("hyperstar", 7, roles, space="hyperfd_nas").space == "hyperfd_nas"
 
 

@@ -402,41 +402,70 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     assert "resuming with" in out.stdout
 
 
-def test_two_worker_local_dask_cluster_runs_subprocess_trials(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """One two-worker LocalCluster for this module's Dask tests (its workers start `facenas fit`
+    subprocesses in the repository, with this checkout on PYTHONPATH); yields its address. The
+    executor's own LocalCluster is tested by test_study_robustness's SIGTERM of a Dask study."""
+    from distributed import LocalCluster
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FACENAS_PROGRESS")}
+    os.environ.update(PYTHONPATH=str(REPO), FACENAS_PROGRESS="0")  # the workers' (and their trials') environment
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    finally:
+        os.chdir(cwd)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_two_worker_local_dask_cluster_runs_subprocess_trials(tmp_path, monkeypatch, dask_cluster):
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("FACENAS_PROGRESS", "0")
     settings = toy_settings(
         tmp_path,
-        n_trials=4,
+        n_trials=2,
         base=[toy_base(tmp_path, sleep=0.2)],
-        executor={"class_path": "dask", "init_args": {"workers": 2}},
+        executor={"class_path": "dask", "init_args": {"scheduler": dask_cluster, "workers": 2}},
     )
     trials = Study(settings, quiet=True).run().trials()
-    assert [t.status for t in trials] == [Status.SUCCESS] * 4, [t.result.error for t in trials]
+    assert [t.status for t in trials] == [Status.SUCCESS] * 2, [t.result.error for t in trials]
     spans = sorted((t.started, t.finished) for t in trials)
     assert any(b[0] < a[1] for a, b in itertools.combinations(spans, 2))  # two trials ran at the same time
 
 
-def test_dask_executor_reports_a_lost_job(tmp_path, monkeypatch):
-    executor = DaskExecutor(workers=1)
+def test_dask_executor_reports_a_lost_job(tmp_path, monkeypatch, dask_cluster):
+    """A job that raises on its worker outside the trial (here: its run folder cannot be made)
+    comes back as a failed trial naming the error, not as an exception of the study."""
+    from facenas.search.runner import TrialJob
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / "a_file").write_text("")
+    job = TrialJob(Trial(7, {}), [Objective("val/score")], [toy_base(tmp_path)], {}, str(tmp_path / "a_file" / "t"))
+    executor = DaskExecutor(scheduler=dask_cluster, workers=1)
     try:
-        future = executor.client.submit(lambda: 1 / 0, pure=False)
-        executor._futures[future] = 7
+        executor.submit(job)
         ((trial_id, result),) = executor.collect(timeout=60)
-        assert trial_id == 7 and result.status == Status.FAILED and "ZeroDivisionError" in result.error
+        assert trial_id == 7 and result.status == Status.FAILED and "NotADirectoryError" in result.error, result
+        assert executor.running == 0
     finally:
         executor.close()
 
 
-def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch):
+def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch, dask_cluster):
     import psutil
 
     from facenas.search.runner import TrialJob
 
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("FACENAS_PROGRESS", "0")
     job = TrialJob(
         Trial(3, {}),
         [Objective("val/score", "min")],
@@ -444,7 +473,7 @@ def test_dask_reruns_the_trial_of_a_lost_worker(tmp_path, monkeypatch):
         {"model.init_args.x": 0.1},
         str(tmp_path / "trial"),
     )
-    executor = DaskExecutor(workers=2)
+    executor = DaskExecutor(scheduler=dask_cluster, workers=2)
     try:
         executor.submit(job)
         deadline, trainers = time.time() + 120, []

@@ -21,13 +21,14 @@ import psutil
 import pytest
 import torch
 import yaml
-from ConfigSpace import Categorical, ConfigurationSpace
+from ConfigSpace import Categorical, ConfigurationSpace, Float
 from rich.console import Console
 
+from facenas.search.backends import Searcher
 from facenas.search.spaces import config_key
 from facenas.search.store import StoreError, StudyStore
 from facenas.search.study import Study, StudySettings
-from facenas.search.trial import Objective, Result, Status, Trial
+from facenas.search.trial import Objective, Proposal, Result, Status, Trial
 
 from .conftest import REPO, run_facenas
 from .test_search import toy_base as search_toy_base
@@ -116,43 +117,67 @@ def test_resume_never_repeats_a_configuration_and_an_exhausted_space_ends_the_st
         assert len(again) == 12  # resuming an exhausted study adds nothing
 
 
-def test_a_repeated_proposal_is_answered_from_the_store():
+class Stubborn(Searcher):
+    """A backend that proposes ``xs`` in turn, then the last of them for ever; every instance is
+    kept in :attr:`made` so that a test can read what the study asked and told it."""
+
+    made: list[Stubborn] = []
+
+    def __init__(self, xs: list[float]) -> None:
+        self.xs = list(xs)
+        self.told: list[tuple[dict, Result]] = []
+        self.asked = 0
+        Stubborn.made.append(self)
+
+    def ask(self) -> Proposal:
+        self.asked += 1
+        return Proposal({"x": self.xs[min(self.asked, len(self.xs)) - 1]})
+
+    def tell(self, trial: Trial, result: Result) -> None:
+        self.told.append((dict(trial.config), result))
+
+
+def test_a_repeated_proposal_is_answered_from_the_store(tmp_path):
     """The study's guard: a backend that insists on a stored configuration is told its stored
     result and asked again; after MAX_REPEATS repeats in a row the space counts as exhausted."""
     import facenas.search.study as study_module
-    from facenas.search.backends import Searcher
 
-    class Stubborn(Searcher):
-        def __init__(self) -> None:
-            self.told: list[tuple[dict, Result]] = []
-            self.asked = 0
+    cs = ConfigurationSpace(name="line", seed=0)
+    cs.add([Float("x", (0.0, 1.0))])
+    cs.to_json(tmp_path / "line.json")
 
-        def ask(self):
-            from facenas.search.trial import Proposal
+    def settings(n_trials: int) -> StudySettings:
+        return StudySettings(
+            name="g",
+            space=str(tmp_path / "line.json"),
+            objectives=[Objective("err")],
+            backend={"class_path": f"{__name__}.Stubborn", "init_args": {"xs": [0.25, 0.5]}},
+            n_trials=n_trials,
+            storage=str(tmp_path / "study.sqlite"),
+            runs_dir=str(tmp_path),
+            report=False,
+        )
 
-            self.asked += 1
-            return Proposal({"x": 0.5 if self.asked > 1 else 0.25})
+    def objective(trial: Trial) -> Result:
+        return Result(Status.SUCCESS, {"err": trial.config["x"]})
 
-        def tell(self, trial, result):
-            self.told.append((trial.config, result))
-
-    searcher = Stubborn()
-    settings = StudySettings(name="g", space="frnas_joint", objectives=[Objective("err")], report=False)
-    study = Study(settings, objective=lambda t: Result(Status.SUCCESS, {"err": t.config["x"]}), quiet=True)
-    study._held = {study._key({"x": 0.25}, None): (Trial(0, {"x": 0.25}), Result(Status.SUCCESS, {"err": 0.25}))}
-    study._echoes = {}
-    study._space_size = None
-    first = study._propose(searcher)  # 0.25 again (answered from the store), then 0.5
-    assert first.config == {"x": 0.5} and searcher.asked == 2
-    assert [(c, r.values) for c, r in searcher.told] == [({"x": 0.25}, {"err": 0.25})]
-    study._held[study._key({"x": 0.5}, None)] = (Trial(1, {"x": 0.5}), Result(Status.SUCCESS, {"err": 0.5}))
-    from facenas.search.backends import SpaceExhausted
-
-    with pytest.raises(SpaceExhausted, match="already ran"):
-        study._propose(searcher)  # 0.5 for ever
-    told = searcher.told[1:]
-    assert len(told) == study_module.MAX_REPEATS  # every repeat was answered with the stored result
-    assert all(config == {"x": 0.5} and result.values == {"err": 0.5} for config, result in told)
+    Stubborn.made.clear()
+    first = Study(settings(1), objective=objective, quiet=True).run().trials()
+    assert [(r.trial.config, r.result.values) for r in first] == [({"x": 0.25}, {"err": 0.25})]
+    # resumed: 0.25 again (answered from the store), then 0.5 (run), then 0.5 for ever
+    study = Study(settings(5), objective=objective, quiet=True)
+    rows = study.run().trials()
+    searcher = Stubborn.made[-1]
+    assert [(r.trial.id, r.trial.config, r.result.values) for r in rows] == [
+        (0, {"x": 0.25}, {"err": 0.25}),
+        (1, {"x": 0.5}, {"err": 0.5}),
+    ]
+    told = [(config, result.values) for config, result in searcher.told]
+    # the stored trial on resume, the repeat answered from the store, the trial that ran
+    assert told[:3] == [({"x": 0.25}, {"err": 0.25}), ({"x": 0.25}, {"err": 0.25}), ({"x": 0.5}, {"err": 0.5})]
+    assert told[3:] == [({"x": 0.5}, {"err": 0.5})] * study_module.MAX_REPEATS  # each repeat, its stored result
+    assert searcher.asked == 2 + study_module.MAX_REPEATS
+    assert study.exhausted is not None and "already ran" in study.exhausted
 
 
 # ----------------------------------------------------------------------------- toy training studies
@@ -346,12 +371,10 @@ def wait_for_training(store_path: Path, finished: int, timeout: float = 600) -> 
     raise AssertionError("no trial reached its training in time")
 
 
-def stop(proc: subprocess.Popen, signum: int) -> tuple[float, str, str]:
-    """Send ``signum``; returns (seconds until the process exited, stdout, stderr)."""
-    sent = time.monotonic()
+def stop(proc: subprocess.Popen, signum: int) -> tuple[str, str]:
+    """Send ``signum``; returns (stdout, stderr) once the process exited (a hang fails the test)."""
     proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=120)
-    return time.monotonic() - sent, stdout, stderr
+    return proc.communicate(timeout=120)
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -398,11 +421,10 @@ def test_sigterm_stops_an_in_process_study_and_resume_loses_and_repeats_nothing(
     proc = start_search(config)
     try:
         in_flight = wait_for_training(store_path, finished=1)
-        seconds, stdout, stderr = stop(proc, signal.SIGTERM)
+        stdout, stderr = stop(proc, signal.SIGTERM)
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr[-3000:]
-    assert seconds < 30, seconds
     assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
     rows = StudyStore(store_path, read_only=True).trials()
     assert not [r for r in rows if r.status == Status.FAILED], [r.result.error for r in rows if r.result]
@@ -428,10 +450,10 @@ def test_sigint_stops_an_in_process_study_with_exit_code_130(tmp_path):
     proc = start_search(config)
     try:
         in_flight = wait_for_training(store_path, finished=0)
-        seconds, stdout, stderr = stop(proc, signal.SIGINT)
+        stdout, stderr = stop(proc, signal.SIGINT)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and seconds < 30, (seconds, stderr[-3000:])
+    assert proc.returncode == 130, stderr[-3000:]
     assert "stopped by SIGINT" in stderr.strip().splitlines()[-1]
     rows = StudyStore(store_path, read_only=True).trials()
     assert [r.trial.id for r in rows if r.result is None] == in_flight
@@ -454,11 +476,10 @@ def test_sigterm_terminates_subprocess_and_dask_trials(tmp_path, executor):
         wait_for_training(store_path, finished=0)
         children = descendants(proc.pid)  # trial processes (and Dask's workers)
         assert trainers(proc.pid)
-        seconds, stdout, stderr = stop(proc, signal.SIGTERM)
+        stdout, stderr = stop(proc, signal.SIGTERM)
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr[-3000:]
-    assert seconds < 60, seconds
     assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
     assert_gone(children)  # no trial keeps training (or writing into its folder) after the study
     rows = StudyStore(store_path, read_only=True).trials()
@@ -530,11 +551,10 @@ def test_sigterm_saves_a_resumable_checkpoint_and_fit_exits_143(tmp_path):
             time.sleep(0.1)
         time.sleep(1.0)
         signalled = time.time()
-        seconds, stdout, stderr = stop(proc, signal.SIGTERM)
+        stdout, stderr = stop(proc, signal.SIGTERM)
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr[-3000:]
-    assert seconds < 30, seconds
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("facenas fit: stopped by SIGTERM") and f"; saved {last}" in line
     assert "--ckpt_path last" in line

@@ -260,7 +260,8 @@ def test_two_process_cpu_ddp_synchronises_metrics(tmp_path):
     written = yaml.safe_load(config.read_text())
     written["trainer"]["callbacks"].append(extra)
     config.write_text(yaml.safe_dump(written))
-    out = run_facenas("fit", "--config", str(config), cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    # a process of its own: Lightning's DDP launcher starts the other rank from this command line
+    out = run_facenas("fit", "--config", str(config), cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, process=True)
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = last_metrics(tmp_path / "runs/toy/version_0/metrics.csv")
     items = [toy_sample(i) for i in range(32)]
