@@ -1,7 +1,7 @@
 """RetinaFace performance: batched matching + loss against a per-image loop, training
 throughput, data-loading throughput, and inference latency.
 
-    python benchmarks/retinaface.py [--device cpu|cuda] [--repeat 10] [--skip-train]
+    python benchmarks/retinaface.py [--device cpu|cuda] [--repeat 10] [--skip-train] [--smoke]
 
 1. Matching + loss, batch 32 at 640 x 640 (16,800 anchors), ~12 faces per image with WIDER-like
    sizes: facenas's batched :class:`MultiBoxLoss` against the same loss whose matching runs
@@ -57,8 +57,11 @@ def loop_match(
     gt_ignore: torch.Tensor | None = None,
     pos_iou: float = 0.5,
     neg_iou: float | None = None,
+    force_iou: float = 0.2,
 ) -> Matches:
-    """RetinaFace's reference matching, one image at a time (the baseline)."""
+    """RetinaFace's reference matching, one image at a time (the baseline), with the rules of
+    :func:`match_anchors`: a face claims its best anchor when they overlap at least ``force_iou``;
+    of two faces claiming one anchor, the one it overlaps more (then the earlier one) gets it."""
     neg_iou = pos_iou / 2 + 0.05 if neg_iou is None else neg_iou
     labels = torch.zeros(batch_size, anchors.shape[0], dtype=torch.long)
     index = torch.zeros(batch_size, anchors.shape[0], dtype=torch.long)
@@ -70,12 +73,17 @@ def loop_match(
             continue
         iou = box_iou(gt_boxes[rows], boxes)
         best_truth_overlap, best_truth_idx = iou.max(0)
-        best_prior_idx = iou.argmax(1)
+        best_prior_idx = iou.argmax(1)  # the first anchor reaching a face's maximum
+        best_prior_overlap = iou.gather(1, best_prior_idx[:, None])[:, 0]
         ignore = ignore_all[rows]
+        claimed: dict[int, tuple[float, int]] = {}  # anchor -> (overlap, face) of its claim
         for j in range(len(rows)):
-            if not ignore[j]:
-                best_truth_idx[best_prior_idx[j]] = j
-                best_truth_overlap[best_prior_idx[j]] = 2.0
+            overlap, anchor = float(best_prior_overlap[j]), int(best_prior_idx[j])
+            if not ignore[j] and overlap >= force_iou and overlap > claimed.get(anchor, (-1.0, -1))[0]:
+                claimed[anchor] = (overlap, j)
+        for anchor, (_, j) in claimed.items():
+            best_truth_idx[anchor] = j
+            best_truth_overlap[anchor] = 2.0
         lab = torch.full_like(best_truth_idx, -1)
         lab[best_truth_overlap < neg_iou] = 0
         lab[(best_truth_overlap >= pos_iou) & ~ignore[best_truth_idx]] = 1
@@ -83,20 +91,22 @@ def loop_match(
     return Matches(labels=labels, gt_index=index)
 
 
-def bench_matching(repeat: int) -> list[str]:
+def bench_matching(repeat: int, batch: int = 32, size: int = 640) -> list[str]:
     import facenas.models.detection.loss as loss_module
 
-    grid = AnchorGrid(640, 640)
+    grid = AnchorGrid(size, size)
     anchors = grid.anchors()
-    targets = wider_like_batch(32, 640, 12)
+    targets = wider_like_batch(batch, size, 12)
     g = torch.Generator().manual_seed(1)
     preds = (
-        torch.randn(32, len(anchors), 2, generator=g),
-        torch.randn(32, len(anchors), 4, generator=g),
-        torch.randn(32, len(anchors), 10, generator=g),
+        torch.randn(batch, len(anchors), 2, generator=g),
+        torch.randn(batch, len(anchors), 4, generator=g),
+        torch.randn(batch, len(anchors), 10, generator=g),
     )
-    batched = loss_module.match_anchors(anchors, targets["boxes"], targets["image"], 32, targets["ignore"], grid=grid)
-    looped = loop_match(anchors, targets["boxes"], targets["image"], 32, targets["ignore"])
+    batched = loss_module.match_anchors(
+        anchors, targets["boxes"], targets["image"], batch, targets["ignore"], grid=grid
+    )
+    looped = loop_match(anchors, targets["boxes"], targets["image"], batch, targets["ignore"])
     assert torch.equal(batched.labels, looped.labels), "batched and looped matching disagree"
     pos = batched.labels == 1
     assert torch.equal(batched.gt_index[pos], looped.gt_index[pos])
@@ -104,12 +114,12 @@ def bench_matching(repeat: int) -> list[str]:
     criterion = MultiBoxLoss()
     t_match = median_time(
         lambda: loss_module.match_anchors(
-            anchors, targets["boxes"], targets["image"], 32, targets["ignore"], grid=grid
+            anchors, targets["boxes"], targets["image"], batch, targets["ignore"], grid=grid
         ),
         repeat,
     )
     t_match_loop = median_time(
-        lambda: loop_match(anchors, targets["boxes"], targets["image"], 32, targets["ignore"]), repeat
+        lambda: loop_match(anchors, targets["boxes"], targets["image"], batch, targets["ignore"]), repeat
     )
     t_loss = median_time(lambda: criterion(*preds, anchors, targets, grid), repeat)
     original = loss_module.match_anchors
@@ -118,9 +128,10 @@ def bench_matching(repeat: int) -> list[str]:
         t_loss_loop = median_time(lambda: criterion(*preds, anchors, targets, grid), repeat)
     finally:
         loss_module.match_anchors = original
-    faces = len(targets["boxes"]) / 32
+    faces = len(targets["boxes"]) / batch
     return [
-        f"batch 32 x 640^2, {len(anchors):,} anchors, {faces:.1f} faces/image, {torch.get_num_threads()} threads",
+        f"batch {batch} x {size}^2, {len(anchors):,} anchors, {faces:.1f} faces/image, "
+        f"{torch.get_num_threads()} threads",
         "| step | batched (ms) | per-image loop (ms) | speed-up |",
         "|---|---|---|---|",
         f"| matching | {1e3 * t_match:.1f} | {1e3 * t_match_loop:.1f} | {t_match_loop / t_match:.1f}x |",
@@ -161,17 +172,24 @@ def bench_training(device: str, repeat: int, batch: int = 32, size: int = 640) -
     return [line]
 
 
-def bench_loader(batches: int, workers: int) -> list[str]:
+def bench_loader(
+    batches: int,
+    workers: int,
+    batch: int = 32,
+    size: int = 640,
+    images: int = 200,
+    source: tuple[int, int] = (1024, 768),
+) -> list[str]:
     from facenas.datamodules.detection import FaceDetectionDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
         data = FaceDetectionDataModule(
-            synthetic_images=200,
-            synthetic_size=(1024, 768),
+            synthetic_images=images,
+            synthetic_size=source,
             synthetic_root=f"{tmp}/syn",
             split_file=f"{tmp}/split.json",
-            image_size=640,
-            batch_size=32,
+            image_size=size,
+            batch_size=batch,
             num_workers=workers,
         )
         data.prepare_data()
@@ -187,16 +205,16 @@ def bench_loader(batches: int, workers: int) -> list[str]:
             except StopIteration:
                 it = iter(loader)
         elapsed = time.perf_counter() - start
-    return [f"| training data loader, 1024x768 JPEGs -> 640^2, {workers} workers | {n / elapsed:.1f} images/s | |"]
+    what = f"{source[0]}x{source[1]} JPEGs -> {size}^2, {workers} workers"
+    return [f"| training data loader, {what} | {n / elapsed:.1f} images/s | |"]
 
 
-def bench_latency(repeat: int) -> list[str]:
+def bench_latency(repeat: int, width: int = 640, height: int = 480) -> list[str]:
     model = RetinaFace().eval()
-    image = torch.randn(1, 3, 480, 640)
+    image = torch.randn(1, 3, height, width)
     t = median_time(lambda: model.detect(image), repeat)
-    return [
-        f"| inference, 640x480, batch 1 (cpu, fp32, network + decode + NMS) | {1e3 * t:.1f} ms | {1 / t:.1f} images/s |"
-    ]
+    what = f"inference, {width}x{height}, batch 1 (cpu, fp32, network + decode + NMS)"
+    return [f"| {what} | {1e3 * t:.1f} ms | {1 / t:.1f} images/s |"]
 
 
 def main() -> None:
@@ -204,8 +222,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every measurement once at a tiny size: checks the script, times nothing"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.smoke:
+        lines = bench_matching(1, batch=2, size=128)
+        lines += bench_training(args.device, 1, batch=2, size=128) + bench_loader(1, 0, 2, 128, 8, (160, 120))
+        lines += bench_latency(1, 160, 120)
+        print("\n".join(lines))
+        return
     lines = bench_matching(args.repeat)
     lines += ["", "| measurement | throughput | detail |", "|---|---|---|"]
     if not args.skip_train:
