@@ -524,6 +524,31 @@ def test_hyperfd_export_writes_into_the_table_folder(tmp_path):
         assert len(list(csv.DictReader(f))) == 2
 
 
+def test_hyperfd_train_writes_its_ranker_under_runs_and_prints_one_line(tmp_path):
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "space", "params", "seed", "val_ap50", "test_ap50", "status"])
+        for dataset in ("plain", "masked"):
+            for i, lr in enumerate((0.0003, 0.001, 0.003)):
+                writer.writerow(
+                    [dataset, "hyperfd_hpo", json.dumps({"lr": lr}), 0, 0.5 + i / 10, 0.4 + i / 10, "success"]
+                )
+    tiny = (REPO / "configs/hyperfd/tiny.yaml").read_text().replace("base: [configs/", f"base: [{REPO}/configs/")
+    (tmp_path / "tiny.yaml").write_text(tiny)
+    out = run_facenas(
+        "hyperfd", "train", "--table", "t.csv", "--table_config", "tiny.yaml", "--features", "label_stats",
+        "--warmup_steps", "5", "--cache", "runs/features", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    path = "runs/hyperfd/rankers/t-label_stats.pt"
+    assert out.stdout.splitlines() == [
+        f"ranker state (hyperfd_hpo, label_stats features, 2 datasets) written to {path}"
+    ]
+    assert out.stderr == ""  # FACENAS_PROGRESS=0: no bars
+    assert (tmp_path / path).is_file()
+    assert not list(tmp_path.glob("*.pt"))
+
+
 # ---------------------------------------------------------------- the reference
 
 
