@@ -508,6 +508,22 @@ def test_a_cpu_training_prints_no_banner_no_tips_and_its_metrics_once(tmp_path):
     assert validate.stdout.count("val/ap50") == 1 and "validation metrics" in validate.stdout
 
 
+def test_the_accelerator_banner_stays_when_an_accelerator_is_used():
+    import logging
+
+    from facenas.cli.main import _QuietLightning
+
+    def shown(*messages: str) -> list[str]:
+        quiet = _QuietLightning()
+        return [m for m in messages if quiet.filter(logging.LogRecord("x", logging.INFO, "", 0, m, None, None))]
+
+    gpu = ("GPU available: True (cuda), used: True", "TPU available: False, using: 0 TPU cores")
+    assert shown(*gpu) == list(gpu)
+    assert shown("GPU available: True (cuda), used: False", "TPU available: False, using: 0 TPU cores") == []
+    assert shown("\U0001f4a1 Tip: For seamless cloud uploads and versioning, try installing [litmodels]") == []
+    assert shown("`Trainer.fit` stopped: `max_epochs=1` reached.") == ["`Trainer.fit` stopped: `max_epochs=1` reached."]
+
+
 # ---------------------------------------------------------------- files go to the run folder
 
 
