@@ -1,5 +1,5 @@
 """HyperFD's lookup-table builder: `facenas benchmark build / export` on the tiny YAML, killed
-with SIGKILL mid-way and resumed with nothing lost or repeated; the pool backend; pools."""
+with SIGKILL mid-way and resumed with nothing lost or repeated; the list backend; candidate pools."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from facenas.hyperfd.table.build import BenchmarkSettings, canonical, rows
-from facenas.search.backends import PoolSearcher, SpaceExhausted
+from facenas.hyperfd.table.build import TableConfig, canonical, rows
+from facenas.search.backends import ListSearcher, SpaceExhausted
 from facenas.search.spaces import load_space, nas_arch
 from facenas.search.store import StudyStore
 from facenas.search.trial import Objective, Result, Status, Trial
@@ -26,12 +26,12 @@ from .conftest import REPO, run_facenas
 TINY = REPO / "configs" / "hyperfd" / "tiny.yaml"
 
 
-def tiny_settings(tmp_path, **changes) -> BenchmarkSettings:
+def tiny_settings(tmp_path, **changes) -> TableConfig:
     data = yaml.safe_load(TINY.read_text())
     data["base"] = [str(REPO / p) for p in data["base"]]
     data["root"] = str(tmp_path / "table")
     data.update(changes)
-    return BenchmarkSettings(**data)
+    return TableConfig(**data)
 
 
 def test_pools_are_the_same_for_every_dataset_and_seeded(tmp_path):
@@ -55,18 +55,18 @@ def test_pools_are_the_same_for_every_dataset_and_seeded(tmp_path):
         tiny_settings(tmp_path, pool={"n": 300}).configurations()
 
 
-def test_pool_backend_proposes_its_list_once_and_checks_it():
+def test_list_backend_proposes_its_list_once_and_checks_it():
     space = load_space("hyperfd_hpo")
     configs = [dict(space.sample_configuration()) for _ in range(3)]
     configs = [{k: (v.item() if hasattr(v, "item") else v) for k, v in c.items()} for c in configs]
-    searcher = PoolSearcher(configs=configs)
+    searcher = ListSearcher(configs=configs)
     searcher.setup(space, [Objective("val/ap50", "max")], None, 0, 3)
     searcher.tell(Trial(0, configs[1]), Result(Status.SUCCESS, {"val/ap50": 0.5}))  # already in the store
     assert [searcher.ask().config for _ in range(2)] == [configs[0], configs[2]]
-    with pytest.raises(SpaceExhausted, match="all 3 configurations of the pool"):
+    with pytest.raises(SpaceExhausted, match="all 3 configurations of the list"):
         searcher.ask()
-    bad = PoolSearcher(configs=[{**configs[0], "lr": 0.5}])
-    with pytest.raises(ValueError, match="pool configuration 0 is not one of space 'hyperfd_hpo'"):
+    bad = ListSearcher(configs=[{**configs[0], "lr": 0.5}])
+    with pytest.raises(ValueError, match="listed configuration 0 is not one of space 'hyperfd_hpo'"):
         bad.setup(space, [Objective("val/ap50", "max")], None, 0, 1)
 
 
@@ -99,7 +99,7 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     (tmp_path / "configs").symlink_to(REPO / "configs")
     log = open(tmp_path / "build.log", "w")  # a file, not a pipe nobody reads while the build runs
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    first = tmp_path / "runs/benchmark/tiny/plain/seed0/study.sqlite"
+    first = tmp_path / "runs/hyperfd/tiny/plain/seed0/study.sqlite"
     try:
         wait_for_entries(first, 2, proc)
         proc.send_signal(signal.SIGKILL)
@@ -108,13 +108,13 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
-    before = {r["key"]: r for r in rows(tmp_path / "runs/benchmark/tiny")}
+    before = {r["key"]: r for r in rows(tmp_path / "runs/hyperfd/tiny")}
     assert len(before) >= 2
 
     out = run_facenas("hyperfd", "build", "--config", str(TINY), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "table tiny: 8 success" in out.stdout
-    table = rows(tmp_path / "runs/benchmark/tiny")
+    table = rows(tmp_path / "runs/hyperfd/tiny")
     assert len(table) == 8
     assert sorted((r["dataset"], r["key"]) for r in table) == sorted({(r["dataset"], r["key"]) for r in table})
     assert {r["dataset"] for r in table} == {"plain", "masked"}
@@ -128,7 +128,7 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     again = run_facenas("hyperfd", "build", "--config", str(TINY), cwd=tmp_path)
     assert again.returncode == 0 and "8 entries, 8 already in the table" in again.stdout.replace("\n", " ")
 
-    out = run_facenas("hyperfd", "export", "runs/benchmark/tiny", "--out", "tiny.csv", cwd=tmp_path)
+    out = run_facenas("hyperfd", "export", "runs/hyperfd/tiny", "--out", "tiny.csv", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / "tiny.csv", newline="") as f:
         exported = list(csv.DictReader(f))
@@ -138,7 +138,7 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     ]  # fmt: skip
     assert {json.dumps(json.loads(r["params"]), sort_keys=True) for r in exported} == {r["key"] for r in table}
     missing = run_facenas("hyperfd", "export", "nowhere", "--out", "x.csv", cwd=tmp_path)
-    assert missing.returncode == 2 and "holds no benchmark table" in missing.stderr
+    assert missing.returncode == 2 and "holds no lookup table" in missing.stderr
 
     # HyperFD on the exported table: plain offline, masked online, B = 2 of the 4 configurations
     common = ["--table", "tiny.csv", "--table_config", str(TINY), "--warmup_steps", "20"]

@@ -284,11 +284,11 @@ def test_benchmark_config_plans_its_studies(config):
     its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
     from facenas.cli.common import parse
     from facenas.cli.hyperfd import build_parser
-    from facenas.hyperfd.table.build import BenchmarkSettings
+    from facenas.hyperfd.table.build import TableConfig
     from facenas.search.study import Study
 
     args = parse(build_parser(), ["--config", str(CONFIGS / "hyperfd" / config)])
-    settings = BenchmarkSettings(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
+    settings = TableConfig(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
     settings.base = [str(REPO / p) for p in settings.base]
     studies = list(settings.studies())
     noise_seeds = {int(s) for s in (settings.noise or {}).get("seeds", [])} - set(settings.seeds)
@@ -305,6 +305,7 @@ def test_search_config_builds_its_study(config):
     from facenas.cli.search import search_parser, study_settings
     from facenas.search.backends import create_searcher
     from facenas.search.spaces import apply_mapping, load_space
+    from facenas.training import resolved_config
 
     settings = study_settings(parse(search_parser(), ["--config", str(CONFIGS / "search" / config)]))
     space = load_space(settings.space, settings.seed)
@@ -316,18 +317,9 @@ def test_search_config_builds_its_study(config):
     searcher.close()  # nothing ran: close() must not update the ranker
     assert (ranker.stat().st_mtime_ns if ranker.exists() else None) == before
 
-    def merge(into: dict, new: dict) -> dict:  # later configs update earlier ones key by key, as the CLI does
-        for key, value in new.items():
-            into[key] = (
-                merge(into[key], value) if isinstance(value, dict) and isinstance(into.get(key), dict) else value
-            )
-        return into
-
-    base = {}
-    for path in settings.base:
-        merge(base, yaml.safe_load((REPO / path).read_text()))
+    base = resolved_config([str(REPO / p) for p in settings.base])  # as `facenas fit` resolves it
     sample = dict(space.sample_configuration())
-    for key in apply_mapping(sample, settings.mapping):  # every mapped key exists in the base config
+    for key in apply_mapping(sample, settings.mapping):  # every mapped key exists in the training config
         node = base
         for part in key.split(".")[:-1]:
             node = node[part]

@@ -24,10 +24,11 @@ from facenas.core.pareto import hypervolume, pareto_mask
 from facenas.search.backends import create_searcher
 from facenas.search.executors import DaskExecutor
 from facenas.search.replay import FRNASTable
-from facenas.search.spaces import apply_mapping, load_space, nested
+from facenas.search.spaces import apply_mapping, load_space
 from facenas.search.store import StudyStore
 from facenas.search.study import Study, StudySettings
 from facenas.search.trial import Objective, Result, Status, Trial
+from facenas.training import nested
 
 from .conftest import REPO, data_path, run_facenas
 

@@ -47,7 +47,7 @@ class TaskData:
 
 
 def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]:
-    """The datasets of an exported lookup table (``facenas benchmark export``): per dataset the
+    """The datasets of an exported lookup table (``facenas hyperfd export``): per dataset the
     successful entries of one training seed (``seed``, default each dataset's main seed: the one
     with the most entries), so that seed-noise repeats do not enter the pools."""
     path = Path(path)
@@ -59,7 +59,7 @@ def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]
             missing = [k for k in ("dataset", "params", "seed", "val_ap50", "test_ap50", "status") if k not in row]
             if missing:
                 raise ValueError(
-                    f"{path}:{line}: no column {missing[0]!r} (export the table with `facenas benchmark export`)"
+                    f"{path}:{line}: no column {missing[0]!r} (export the table with `facenas hyperfd export`)"
                 )
             if row["status"] != "success" or not row["val_ap50"] or not row["test_ap50"]:
                 continue

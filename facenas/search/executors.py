@@ -73,14 +73,14 @@ class _Synchronous(Executor):
 
 class InProcess(_Synchronous):
     """Trials one after another in the study's own process (the fastest for small trials, and
-    the one that lets pruners stop trials on intermediate validation reports)."""
+    the one that lets pruners stop trials on intermediate validation values)."""
 
     def _run(self, job: TrialJob, should_prune: Callable[[int, float], bool] | None) -> Result:
         return run_in_process(job, should_prune)
 
 
 class FunctionExecutor(_Synchronous):
-    """Evaluates trials with a plain function ``Trial -> Result`` (tabular benchmarks)."""
+    """Evaluates trials with a plain function ``Trial -> Result`` (a tabular objective: a lookup table or a replay)."""
 
     def __init__(self, fn: Callable[[Trial], Result]) -> None:
         super().__init__()

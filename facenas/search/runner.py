@@ -175,7 +175,7 @@ def run_subprocess(
     return _finished(job, start)
 
 
-class PruningReporter(Callback):
+class PruningCallback(Callback):
     """Passes each validation's value of ``metric`` to ``should_prune(epoch, value)`` and stops the
     training when it returns True (the backend pruned the trial)."""
 
@@ -194,7 +194,7 @@ class PruningReporter(Callback):
 
 def run_in_process(job: TrialJob, should_prune: Callable[[int, float], bool] | None = None) -> Result:
     """Train a trial in this process with the same command a subprocess runs (fastest for small
-    trials; intermediate reports reach the backend, so pruners work). Its output goes to
+    trials; intermediate values reach the backend, so pruners work). Its output goes to
     ``<run_dir>/train.log``. Exceptions, out-of-memory errors and non-finite losses become a
     failed result; the study goes on."""
     from facenas.training import FaceNASCLI
@@ -203,13 +203,13 @@ def run_in_process(job: TrialJob, should_prune: Callable[[int, float], bool] | N
     if signals.requested() is not None:  # the study is stopping: do not start
         return interrupted("the study stopped before the trial started", 0.0, job.run_dir)
     job.write_config()
-    reporter = PruningReporter(job.objectives[0].metric, should_prune) if should_prune is not None else None
+    pruning = PruningCallback(job.objectives[0].metric, should_prune) if should_prune is not None else None
     try:
         with open(Path(job.run_dir) / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
             fit_start = time.time()
-            FaceNASCLI(job.args(), trainer_defaults={"callbacks": [reporter]} if reporter is not None else {})
+            FaceNASCLI(job.args(), trainer_defaults={"callbacks": [pruning]} if pruning is not None else {})
             fit_seconds = time.time() - fit_start
-        return _finished(job, start, fit_seconds, pruned=reporter is not None and reporter.pruned)
+        return _finished(job, start, fit_seconds, pruned=pruning is not None and pruning.pruned)
     except Interrupted as exc:  # SIGTERM / SIGINT: stopped between two batches, to be run again
         return interrupted(str(exc), time.time() - start, job.run_dir)
     except (Exception, SystemExit) as exc:  # a trial's failure is a result, never the study's end

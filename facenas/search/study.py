@@ -115,11 +115,11 @@ class Study:
 
     Args:
         settings: the study.
-        objective: instead of training, a function ``Trial -> Result`` (tabular benchmarks).
+        objective: instead of training, a function ``Trial -> Result`` (a lookup table or a replay).
         console: where progress lines go (default: a rich console).
         quiet: no progress lines, warnings or report.
         on_record: called with every trial the study records as finished (a caller's own
-            progress display, e.g. the benchmark builder's).
+            progress display, e.g. the lookup-table builder's).
     """
 
     def __init__(

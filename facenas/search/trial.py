@@ -15,7 +15,7 @@ class Status(str, Enum):
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"  # raised, ran out of memory, or diverged (non-finite loss)
-    PRUNED = "pruned"  # stopped early by the backend on an intermediate report
+    PRUNED = "pruned"  # stopped early by the backend on an intermediate value
 
 
 @dataclass(frozen=True)

@@ -307,9 +307,6 @@ def export(root: str | Path, out: str | Path) -> int:
     return len(table)
 
 
-# the class's name before tables were called tables (facenas.cli and older scripts import it)
-BenchmarkSettings = TableConfig
-
 __all__ = [
     "COLUMNS",
     "OBJECTIVES",

@@ -3,7 +3,7 @@ non-dominated sorting (Schmucker et al.), FR-NAS's second multi-fidelity baselin
 
 Written here rather than taken from syne-tune: syne-tune's core package pulls in xgboost,
 statsmodels and pandas, and its MOASHA is a scheduler that expects syne-tune's own tuner loop
-(stopping running trials on per-epoch reports). As a promotion-based searcher on the driver's
+(stopping running trials on per-epoch values). As a promotion-based searcher on the driver's
 ask/tell it resumes from the study store like every other backend.
 """
 

@@ -1,5 +1,5 @@
 """Optuna backends: TPE (single or multi-objective, i.e. MOTPE), NSGA-II, random; with
-Hyperband / successive-halving / median pruning on intermediate validation reports."""
+Hyperband / successive-halving / median pruning on intermediate validation values."""
 
 from __future__ import annotations
 
