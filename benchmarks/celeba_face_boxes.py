@@ -41,11 +41,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=640, help="the padded square side the detector sees")
     parser.add_argument("--min_score", type=float, default=0.5)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images of labels.csv")
     args = parser.parse_args()
 
     detector = RetinaFace(weights="wider_subset_320").eval()
     with open(args.data / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))[: args.limit]
     missed = 0
     scores = []
     for first in range(0, len(rows), args.batch_size):  # one detector pass per batch of images

@@ -1,6 +1,6 @@
 """Measure four figures stated in benchmarks/RESULTS.md that no other script prints.
 
-    python benchmarks/claims.py [--repeats 5]
+    python benchmarks/claims.py [--repeats 5] [--smoke]
 
 1. Sparse anchor matching: (face, anchor) pairs :meth:`AnchorGrid.candidates` hands to
    :func:`match_anchors` for benchmarks/retinaface.py's batch (32 images at 640 x 640, 16,800
@@ -44,22 +44,22 @@ from retinaface import wider_like_batch
 from timing import median_time
 
 
-def batch_and_matches():
-    grid = AnchorGrid(640, 640)
+def batch_and_matches(batch: int = 32, size: int = 640):
+    grid = AnchorGrid(size, size)
     anchors = grid.anchors()
-    targets = wider_like_batch(32, 640, 12)
-    matches = match_anchors(anchors, targets["boxes"], targets["image"], 32, targets["ignore"], grid=grid)
+    targets = wider_like_batch(batch, size, 12)
+    matches = match_anchors(anchors, targets["boxes"], targets["image"], batch, targets["ignore"], grid=grid)
     return grid, anchors, targets, matches
 
 
 def claim_pairs(grid, anchors, targets) -> tuple[str, str, str]:
-    faces = len(targets["boxes"])
+    faces, images = len(targets["boxes"]), int(targets["image"].max()) + 1
     face, _ = grid.candidates(targets["boxes"].float(), min_iou=0.5 / 2 + 0.05)  # match_anchors' default neg_iou
     dense = faces * len(anchors)
     return (
         "~118k pairs instead of 6.3M",
         f"{len(face):,} pairs instead of {dense:,}",
-        f"{faces} faces ({faces / 32:.1f}/image) x {len(anchors):,} anchors; {dense / len(face):.0f}x fewer",
+        f"{faces} faces ({faces / images:.1f}/image) x {len(anchors):,} anchors; {dense / len(face):.0f}x fewer",
     )
 
 
@@ -94,12 +94,12 @@ def claim_cross_entropy(matches, repeats: int) -> tuple[str, str, str]:
     )
 
 
-def claim_forest(repeats: int) -> tuple[str, str, str]:
+def claim_forest(repeats: int, points: int = 100) -> tuple[str, str, str]:
     from smac import HyperparameterOptimizationFacade, Scenario
 
     space = load_space("frnas_joint")
-    X = np.array([config.get_array() for config in space.sample_configuration(100)])
-    Y = np.random.default_rng(0).uniform(0.1, 1.0, size=(100, 1))
+    X = np.array([config.get_array() for config in space.sample_configuration(points)])
+    Y = np.random.default_rng(0).uniform(0.1, 1.0, size=(points, 1))
     with tempfile.TemporaryDirectory(prefix="facenas-smac-") as outdir:
         scenario = Scenario(
             space,
@@ -133,32 +133,38 @@ def sgd_step(model: torch.nn.Module, images: torch.Tensor):
     return step
 
 
-def claim_dpn(repeats: int) -> tuple[str, str, str]:
-    images = torch.randn(8, 3, 112, 112)
+def claim_dpn(repeats: int, variant: str = "68", batch: int = 8, size: int = 112) -> tuple[str, str, str]:
+    images = torch.randn(batch, 3, size, size)
     results = {}
     for arch in ("301", "030"):
-        model = dpn_search(arch, "68").train()
+        model = dpn_search(arch, variant).train()
         params = sum(p.numel() for p in model.parameters())
         results[arch] = (params, median_time(sgd_step(model, images), repeats))
     (p301, t301), (p030, t030) = results["301"], results["030"]
     return (
         "DPN-68-301 (54M) 5-6x slower than 030 (11.8M)",
         f"{t301 / t030:.1f}x slower",
-        f"{p301 / 1e6:.1f}M vs {p030 / 1e6:.1f}M params; SGD step batch 8 at 112^2 {t301:.2f} s vs {t030:.2f} s",
+        f"{p301 / 1e6:.1f}M vs {p030 / 1e6:.1f}M params; SGD step batch {batch} at {size}^2 {t301:.2f} s vs "
+        f"{t030:.2f} s",
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--smoke", action="store_true", help="every measurement once at a tiny size: checks the script, times nothing"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    grid, anchors, targets, matches = batch_and_matches()
+    if args.smoke:
+        args.repeats = 1
+    grid, anchors, targets, matches = batch_and_matches(*((2, 128) if args.smoke else ()))
     rows = [
         claim_pairs(grid, anchors, targets),
         claim_cross_entropy(matches, args.repeats),
-        claim_forest(args.repeats),
-        claim_dpn(args.repeats),
+        claim_forest(args.repeats, *((10,) if args.smoke else ())),
+        claim_dpn(args.repeats, *(("small", 2, 32) if args.smoke else ())),
     ]
     print(f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} runs")
     print("| claim | measured | detail |\n|---|---|---|")

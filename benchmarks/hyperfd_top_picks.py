@@ -4,7 +4,7 @@ top-2 configurations, and the Spearman correlation of its scores with the datase
 AP, next to the same for the source dataset's best configurations (best-on-source).
 
     python benchmarks/hyperfd_top_picks.py --table benchmarks/hyperfd/hyperfd_cpu.csv \
-        --benchmark configs/hyperfd/hyperfd_cpu.yaml
+        --table_config configs/hyperfd/hyperfd_cpu.yaml
 
 The ranker is the one ``facenas hyperfd evaluate`` warms up (same extractor, steps and seeds);
 ``--offline`` chooses its offline datasets (default: those named ``wider*``).
@@ -30,10 +30,12 @@ from facenas.search.spaces import config_key
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True)
-    parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--table_config", "--benchmark", dest="table_config", required=True, help="the table's YAML")
     parser.add_argument("--offline", nargs="+", default=None)
+    parser.add_argument("--source", default="wider", help="the dataset whose best configurations are best-on-source")
     parser.add_argument("--features", default="detector")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--warmup_steps", type=int, default=1000, help="the ranker's warm-up steps")
     parser.add_argument("--cache", default="runs/hyperfd/features")
     args = parser.parse_args()
 
@@ -41,14 +43,14 @@ def main() -> None:
     space = next(iter(table.values())).space
     offline = args.offline or [n for n in table if n.startswith("wider")]
     online = [n for n in table if n not in offline]
-    attach_features(table, args.benchmark, list(table), {args.features}, args.cache)
-    source = table["wider"].val
+    attach_features(table, args.table_config, list(table), {args.features}, args.cache)
+    source = table[args.source].val
     by_source = sorted(source, key=lambda k: -source[k])
 
     rows: dict[str, list[tuple[float, float, float]]] = {n: [] for n in online}
     with single_thread():
         for seed in args.seeds:
-            method = HyperFD(space=space, extractor=args.features, seed=seed)
+            method = HyperFD(space=space, extractor=args.features, warmup_steps=args.warmup_steps, seed=seed)
             method.warmup([table[n] for n in offline], np.random.default_rng(seed))
             for name in online:
                 data = table[name]

@@ -89,7 +89,7 @@ def train(out: Path, data: list[str], model: str, method: str, seed: int, epochs
         sys.executable, "-m", "facenas", "fit", "--config", str(REPO / "configs/recognition/quickstart.yaml"),
         *data, "--seed_everything", str(seed), "--model.init_args.backbone", model,
         "--model.init_args.embedding_dim", "64", "--trainer.max_epochs", str(epochs),
-        "--trainer.check_val_every_n_epoch", "2", "--data.init_args.num_workers", "0",
+        "--trainer.check_val_every_n_epoch", str(min(2, epochs)), "--data.init_args.num_workers", "0",
         "--data.init_args.synthetic_root", str(out.parent / "synthetic_identities"),
         "--data.init_args.split_file", str(out / f"split_seed{seed}.json"), "--data.init_args.seed", str(seed),
         "--trainer.logger.init_args.save_dir", str(out.parent), "--trainer.logger.init_args.name", out.name,
@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS),
+        help="of the grid (sensitivenets needs the baseline of the same model and seed)",
+    )  # fmt: skip
+    parser.add_argument("--identities", type=int, default=60, help="synthetic identities (--data synthetic)")
+    parser.add_argument(
         "--finished_only", action="store_true",
         help="train nothing: compare the trainings of the grid that have finished (a partial table)",
     )  # fmt: skip
@@ -127,12 +132,14 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = list(DATA[args.data])
+    if args.data == "synthetic":
+        data[data.index("--data.init_args.synthetic_identities") + 1] = str(args.identities)
     if args.data == "celeba":
         data += ["--data.init_args.annotations", str(celeba_annotations(args.celeba_boxes))]
     entries = []
     for seed in args.seeds:
         for model in args.models:
-            for method in METHODS:  # the baseline first: SensitiveNets starts from its checkpoint
+            for method in [m for m in METHODS if m in args.methods]:  # the baseline first: SensitiveNets uses it
                 if args.finished_only:
                     folder = out / f"{model}_{method}_s{seed}"
                     if not done(folder, args.epochs):

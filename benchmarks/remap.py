@@ -7,7 +7,8 @@ benchmarks/RESULTS.md). Then each of ``--archs`` architectures of ``facenas.sear
 ``--steps`` steps twice, from a random initialisation and from the seed remapped onto it, with
 the same seed, the same batches in the same order and the same optimiser (Adam 1e-3).
 
-    python benchmarks/remap.py [--seed-steps 300] [--steps 50] [--archs 4] [--image-size 128] [--seed-ckpt CKPT]
+    python benchmarks/remap.py [--seed-steps 300] [--steps 50] [--archs 4] [--image-size 128] [--images 400]
+        [--seed-ckpt CKPT]
 
 Printed: the mean training loss of the first and of the last 10 of the steps, per architecture.
 """
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--archs", type=int, default=4, help="architectures of pool(n, seed=0)")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=400, help="synthetic training images (320 x 240)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="facenas_remap_"))
     data = FaceDetectionDataModule(
-        synthetic_images=400,
+        synthetic_images=args.images,
         synthetic_size=(320, 240),
         synthetic_root=str(root / "synthetic"),
         image_size=args.image_size,
@@ -115,7 +117,10 @@ def main() -> None:
             flush=True,
         )
 
-    print(f"\n| architecture | init | loss, steps 1-10 | loss, steps {args.steps - 9}-{args.steps} |")
+    print(
+        f"\n| architecture | init | loss, steps 1-{min(10, args.steps)} "
+        f"| loss, steps {max(1, args.steps - 9)}-{args.steps} |"
+    )
     print("|---|---|---:|---:|")
     for row in rows:
         for init in ("random", "remapped"):

@@ -7,7 +7,7 @@
 3. Dask: trials per hour with 1 and 2 workers of a ``LocalCluster`` on CPU-bound trials
    (``facenas fit`` subprocesses, one thread each).
 
-    python benchmarks/search.py [--skip-dask]
+    python benchmarks/search.py [--skip-dask] [--warm 200] [--timed 20] [--overhead-trials 20] [--dask-trials 8]
 """
 
 from __future__ import annotations
@@ -148,17 +148,20 @@ def dask_rate(workers: int, n_trials: int, burn: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--warm", type=int, default=200, help="finished trials before ask + tell is timed")
+    parser.add_argument("--timed", type=int, default=20, help="trials whose ask + tell is timed")
+    parser.add_argument("--overhead-trials", type=int, default=20, help="in-process trials of the overhead study")
     parser.add_argument("--dask-trials", type=int, default=8)
     parser.add_argument("--burn", type=float, default=6.0, help="CPU seconds of work per Dask trial")
     args = parser.parse_args()
     os.chdir(REPO)
     os.environ["PYTHONPATH"] = str(REPO)
     os.environ["FACENAS_PROGRESS"] = "0"
-    print("| backend | ask + tell per trial at 200 finished trials (ms) |")
+    print(f"| backend | ask + tell per trial at {args.warm} finished trials (ms) |")
     print("|---|---|")
     for name, spec in BACKENDS.items():
-        print(f"| {name} | {1e3 * ask_tell(name, spec):.1f} |", flush=True)
-    per_trial, overhead = driver_overhead()
+        print(f"| {name} | {1e3 * ask_tell(name, spec, args.warm, args.timed):.1f} |", flush=True)
+    per_trial, overhead = driver_overhead(args.overhead_trials)
     print(
         f"\nin-process trial (toy model, 1 epoch): {per_trial:.2f} s per trial, "
         f"of which {overhead:.2f} s outside the training command"

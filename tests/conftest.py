@@ -103,18 +103,48 @@ def run_facenas_in_process(*args: str, cwd: Path | None = None, env: dict[str, s
     from facenas.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with _as_a_fresh_process(list(args), cwd or REPO, command_env(env), err):
+    with _as_a_fresh_process(["facenas", *args], cwd or REPO, command_env(env), err):
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                if not isinstance(exc.code, int | None):
-                    print(exc.code, file=sys.stderr)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-    return Ran(["facenas", *args], int(code or 0), out.getvalue(), err.getvalue())
+            code = _exit_code(lambda: main(list(args)))
+    return Ran(["facenas", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_script(script: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Ran:
+    """Run ``python SCRIPT ARGS`` in this process (:func:`runpy.run_path` as ``__main__``, its
+    folder first on ``sys.path``), with the same care as :func:`run_facenas_in_process`; the
+    modules it imported from its own folder are forgotten afterwards."""
+    import runpy
+
+    script = Path(script).resolve()
+    folder = str(script.parent)
+    before = set(sys.modules)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with _as_a_fresh_process([str(script), *args], cwd or REPO, command_env(env), err):
+            sys.path.insert(0, folder)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = _exit_code(lambda: runpy.run_path(str(script), run_name="__main__"))
+    finally:
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(folder + os.sep):
+                del sys.modules[name]
+    return Ran([str(script), *args], code, out.getvalue(), err.getvalue())
+
+
+def _exit_code(run) -> int:
+    """Call ``run``; its return value, or its ``SystemExit``, as a process's exit code (a
+    message given to ``SystemExit`` is printed on stderr, as Python does)."""
+    try:
+        code = run()
+    except SystemExit as exc:
+        code = exc.code
+        if not isinstance(code, int | None):
+            print(code, file=sys.stderr)
+            code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return int(code) if isinstance(code, int) else 0
 
 
 # loggers that a fresh process gives their own stderr handler (their package does when the root
@@ -141,6 +171,7 @@ def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_argv, saved_path = list(sys.argv), list(sys.path)
+    saved_grad = torch.is_grad_enabled()
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     saved_torch = (
         torch.get_num_threads(),
@@ -165,7 +196,7 @@ def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.argv = ["facenas", *argv]
+    sys.argv = list(argv)
     for handler in saved_root:
         root.removeHandler(handler)
     for lg in own.values():
@@ -201,6 +232,7 @@ def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.set_float32_matmul_precision(precision)
         torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(saved_grad)
         for signum, handler in saved_signals.items():
             signal.signal(signum, handler)
         sys.argv[:], sys.path[:] = saved_argv, saved_path

@@ -242,6 +242,7 @@ def test_wandb_logger_runs_offline_and_finishes_one_run(tmp_path):
     assert "finishing run" in (runs[0] / "logs" / "debug.log").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_process_cpu_ddp_synchronises_metrics(tmp_path):
     rng = np.random.default_rng(0)
