@@ -55,6 +55,20 @@ def test_pools_are_the_same_for_every_dataset_and_seeded(tmp_path):
         tiny_settings(tmp_path, pool={"n": 300}).configurations()
 
 
+def test_table_names_and_default_ranker_paths_do_not_collide(tmp_path):
+    """runs/hyperfd/ holds the tables and the hyperfd verbs' own folders: a table may not take
+    one of those names, and a ranker trained from an exported table.csv is named by its table."""
+    from facenas.hyperfd.evaluation import default_ranker_path
+
+    for name in ("features", "evaluation", "rankers"):
+        with pytest.raises(ValueError, match=f"table name '{name}' is taken"):
+            TableConfig(**{**yaml.safe_load(TINY.read_text()), "name": name})
+    assert default_ranker_path("runs/hyperfd/tiny/table.csv", "detector").as_posix() == (
+        "runs/hyperfd/rankers/tiny-detector.pt"
+    )
+    assert default_ranker_path("somewhere/cpu.csv", "timm:resnet18").name == "cpu-timm_resnet18.pt"
+
+
 def test_list_backend_proposes_its_list_once_and_checks_it():
     space = load_space("hyperfd_hpo")
     configs = [dict(space.sample_configuration()) for _ in range(3)]

@@ -183,9 +183,12 @@ def evaluate_table(
 
 def default_ranker_path(table_csv: str, features: str) -> Path:
     """Where ``facenas hyperfd train`` writes a ranker state without ``--out``:
-    ``runs/hyperfd/rankers/<table stem>-<extractor>.pt``."""
+    ``runs/hyperfd/rankers/<table>-<extractor>.pt``, where ``<table>`` is the CSV's stem, or its
+    folder's name for the ``table.csv`` that ``facenas hyperfd export`` writes into a table."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in features)
-    return Path("runs/hyperfd/rankers") / f"{Path(table_csv).stem}-{safe}.pt"
+    csv = Path(table_csv).resolve()
+    name = csv.parent.name if csv.stem == "table" and csv.parent.name else csv.stem
+    return Path("runs/hyperfd/rankers") / f"{name}-{safe}.pt"
 
 
 def train_ranker(

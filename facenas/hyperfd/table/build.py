@@ -60,6 +60,10 @@ class Dataset:
             raise ValueError(f"dataset name {self.name!r} must be non-empty and without '/'")
 
 
+# folders of runs/hyperfd that the hyperfd verbs use for other things than a table
+RESERVED_NAMES = ("features", "evaluation", "rankers")
+
+
 @dataclass
 class TableConfig:
     """A lookup table, as written in ``configs/hyperfd/<name>.yaml``.
@@ -97,6 +101,8 @@ class TableConfig:
     root: str | None = None
 
     def __post_init__(self) -> None:
+        if self.root is None and self.name in RESERVED_NAMES:
+            raise ValueError(f"table name {self.name!r} is taken by runs/hyperfd/{self.name}; choose another name")
         self.datasets = [d if isinstance(d, Dataset) else Dataset(**d) for d in self.datasets]
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
