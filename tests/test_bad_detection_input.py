@@ -72,7 +72,7 @@ def one_line_error(out) -> str:
     return lines[0]
 
 
-# ----------------------------------------------------------------- prediction files (eval-detections)
+# ----------------------------------------------------------------- prediction files (eval detections)
 
 
 def test_bad_prediction_files_are_reported_and_left_out_of_the_score(tmp_path):
@@ -119,7 +119,7 @@ def test_iou_outside_0_1_is_one_line(tmp_path, iou):
     assert "iou" in line
 
 
-# ----------------------------------------------------------------------- ground truth (eval-detections)
+# ----------------------------------------------------------------------- ground truth (eval detections)
 
 
 def test_duplicate_image_entries_are_merged_and_reported(tmp_path):

@@ -1,5 +1,5 @@
 """Bad input never yields a wrong number: unusable embedding rows (NaN, infinite, all zeros) in
-the fairness core, its Metric, its callback and ``facenas fairness-report``; and the files the
+the fairness core, its Metric, its callback and ``facenas eval fairness``; and the files the
 report and the identification readers take (``.npz``, byte-order marks, non-UTF-8 bytes, rows
 with missing fields, shapes and columns that do not fit)."""
 
@@ -165,7 +165,7 @@ def test_metric_and_callback_count_log_and_warn():
         validate(broken, max_bad_fraction=0.0)
 
 
-# --- facenas fairness-report (each class once through the command line; its variants through
+# --- facenas eval fairness (each class once through the command line; its variants through
 # evaluate_embedding_files, the function the command calls, whose DataError is the printed line) ---
 
 

@@ -1,4 +1,4 @@
-"""HyperFD's lookup-table builder: `facenas benchmark build / export` on the tiny YAML, killed
+"""HyperFD's lookup-table builder: `facenas hyperfd build / export` on the tiny YAML, killed
 with SIGKILL mid-way and resumed with nothing lost or repeated; the list backend; candidate pools."""
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def test_report_numbers(tmp_path):
 
 
 def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):
-    """`facenas benchmark augment` on the tiny YAML's `plain` dataset: subset split files whose
+    """`facenas hyperfd augment` on the tiny YAML's `plain` dataset: subset split files whose
     images keep their splits, and a dataset entry naming one trains on exactly that subset."""
     from facenas.hyperfd.table.build import dataset_module
 

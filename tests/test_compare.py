@@ -1,4 +1,4 @@
-"""`facenas fairness-compare`: (error; metric) per model x method over seeds, Pareto marks,
+"""`facenas eval compare`: (error; metric) per model x method over seeds, Pareto marks,
 Markdown / CSV / PNG, on run folders the tests write and on a real training's log folder."""
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ def test_frnas_dpn_config_runs_a_fast_dev_run_on_celeba(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "hyperfd").glob("*.yaml")))
 def test_benchmark_config_plans_its_studies(config):
-    """Every shipped benchmark YAML parses through `facenas benchmark build`'s options, and each of
+    """Every shipped table YAML parses through `facenas hyperfd build`'s options, and each of
     its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
     from facenas.cli.common import parse
     from facenas.cli.hyperfd import build_parser

@@ -401,7 +401,7 @@ def test_quick_fit_then_probe_verb(tmp_path):
         assert got["accuracy"] == pytest.approx(result.accuracy) and got["majority"] == pytest.approx(result.majority)
         assert got["test"] == result.test > 0 and got["train"] == result.train > result.test
 
-    # embeddings for fairness-report, written by `facenas predict` (the test split, one row per image)
+    # embeddings for eval fairness, written by `facenas predict` (the test split, one row per image)
     predicted = run_facenas("predict", "--config", str(path), "--ckpt_path", "best", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     (emb_file,) = (tmp_path / "runs/id").rglob("embeddings.npy")

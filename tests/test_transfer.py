@@ -1,4 +1,4 @@
-"""`facenas evaluate-transfer`: streamed verification on insightface pair sets, and
+"""`facenas eval transfer`: streamed verification on insightface pair sets, and
 identification fairness by another protected attribute (race, age bins), on files the tests write."""
 
 from __future__ import annotations
