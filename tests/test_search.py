@@ -594,12 +594,12 @@ def test_subprocess_pool_runs_trials_side_by_side(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     settings = toy_settings(
         tmp_path,
-        n_trials=3,
+        n_trials=2,
         base=[toy_base(tmp_path, sleep=0.2)],
         executor={"class_path": "subprocess", "init_args": {"workers": 2}},
     )
     trials = Study(settings, quiet=True).run().trials()
-    assert [t.status for t in trials] == [Status.SUCCESS] * 3, [t.result.error for t in trials]
+    assert [t.status for t in trials] == [Status.SUCCESS] * 2, [t.result.error for t in trials]
     assert all((Path(t.result.run_dir) / "train.log").is_file() for t in trials)
     spans = sorted((t.started, t.finished) for t in trials)
     assert any(b[0] < a[1] for a, b in itertools.combinations(spans, 2))
