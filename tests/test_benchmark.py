@@ -104,6 +104,7 @@ def wait_for_entries(store_path, n: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"no {n} entries within {timeout} s")
 
 
+@pytest.mark.slow
 def test_build_is_killed_and_resumed_then_exported(tmp_path):
     """2 synthetic datasets x 4 configurations: SIGKILL after the second entry, build again:
     8 entries, each (dataset, configuration) once, the first two untouched; export: 8 rows."""

@@ -103,6 +103,7 @@ def test_sampled_architectures_build_and_run():
         assert out.shape == (2, model.num_features) and torch.isfinite(out).all(), code
 
 
+@pytest.mark.slow
 def test_all_729_architectures_build_with_consistent_shapes():
     """Every architecture of the space builds and its shapes fit together: built and run on the
     meta device (shapes only, no memory or arithmetic), which keeps this check cheap."""

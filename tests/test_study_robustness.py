@@ -412,6 +412,7 @@ def assert_gone(processes: list[psutil.Process], timeout: float = 10) -> None:
     raise AssertionError(f"still running: {[p.pid for p in left]}")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_an_in_process_study_and_resume_loses_and_repeats_nothing(tmp_path):
     """SIGTERM used to record the trial in flight as failed (Lightning's SIGTERMException) and go
     on with the next trial; now the study stops within seconds with exit code 143, the trial in
@@ -464,7 +465,7 @@ def test_sigint_stops_an_in_process_study_with_exit_code_130(tmp_path):
     "executor",
     [
         {"class_path": "subprocess", "init_args": {"workers": 2}},
-        {"class_path": "dask", "init_args": {"workers": 2}},
+        pytest.param({"class_path": "dask", "init_args": {"workers": 2}}, marks=pytest.mark.slow),
     ],
     ids=["subprocess", "dask"],
 )
@@ -487,6 +488,7 @@ def test_sigterm_terminates_subprocess_and_dask_trials(tmp_path, executor):
     assert any(r.result is None for r in rows)  # the trials in flight run again on resume
 
 
+@pytest.mark.slow
 def test_a_trial_stopped_by_someone_else_runs_again(tmp_path):
     """A trial whose `facenas fit` is terminated while the study is not stopping (a worker's
     shutdown) is neither failed nor lost: it runs again and the study completes."""
