@@ -25,6 +25,18 @@ DATA = Path(os.environ.get("FACENAS_DATA", REPO.parent / "shared" / "data"))
 COMMAND_ENV = {"FACENAS_PROGRESS": "0", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each test process gets its share of the cores (torch threads, and
+    OMP_NUM_THREADS for the processes its tests start) instead of all of them each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def data_path(*parts: str) -> Path:
     """A path under the shared real-data folder; skips the test when it is absent."""
     path = DATA.joinpath(*parts)
