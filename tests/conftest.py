@@ -79,8 +79,8 @@ def run_facenas(
     :func:`run_facenas_in_process`), which saves a Python start and the torch and Lightning
     imports per call. ``process=True`` runs ``python -m facenas ARGS`` in a fresh process: the
     entry point itself, signals, DDP (which re-launches its own command line), and anything
-    that must die with its parent."""
-    if process or "FACENAS_PARENT_PID" in (env or {}):
+    that must die with its parent. ``timeout`` (seconds) bounds a fresh process only."""
+    if process or "FACENAS_PARENT_PID" in command_env(env):  # main() would tie this process to that one
         return run_facenas_process(*args, cwd=cwd, env=env, timeout=timeout)
     return run_facenas_in_process(*args, cwd=cwd, env=env)
 
