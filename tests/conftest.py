@@ -178,6 +178,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 @contextlib.contextmanager
 def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io.StringIO) -> Iterator[None]:
+    import lightning.pytorch  # noqa: F401  (it decides at import whether to add its own log handler)
     import numpy as np
     import torch
 

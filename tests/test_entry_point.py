@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import REPO, command_env, run_facenas
 
@@ -46,3 +47,23 @@ def test_in_process_runs_give_what_a_fresh_process_gives(tmp_path):
         outside = run_facenas(*args, cwd=tmp_path, process=True)
         assert (inside.returncode, inside.stdout, inside.stderr) == (outside.returncode, outside.stdout, outside.stderr)
     assert json.loads(inside.stdout)["images"] == 2
+
+
+def test_a_training_logs_and_warns_in_process_as_in_a_fresh_process(tmp_path):
+    """Lightning's log lines and the warnings of a `facenas fit` reach the run's stderr, once
+    each, in and out of the test process (and again on a second run in the same process)."""
+    config = {
+        "model": {"class_path": "facenas.demos.toy.ToySearchModule"},
+        "data": {"class_path": "facenas.demos.toy.ToyFaceData", "init_args": {"num_val": 8, "batch_size": 4}},
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "logger": False},
+    }
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
+    args = ["fit", "--config", str(tmp_path / "toy.yaml"), "--test_after_fit", "false"]
+    folders = [tmp_path / name for name in ("outside", "inside", "again")]  # each run writes its own runs/
+    for folder in folders:
+        folder.mkdir()
+    outside = run_facenas(*args, cwd=folders[0], process=True)
+    assert outside.returncode == 0 and "max_epochs=1" in outside.stderr, outside.stderr[-2000:]
+    for folder in folders[1:]:
+        inside = run_facenas(*args, cwd=folder)
+        assert (inside.returncode, inside.stdout, inside.stderr) == (outside.returncode, outside.stdout, outside.stderr)
