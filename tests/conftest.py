@@ -198,7 +198,8 @@ def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io
     saved_root = list(root.handlers)
     own = {name: logging.getLogger(name) for name in _OWN_HANDLER}
     saved_own = {name: (list(lg.handlers), lg.propagate, lg.level) for name, lg in own.items()}
-    saved_levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items() if hasattr(lg, "level")}
+    loggers = {name: lg for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    saved_levels = {name: (lg.level, list(lg.filters)) for name, lg in loggers.items()}
     # handlers bound to the stderr of the time their package was imported write to this run's stderr
     rebound = [
         (h, h.stream)
@@ -233,9 +234,10 @@ def _as_a_fresh_process(argv: list[str], cwd: Path, env: dict[str, str], err: io
             lg.setLevel(level)
         for handler in saved_root:
             root.addHandler(handler)
-        for name, level in saved_levels.items():
-            lg = logging.Logger.manager.loggerDict.get(name)
-            if isinstance(lg, logging.Logger) and lg.level != level:
+        for name, (level, filters) in saved_levels.items():  # levels and filters the command set
+            lg = loggers[name]
+            lg.filters[:] = filters
+            if lg.level != level:
                 lg.setLevel(level)
         random.setstate(saved_random[0])
         np.random.set_state(saved_random[1])
