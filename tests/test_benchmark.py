@@ -58,7 +58,7 @@ def test_pools_are_the_same_for_every_dataset_and_seeded(tmp_path):
 def test_table_names_and_default_ranker_paths_do_not_collide(tmp_path):
     """runs/hyperfd/ holds the tables and the hyperfd verbs' own folders: a table may not take
     one of those names, and a ranker trained from an exported table.csv is named by its table."""
-    from facenas.hyperfd.evaluation import default_ranker_path
+    from facenas.hyperfd.table.evaluation import default_ranker_path
 
     for name in ("features", "evaluation", "rankers"):
         with pytest.raises(ValueError, match=f"table name '{name}' is taken"):

@@ -147,6 +147,21 @@ def test_imports_only_point_down():
     assert not upward, "\n".join(upward)
 
 
+def test_the_hyperfd_library_does_not_import_its_table_application():
+    """facenas.hyperfd is the ranker library; facenas.hyperfd.table, the lookup-table application
+    built on it, sits above it."""
+    graph = import_graph(REPO)
+    table = "facenas.hyperfd.table"
+    upward = [
+        f"{a} -> {b} (line {line})"
+        for a, edges in graph.items()
+        if a.startswith("facenas.hyperfd") and not (a == table or a.startswith(table + "."))
+        for b, line in edges.items()
+        if b == table or b.startswith(table + ".")
+    ]
+    assert not upward, "\n".join(upward)
+
+
 def test_toy_modules_are_for_tests_and_benchmarks_only():
     graph = import_graph(REPO)
     users = [f"{a} -> {b}" for a, edges in graph.items() for b in edges if ".demos" in b and ".demos" not in a]

@@ -165,7 +165,7 @@ def _table_arguments(parser) -> None:
 
 
 def evaluate(verb: str, argv: list[str]) -> int:
-    from facenas.hyperfd.evaluation import DEFAULT_METHODS, evaluate_table
+    from facenas.hyperfd.table.evaluation import DEFAULT_METHODS, evaluate_table
 
     parser = tool_parser(
         verb,
@@ -232,7 +232,7 @@ def train(verb: str, argv: list[str]) -> int:
         help="the ranker state file (.pt; default runs/hyperfd/rankers/<table stem>-<features>.pt)",
     )
     args = parse(parser, argv)
-    from facenas.hyperfd.evaluation import train_ranker
+    from facenas.hyperfd.table.evaluation import train_ranker
 
     fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "table")}
     try:
