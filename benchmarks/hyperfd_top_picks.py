@@ -21,9 +21,9 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facenas.hyperfd.table.evaluation import attach_features
 from facenas.hyperfd.methods import HyperFD
 from facenas.hyperfd.online import normalized_rank, read_table, single_thread
+from facenas.hyperfd.table.evaluation import attach_features
 from facenas.search.spaces import config_key
 
 
