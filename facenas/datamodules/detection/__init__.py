@@ -1,5 +1,5 @@
 """Face-detection data: readers of WIDER / RetinaFace / FDDB / VOC / dlib / COCO annotations, the
-WIDER prediction writer, and the synthetic face generator."""
+WIDER prediction writer, the synthetic face generator, and domains made from real photos."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ __all__ = [
     "collate_eval",
     "collate_train",
     "DOMAINS",
+    "DOMAIN_FAMILIES",
+    "Domain",
+    "FaceArrays",
+    "build_domain",
     "attach_box_attributes",
     "generate_detection_dataset",
     "read_coco",
@@ -43,6 +47,8 @@ __all__ = [
 # the data modules (and Lightning under them) are imported on first use, so that the readers
 # serve `facenas data check` and `facenas eval detections` without paying for Lightning
 _LAZY = {"DetectionDataset", "FaceDetectionDataModule", "collate_eval", "collate_train"}
+# the domain transforms (scipy, PIL) likewise
+_DOMAINS = {"DOMAIN_FAMILIES", "Domain", "FaceArrays", "build_domain"}
 
 
 def __getattr__(name: str):
@@ -50,4 +56,8 @@ def __getattr__(name: str):
         from . import datamodule
 
         return getattr(datamodule, name)
+    if name in _DOMAINS:
+        from . import domains
+
+        return getattr(domains, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

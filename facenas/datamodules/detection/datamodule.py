@@ -16,6 +16,7 @@ from ..base import SplitDataModule
 from ..images import image_folder, open_rgb
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
+from .domains import build_domain, check_domain
 from .formats import DETECTION_FORMATS, attach_box_attributes, read_detection
 from .synthetic import DOMAINS, generate_detection_dataset
 from .transforms import EvalTransform, Faces, TrainTransform
@@ -130,6 +131,10 @@ class FaceDetectionDataModule(SplitDataModule):
         batch_size, eval_batch_size, num_workers: loader settings (batch 32 as RetinaFace).
         verify: image check when reading (``none``, ``header``, ``full``).
         max_bad_fraction: refuse data with more dropped boxes/images than this.
+        domain: training data made from real WIDER images by seeded transforms instead of
+            ``format`` / the synthetic set: the arguments of
+            :func:`~facenas.datamodules.detection.domains.build_domain`, e.g.
+            ``{source: wider_train, families: [tiny_crowd, dark], seed: 0, images: 200}``.
     """
 
     def __init__(
@@ -160,8 +165,11 @@ class FaceDetectionDataModule(SplitDataModule):
         num_workers: int = 2,
         verify: Literal["none", "header", "full"] = "header",
         max_bad_fraction: float = 0.05,
+        domain: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if domain is not None:
+            check_domain(domain, format)
         if format is None:
             given = [
                 k
@@ -213,7 +221,9 @@ class FaceDetectionDataModule(SplitDataModule):
         return root / "label.txt", root / "images"
 
     def prepare_data(self) -> None:
-        if self.hparams.format is None and self.hparams.images is None:
+        if self.hparams.domain is not None and self.hparams.images is None:
+            build_domain(**self.hparams.domain)
+        elif self.hparams.format is None and self.hparams.images is None:
             self._synthetic()  # generate once, on one process
 
     def setup(self, stage: str | None = None) -> None:
@@ -239,7 +249,10 @@ class FaceDetectionDataModule(SplitDataModule):
                 raise ValueError("images (a folder without annotations) is only for `facenas predict`")
             self.splits = {"predict": image_folder(h.images)}
             return
-        if h.format is None:
+        if h.domain is not None:
+            annotations = build_domain(**h.domain) / "wider_face_bbx_gt.txt"
+            train = self._read(annotations, annotations.parent / "images", "wider")
+        elif h.format is None:
             annotations, images = self._synthetic()
             train = self._read(annotations, images, "retinaface")
         else:

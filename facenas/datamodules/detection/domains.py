@@ -1,0 +1,580 @@
+"""Face-detection domains made from real annotated photos by seeded transforms.
+
+Each transform family turns one image and its faces into a shifted domain, moving boxes and
+landmarks with the pixels, in the spirit of the twelve face-detection datasets of HyperFD:
+
+* geometric: ``tiny_crowd`` (downscale to 0.3-0.4 and a 2 x 2 mosaic, WIDER-hard-like),
+  ``portrait`` (crop so the largest face fills 25-50 % of the image, UMDAA-02 / WIKI-like),
+  ``fisheye`` (a radial lens warp, WIDER-360-like), ``rotate`` (by 90 / 180 / 270 degrees);
+* photometric (boxes unchanged): ``low_light`` (gamma, gain, shot and read noise, DARK FACE-like),
+  ``fog`` (atmospheric scattering), ``rain`` and ``snow`` (streaks / flakes), ``surveillance``
+  (motion blur and JPEG at quality ~15, UFDD-like), ``mask`` (a mask drawn over the lower face
+  from the landmarks, MAFA-like);
+* label style: ``loose_boxes`` (boxes enlarged and jittered by ~20 %, AFLW / WIKI weak labels).
+
+Every family is a pure function ``(image, faces, rng, **strength) -> (image, faces, dropped)``
+on a uint8 ``H x W x 3`` numpy image and :class:`FaceArrays`, with an explicit numpy
+``Generator``; it is registered by name in :data:`DOMAIN_FAMILIES`. A face whose box mostly
+leaves the image is dropped and counted; kept boxes are clipped to the image, and the landmarks of a face
+with a point outside its clipped box are removed (NaN). A :class:`Domain` is a list of
+``{family, args}`` steps and a seed; :func:`build_domain` materialises one from the WIDER
+training or validation images as a folder in WIDER format (``wider_face_bbx_gt.txt``, plus a
+RetinaFace ``label.txt`` with the landmarks), cached by a hash of source, steps, seed and count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
+
+from facenas.core.registry import Registry
+
+FamilyFn = Callable[..., tuple[np.ndarray, "FaceArrays", int]]
+DOMAIN_FAMILIES: Registry[FamilyFn] = Registry("domain family")
+
+# the WIDER subsets under the shared data folder that domains are made from
+SOURCES = {
+    "wider_train": ("widerface/wider_face_split/wider_face_train_bbx_gt.txt", "widerface/WIDER_train/images"),
+    "wider_val": ("widerface/wider_face_split/wider_face_val_bbx_gt.txt", "widerface/WIDER_val/images"),
+}
+
+# the five landmarks as fractions of a face box (left eye, right eye, nose, mouth corners), used
+# for the mask of a face without annotated landmarks
+LANDMARK_TEMPLATE = np.array([[0.31, 0.40], [0.69, 0.40], [0.50, 0.58], [0.35, 0.76], [0.65, 0.76]], np.float32)
+
+
+@dataclass
+class FaceArrays:
+    """The faces of one image: ``boxes`` (N, 4) xyxy float32, ``landmarks`` (N, 5, 2) float32
+    (NaN where absent), ``ignore`` (N,) bool."""
+
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    ignore: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        n = len(self.boxes)
+        self.landmarks = (
+            np.full((n, 5, 2), np.nan, np.float32)
+            if self.landmarks is None
+            else np.asarray(self.landmarks, np.float32).reshape(n, 5, 2)
+        )
+        self.ignore = np.zeros(n, bool) if self.ignore is None else np.asarray(self.ignore, bool).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, keep: np.ndarray) -> FaceArrays:
+        """The faces where ``keep`` is True."""
+        return FaceArrays(self.boxes[keep], self.landmarks[keep], self.ignore[keep])
+
+
+def _range(value: float | Sequence[float], rng: np.random.Generator) -> float:
+    """A number, or a uniform draw from a ``[lo, hi]`` pair."""
+    if isinstance(value, int | float):
+        return float(value)
+    lo, hi = (float(v) for v in value)
+    return float(rng.uniform(lo, hi))
+
+
+def settle(faces: FaceArrays, width: int, height: int, min_visible: float = 0.5) -> tuple[FaceArrays, int]:
+    """Clip moved faces to a ``width x height`` image: a face keeping less than ``min_visible`` of
+    its box area (or under 1 px a side) is dropped; landmarks outside the clipped box become NaN.
+    Returns the kept faces and how many were dropped."""
+    boxes = faces.boxes.copy()
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = (w >= 1) & (h >= 1) & (w * h >= min_visible * np.maximum(area, 1e-9))
+    marks = faces.landmarks.copy()
+    lo, hi = boxes[:, None, :2], boxes[:, None, 2:]
+    outside = ~((marks >= lo) & (marks <= hi)).all((-1, -2))  # a face with any NaN point stays all NaN
+    marks[outside] = np.nan
+    return FaceArrays(boxes, marks, faces.ignore).select(keep), int((~keep).sum())
+
+
+def _map_faces(faces: FaceArrays, forward: Callable[[np.ndarray], np.ndarray], samples: int = 16) -> FaceArrays:
+    """Faces moved by a point map ``forward`` ((..., 2) -> (..., 2)): each box becomes the
+    bounding box of its mapped boundary, landmarks are mapped."""
+    t = np.linspace(0, 1, samples, dtype=np.float64)
+    x1, y1, x2, y2 = (faces.boxes[:, k, None].astype(np.float64) for k in range(4))
+    edges = [
+        np.stack([x1 + (x2 - x1) * t, np.broadcast_to(y1, (len(x1), samples))], -1),
+        np.stack([x1 + (x2 - x1) * t, np.broadcast_to(y2, (len(x1), samples))], -1),
+        np.stack([np.broadcast_to(x1, (len(x1), samples)), y1 + (y2 - y1) * t], -1),
+        np.stack([np.broadcast_to(x2, (len(x1), samples)), y1 + (y2 - y1) * t], -1),
+    ]
+    outline = forward(np.concatenate(edges, 1)).reshape(len(faces), -1, 2)
+    boxes = np.concatenate([outline.min(1), outline.max(1)], 1) if len(faces) else np.zeros((0, 4))
+    return FaceArrays(boxes, forward(faces.landmarks.astype(np.float64)), faces.ignore)
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+# ---------------------------------------------------------------------------------- geometric
+
+
+@DOMAIN_FAMILIES.register("tiny_crowd")
+def tiny_crowd(
+    image: np.ndarray, faces: FaceArrays, rng: np.random.Generator, scale: float | Sequence[float] = (0.3, 0.4)
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Downscale to ``scale`` of the image side and tile it 2 x 2 (each tile mirrored at random):
+    four times the faces at a third of their size, on a canvas ``2 x scale`` of the original."""
+    height, width = image.shape[:2]
+    s = _range(scale, rng)
+    tw, th = max(1, round(width * s)), max(1, round(height * s))
+    tile = _resize(image, tw, th)
+    sx, sy = tw / width, th / height
+    canvas = np.zeros((2 * th, 2 * tw, 3), np.uint8)
+    parts = []
+    for row in range(2):
+        for col in range(2):
+            flip = bool(rng.integers(2))
+            canvas[row * th : (row + 1) * th, col * tw : (col + 1) * tw] = tile[:, ::-1] if flip else tile
+            ox, oy = col * tw, row * th
+
+            def forward(p: np.ndarray, flip: bool = flip, ox: float = ox, oy: float = oy) -> np.ndarray:
+                x, y = p[..., 0] * sx, p[..., 1] * sy
+                return np.stack([ox + (tw - x if flip else x), oy + y], -1)
+
+            moved = _map_faces(faces, forward, samples=2)
+            if flip:  # a mirror swaps the left and right landmarks
+                moved.landmarks = moved.landmarks[:, [1, 0, 2, 4, 3]]
+            parts.append(moved)
+    merged = FaceArrays(
+        np.concatenate([p.boxes for p in parts]),
+        np.concatenate([p.landmarks for p in parts]),
+        np.concatenate([p.ignore for p in parts]),
+    )
+    kept, dropped = settle(merged, 2 * tw, 2 * th)
+    return canvas, kept, dropped
+
+
+@DOMAIN_FAMILIES.register("portrait")
+def portrait(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    fill: float | Sequence[float] = (0.25, 0.5),
+    min_visible: float = 0.5,
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Crop (with the image's aspect ratio) so that the largest face's box covers ``fill`` of the
+    crop's area, the face at a random place inside; an image without a face is kept whole."""
+    height, width = image.shape[:2]
+    valid = np.flatnonzero(~faces.ignore)
+    if len(valid) == 0:
+        return image, faces, 0
+    areas = (faces.boxes[valid, 2:] - faces.boxes[valid, :2]).prod(1)
+    x1, y1, x2, y2 = faces.boxes[valid[int(areas.argmax())]].astype(float)
+    fw, fh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    f = _range(fill, rng)
+    k = min(1.0, np.sqrt(fw * fh / f / (width * height)))  # crop side as a fraction of the image side
+    cw, ch = max(fw, width * k), max(fh, height * k)
+    cw, ch = min(cw, width), min(ch, height)
+    left = rng.uniform(max(0.0, x2 - cw), min(x1, width - cw) + 1e-9)
+    top = rng.uniform(max(0.0, y2 - ch), min(y1, height - ch) + 1e-9)
+    left, top = int(np.clip(round(left), 0, width - 1)), int(np.clip(round(top), 0, height - 1))
+    right, bottom = min(width, left + max(1, round(cw))), min(height, top + max(1, round(ch)))
+    crop = image[top:bottom, left:right]
+    moved = _map_faces(faces, lambda p: p - np.array([left, top]), samples=2)
+    kept, dropped = settle(moved, right - left, bottom - top, min_visible)
+    return np.ascontiguousarray(crop), kept, dropped
+
+
+def _fisheye_radius(strength: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Output radius -> source radius (both over the half diagonal): monotone, fixed at 0 and 1,
+    magnifying the centre and squeezing the rim."""
+    return lambda r: r * (1 + strength * r**2) / (1 + strength)
+
+
+@DOMAIN_FAMILIES.register("fisheye")
+def fisheye(
+    image: np.ndarray, faces: FaceArrays, rng: np.random.Generator, strength: float | Sequence[float] = (0.4, 0.8)
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """A radial lens warp about the image centre (centre magnified, rim squeezed); boxes become
+    the bounding boxes of their warped outlines."""
+    height, width = image.shape[:2]
+    k = _range(strength, rng)
+    src_radius = _fisheye_radius(k)
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    norm = float(np.linalg.norm(centre)) or 1.0
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    rel = np.stack([xs - centre[0], ys - centre[1]], -1) / norm
+    r_out = np.linalg.norm(rel, axis=-1, keepdims=True)
+    scale = np.where(r_out > 0, src_radius(r_out) / np.maximum(r_out, 1e-12), 1.0)
+    src = centre + rel * scale * norm
+    coords = [src[..., 1], src[..., 0]]
+    out = np.stack(
+        [ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest") for c in range(image.shape[2])], -1
+    )
+    table_out = np.linspace(0, 1.5, 6001)
+    table_in = src_radius(table_out)
+
+    def forward(p: np.ndarray) -> np.ndarray:  # source pixel -> output pixel
+        q = (p - centre) / norm
+        r_in = np.linalg.norm(q, axis=-1, keepdims=True)
+        r_new = np.interp(r_in, table_in, table_out)
+        return centre + np.where(r_in > 0, q * r_new / np.maximum(r_in, 1e-12), q) * norm
+
+    kept, dropped = settle(_map_faces(faces, forward), width, height)
+    return out.astype(np.uint8), kept, dropped
+
+
+@DOMAIN_FAMILIES.register("rotate")
+def rotate(
+    image: np.ndarray, faces: FaceArrays, rng: np.random.Generator, angles: Sequence[int] = (90, 180, 270)
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Rotate counter-clockwise by an angle drawn from ``angles`` (multiples of 90 degrees)."""
+    angle = int(rng.choice(np.asarray(angles)))
+    if angle % 90:
+        raise ValueError(f"rotate: angles must be multiples of 90, got {angle}")
+    turns = (angle // 90) % 4
+    height, width = image.shape[:2]
+    out = np.ascontiguousarray(np.rot90(image, turns))
+
+    def forward(p: np.ndarray) -> np.ndarray:  # pixel corners: x in [0, W], y in [0, H]
+        x, y = p[..., 0], p[..., 1]
+        if turns == 1:
+            return np.stack([y, width - x], -1)
+        if turns == 2:
+            return np.stack([width - x, height - y], -1)
+        if turns == 3:
+            return np.stack([height - y, x], -1)
+        return p.copy()
+
+    kept, dropped = settle(_map_faces(faces, forward, samples=2), out.shape[1], out.shape[0])
+    return out, kept, dropped
+
+
+# ---------------------------------------------------------------------------------- photometric
+
+
+@DOMAIN_FAMILIES.register("low_light")
+def low_light(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    gamma: float | Sequence[float] = (1.5, 3.0),
+    gain: float | Sequence[float] = (0.1, 0.35),
+    photons: float | Sequence[float] = (50.0, 300.0),
+    read_noise: float | Sequence[float] = (0.005, 0.02),
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """A dark exposure: linear light ``gain x x^gamma``, Poisson shot noise at a full scale of
+    ``photons`` electrons, Gaussian read noise (fraction of full scale), back to 8 bits."""
+    x = image.astype(np.float64) / 255.0
+    x = _range(gain, rng) * x ** _range(gamma, rng)
+    full = _range(photons, rng)
+    x = rng.poisson(x * full) / full + rng.normal(0.0, _range(read_noise, rng), x.shape)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8), faces, 0
+
+
+@DOMAIN_FAMILIES.register("fog")
+def fog(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    density: float | Sequence[float] = (1.0, 2.5),
+    airlight: float | Sequence[float] = (0.75, 0.95),
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Haze by atmospheric scattering, ``I = J t + A (1 - t)`` with ``t = exp(-density d)``; the
+    depth ``d`` grows from 0.2 at the bottom row to 1 at the top (a ground-plane guess)."""
+    height = image.shape[0]
+    depth = np.linspace(1.0, 0.2, height)[:, None, None]
+    t = np.exp(-_range(density, rng) * depth)
+    a = _range(airlight, rng)
+    x = image.astype(np.float64) / 255.0 * t + a * (1 - t)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8), faces, 0
+
+
+def _streaks(
+    image: np.ndarray, rng: np.random.Generator, count: int, length: float, angle: float, width: int, blur: float
+) -> np.ndarray:
+    height, w = image.shape[:2]
+    layer = Image.new("L", (w, height), 0)
+    draw = ImageDraw.Draw(layer)
+    xs, ys = rng.uniform(0, w, count), rng.uniform(0, height, count)
+    dx, dy = length * np.sin(np.radians(angle)), length * np.cos(np.radians(angle))
+    values = rng.integers(150, 256, count)
+    for x, y, v in zip(xs, ys, values):
+        draw.line([(x, y), (x + dx, y + dy)], fill=int(v), width=width)
+    if blur > 0:
+        layer = layer.filter(ImageFilter.GaussianBlur(blur))
+    alpha = np.asarray(layer, np.float64)[..., None] / 255.0 * 0.8
+    return np.clip(np.round(image * (1 - alpha) + 235 * alpha), 0, 255).astype(np.uint8)
+
+
+@DOMAIN_FAMILIES.register("rain")
+def rain(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    density: float | Sequence[float] = (0.05, 0.15),
+    length: float | Sequence[float] = (0.04, 0.1),
+    angle: float | Sequence[float] = (-20.0, 20.0),
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Rain streaks: ``density`` streaks per 100 pixels, ``length`` a fraction of the image
+    height, slanted by ``angle`` degrees, softly blurred and blended in bright."""
+    height, width = image.shape[:2]
+    count = int(_range(density, rng) * height * width / 100)
+    out = _streaks(image, rng, count, _range(length, rng) * height, _range(angle, rng), 1, 0.7)
+    return out, faces, 0
+
+
+@DOMAIN_FAMILIES.register("snow")
+def snow(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    density: float | Sequence[float] = (0.02, 0.06),
+    size: float | Sequence[float] = (0.004, 0.01),
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Snow flakes: ``density`` flakes per 100 pixels of ``size`` (a fraction of the shorter side),
+    falling nearly straight."""
+    height, width = image.shape[:2]
+    count = int(_range(density, rng) * height * width / 100)
+    side = max(1, round(_range(size, rng) * min(height, width)))
+    out = _streaks(image, rng, count, side, float(rng.uniform(-10, 10)), side, side / 3)
+    return out, faces, 0
+
+
+@DOMAIN_FAMILIES.register("surveillance")
+def surveillance(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    blur: float | Sequence[float] = (0.005, 0.015),
+    quality: int | Sequence[int] = (10, 20),
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Linear motion blur (length ``blur`` of the longer side, random direction) then JPEG
+    compression at ``quality`` (UFDD-like surveillance frames)."""
+    length = max(1, round(_range(blur, rng) * max(image.shape[:2])))
+    theta = rng.uniform(0, np.pi)
+    size = 2 * length + 1
+    kernel = np.zeros((size, size))
+    t = np.linspace(-length, length, 4 * size)
+    kernel[np.round(length + t * np.sin(theta)).astype(int), np.round(length + t * np.cos(theta)).astype(int)] = 1
+    kernel /= kernel.sum()
+    blurred = np.stack(
+        [ndimage.convolve(image[..., c].astype(np.float64), kernel, mode="nearest") for c in range(3)], -1
+    )
+    buffer = io.BytesIO()
+    q = int(round(_range(quality, rng)))
+    Image.fromarray(np.clip(np.round(blurred), 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=q)
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB")), faces, 0
+
+
+@DOMAIN_FAMILIES.register("mask")
+def mask(
+    image: np.ndarray, faces: FaceArrays, rng: np.random.Generator, fraction: float = 1.0
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Draw a face mask over the lower face of ``fraction`` of the faces (ignore regions aside):
+    from just below the eyes (between eyes and nose) to the chin, across the box, through the
+    landmarks; a face without landmarks uses :data:`LANDMARK_TEMPLATE` placed in its box."""
+    out = Image.fromarray(image)
+    draw = ImageDraw.Draw(out)
+    for k in range(len(faces)):
+        if faces.ignore[k] or rng.uniform() >= fraction:
+            continue
+        x1, y1, x2, y2 = faces.boxes[k].astype(float)
+        marks = faces.landmarks[k].astype(float)
+        if not np.isfinite(marks).all():
+            marks = np.array([x1, y1]) + LANDMARK_TEMPLATE * np.array([x2 - x1, y2 - y1])
+        eyes_y, nose_y = marks[:2, 1].mean(), marks[2, 1]
+        top = eyes_y + 0.55 * (nose_y - eyes_y)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3)) if rng.uniform() < 0.5 else (220, 225, 230)
+        left = min(marks[3, 0], marks[0, 0]) - 0.12 * (x2 - x1)
+        right = max(marks[4, 0], marks[1, 0]) + 0.12 * (x2 - x1)
+        polygon = [(left, top), (right, top), (right, marks[3:, 1].max() + 0.05 * (y2 - y1)), ((left + right) / 2, y2),
+                   (left, marks[3:, 1].max() + 0.05 * (y2 - y1))]  # fmt: skip
+        draw.polygon([(float(np.clip(x, x1, x2)), float(np.clip(y, y1, y2))) for x, y in polygon], fill=colour)
+    return np.asarray(out), faces, 0
+
+
+# ---------------------------------------------------------------------------------- label style
+
+
+@DOMAIN_FAMILIES.register("loose_boxes")
+def loose_boxes(
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    grow: float | Sequence[float] = (0.0, 0.2),
+    jitter: float = 0.1,
+) -> tuple[np.ndarray, FaceArrays, int]:
+    """Weak labels: each box grows by a drawn fraction of its size (``grow``) and its centre
+    moves by up to ``jitter`` of its size, as loosely drawn boxes; the pixels are unchanged."""
+    boxes = faces.boxes.astype(np.float64)
+    size = boxes[:, 2:] - boxes[:, :2]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + rng.uniform(-jitter, jitter, size.shape) * size
+    half = size * (1 + np.array([_range(grow, rng) for _ in range(len(boxes))]))[:, None] / 2
+    moved = FaceArrays(np.concatenate([centre - half, centre + half], 1), faces.landmarks, faces.ignore)
+    kept, dropped = settle(moved, image.shape[1], image.shape[0])
+    return image, kept, dropped
+
+
+# ---------------------------------------------------------------------------------- domains
+
+
+PRESETS: dict[str, list[dict[str, Any]]] = {
+    "tiny_crowd": [{"family": "tiny_crowd"}],
+    "portrait": [{"family": "portrait"}],
+    "fisheye": [{"family": "fisheye"}],
+    "rotated": [{"family": "rotate", "args": {"angles": [90, 180, 270]}}],
+    "dark": [{"family": "low_light"}],
+    "fog": [{"family": "fog"}],
+    "rain": [{"family": "rain"}],
+    "snow": [{"family": "snow"}],
+    "surveillance": [{"family": "surveillance"}],
+    "masked": [{"family": "mask"}],
+    "weak_labels": [{"family": "loose_boxes"}],
+}
+
+
+def _steps(families: str | Sequence[str | Mapping[str, Any]]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if isinstance(families, str):
+        families = [families]
+    steps: list[tuple[str, dict[str, Any]]] = []
+    for item in families:
+        if isinstance(item, str):
+            if item in PRESETS and item not in DOMAIN_FAMILIES:
+                steps += _steps(PRESETS[item])
+                continue
+            item = {"family": item}
+        unknown = set(item) - {"family", "args"}
+        if unknown or "family" not in item:
+            raise ValueError(f"a domain step is {{family: <name>, args: {{...}}}}, got {dict(item)!r}")
+        name = DOMAIN_FAMILIES.canonical(str(item["family"]))
+        DOMAIN_FAMILIES.get(name)  # an unknown family fails here, naming the choices
+        steps.append((name, dict(item.get("args") or {})))
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A composable domain: transform steps applied in order, and a seed.
+
+    Args:
+        families: family names, preset names (:data:`PRESETS`) or ``{family, args}`` mappings.
+        seed: image ``index`` of the domain draws its randomness from ``(seed, index)`` only.
+    """
+
+    families: Any
+    seed: int = 0
+    steps: tuple[tuple[str, dict[str, Any]], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", _steps(self.families))
+
+    def spec(self) -> dict[str, Any]:
+        """The steps and seed as plain data (what the cache hash covers)."""
+        return {"steps": [{"family": name, "args": args} for name, args in self.steps], "seed": self.seed}
+
+    def apply(self, image: np.ndarray, faces: FaceArrays, index: int) -> tuple[np.ndarray, FaceArrays, int]:
+        """Image ``index`` of the domain made from ``image`` and its faces: ``(image, faces,
+        dropped)``, the same bytes for the same seed and index."""
+        rng = np.random.default_rng([self.seed, index])
+        dropped = 0
+        for name, args in self.steps:
+            try:
+                image, faces, lost = DOMAIN_FAMILIES.get(name)(image, faces, rng, **args)
+            except TypeError as exc:
+                raise ValueError(f"domain family {name!r}: {exc}") from None
+            dropped += lost
+        return image, faces, dropped
+
+
+def check_domain(spec: Mapping[str, Any], format: str | None = None) -> None:
+    """Refuse a bad ``domain`` argument of the data module before anything is built: not a
+    mapping, an unknown key or source, an unknown family, or a reader ``format`` given too."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"domain must be a mapping like {{source: wider_train, families: [fog]}}, got {spec!r}")
+    allowed = set(inspect.signature(build_domain).parameters)
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(f"unknown domain key {unknown[0]!r}; choose from {', '.join(sorted(allowed))}")
+    if format is not None:
+        raise ValueError(f"domain and format {format!r} are both set: a domain is read in its own (WIDER) format")
+    source = spec.get("source", "wider_train")
+    if source not in SOURCES:
+        raise ValueError(f"unknown domain source {source!r}; choose from {', '.join(SOURCES)}")
+    Domain(spec.get("families", ()), int(spec.get("seed", 0)))
+
+
+def _line(box: np.ndarray) -> str:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f}"
+
+
+def build_domain(
+    source: str = "wider_train",
+    families: Any = (),
+    seed: int = 0,
+    images: int | None = None,
+    root: str | Path = "data/domains",
+    data_root: str | Path = "../shared/data",
+    quality: int = 95,
+) -> Path:
+    """Materialise a domain of a WIDER subset as a folder and return it.
+
+    Takes the first ``images`` images (all when None) of ``source`` (``wider_train``: the 1,239
+    WIDER training images; ``wider_val``: the 394 validation ones) under ``data_root``, applies
+    :class:`Domain` ``(families, seed)`` to image ``k`` with index ``k``, and writes
+    ``images/<event>/<name>.jpg``, ``wider_face_bbx_gt.txt`` (ignore regions as ``invalid``),
+    ``label.txt`` (RetinaFace, with landmarks, -1 where absent) and ``meta.json`` (the spec and
+    the number of dropped faces) to ``root/<hash>``, a hash of source, spec and count. A folder
+    already built is reused. YAML: ``domain: {source: wider_val, families: [fog], seed: 1}``.
+    """
+    from .formats import read_wider
+
+    if source not in SOURCES:
+        raise ValueError(f"unknown domain source {source!r}; choose from {', '.join(SOURCES)}")
+    domain = Domain(families, seed)
+    meta: dict[str, Any] = {"source": source, "images": images, "quality": quality, **domain.spec()}
+    digest = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(root) / digest
+    if (folder / "meta.json").is_file():
+        return folder
+    annotations, image_root = (Path(data_root) / part for part in SOURCES[source])
+    if not annotations.is_file():
+        raise FileNotFoundError(f"domain source {source!r} needs {annotations}")
+    samples = read_wider(annotations, image_root, verify="none")[:images]
+    work = folder.with_name(folder.name + ".partial")
+    gt, labels, dropped = [], [], 0
+    for index, sample in enumerate(samples):
+        pixels = np.asarray(Image.open(sample.image).convert("RGB"))
+        faces = FaceArrays(sample.boxes, sample.landmarks, sample.ignore)
+        pixels, faces, lost = domain.apply(pixels, faces, index)
+        dropped += lost
+        name = str(Path(sample.name).with_suffix(".jpg"))
+        (work / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(work / "images" / name, quality=quality)
+        gt += [name, str(len(faces))]
+        gt += [f"{_line(b)} 0 0 0 {int(i)} 0 0" for b, i in zip(faces.boxes, faces.ignore)]
+        if not len(faces):
+            gt.append("0 0 0 0 0 0 0 0 0 0")
+        labels.append(f"# {name}")
+        for box, marks in zip(faces.boxes, faces.landmarks):
+            points = np.where(np.isfinite(marks), marks, -1.0)
+            labels.append(f"{_line(box)} " + " ".join(f"{x:.2f} {y:.2f} 0.0" for x, y in points) + " 1.0")
+    (work / "wider_face_bbx_gt.txt").write_text("\n".join(gt) + "\n")
+    (work / "label.txt").write_text("\n".join(labels) + "\n")
+    (work / "meta.json").write_text(json.dumps({**meta, "built": len(samples), "dropped": dropped}, indent=1))
+    if folder.exists():  # another process finished first
+        return folder
+    work.rename(folder)
+    return folder
