@@ -167,13 +167,16 @@ def test_same_seed_same_bytes_and_other_seed_other_bytes():
     c = Domain(steps, seed=8).apply(image, faces, 3)
     assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1].boxes, b[1].boxes) and a[2] == b[2]
     assert a[0].tobytes() != c[0].tobytes()
+    torch = pytest.importorskip("torch")
+    chw, moved, dropped = Domain(steps, seed=7).apply(torch.from_numpy(image).permute(2, 0, 1), faces, 3)
+    assert chw.shape[0] == 3 and chw.permute(1, 2, 0).numpy().tobytes() == a[0].tobytes() and dropped == a[2]
 
 
 def test_domain_spec_errors_name_the_culprit():
     with pytest.raises(UnknownName, match="unknown domain family 'haze'.*fog"):
         Domain(["haze"])
     with pytest.raises(ValueError, match="domain family 'fog'.*unexpected keyword argument 'depth'"):
-        Domain([{"family": "fog", "args": {"depth": 1}}]).apply(*_scene(), 0)
+        Domain([{"family": "fog", "args": {"depth": 1}}])
     assert Domain("rotated").steps == (("rotate", {"angles": [90, 180, 270]}),)
     assert set(PRESETS) >= {"tiny_crowd", "portrait", "fisheye", "dark", "fog", "masked", "weak_labels"}
 

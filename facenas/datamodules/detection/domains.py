@@ -459,8 +459,13 @@ def _steps(families: str | Sequence[str | Mapping[str, Any]]) -> tuple[tuple[str
         if unknown or "family" not in item:
             raise ValueError(f"a domain step is {{family: <name>, args: {{...}}}}, got {dict(item)!r}")
         name = DOMAIN_FAMILIES.canonical(str(item["family"]))
-        DOMAIN_FAMILIES.get(name)  # an unknown family fails here, naming the choices
-        steps.append((name, dict(item.get("args") or {})))
+        fn = DOMAIN_FAMILIES.get(name)  # an unknown family fails here, naming the choices
+        args = dict(item.get("args") or {})
+        try:
+            inspect.signature(fn).bind(None, None, None, **args)
+        except TypeError as exc:
+            raise ValueError(f"domain family {name!r}: {exc}") from None
+        steps.append((name, args))
     return tuple(steps)
 
 
@@ -484,9 +489,15 @@ class Domain:
         """The steps and seed as plain data (what the cache hash covers)."""
         return {"steps": [{"family": name, "args": args} for name, args in self.steps], "seed": self.seed}
 
-    def apply(self, image: np.ndarray, faces: FaceArrays, index: int) -> tuple[np.ndarray, FaceArrays, int]:
-        """Image ``index`` of the domain made from ``image`` and its faces: ``(image, faces,
-        dropped)``, the same bytes for the same seed and index."""
+    def apply(self, image: Any, faces: FaceArrays, index: int) -> tuple[Any, FaceArrays, int]:
+        """Image ``index`` of the domain made from ``image`` (uint8 ``H x W x 3`` numpy, or a
+        uint8 ``3 x H x W`` torch tensor, returned as the same kind) and its faces: ``(image,
+        faces, dropped)``, the same bytes for the same seed and index."""
+        if not isinstance(image, np.ndarray):  # a CHW torch tensor
+            import torch
+
+            out, faces, dropped = self.apply(image.permute(1, 2, 0).numpy(), faces, index)
+            return torch.from_numpy(np.array(out)).permute(2, 0, 1), faces, dropped  # a writable copy
         rng = np.random.default_rng([self.seed, index])
         dropped = 0
         for name, args in self.steps:
@@ -506,7 +517,8 @@ def check_domain(spec: Mapping[str, Any], format: str | None = None) -> None:
     allowed = set(inspect.signature(build_domain).parameters)
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise ValueError(f"unknown domain key {unknown[0]!r}; choose from {', '.join(sorted(allowed))}")
+        # the keys are not listed: the CLI names the first data-module argument a message mentions
+        raise ValueError(f"unknown domain key {unknown[0]!r} (the keys are the arguments of build_domain)")
     if format is not None:
         raise ValueError(f"domain and format {format!r} are both set: a domain is read in its own (WIDER) format")
     source = spec.get("source", "wider_train")
