@@ -93,6 +93,36 @@ def test_geometric_families_keep_landmarks_inside_boxes_and_ignore_flags():
         assert out.dtype == np.uint8 and out.ndim == 3
 
 
+def test_tiny_crowd_mosaic_of_other_photos_moves_each_photos_boxes():
+    """Four photos of different sizes, one filled box each: every tile's box is where its mask
+    went."""
+    photos = []
+    for k, (w, h) in enumerate([(480, 360), (300, 500), (600, 240), (360, 360)]):
+        picture = np.zeros((h, w, 3), np.uint8)
+        box = np.array([[w * 0.2 + 10 * k, h * 0.3, w * 0.6, h * 0.8]], np.float32)
+        x1, y1, x2, y2 = box[0].round().astype(int)
+        picture[y1:y2, x1:x2] = 255
+        photos.append((picture, FaceArrays(box, None, None)))
+    out, moved, dropped = DOMAIN_FAMILIES.get("tiny_crowd")(
+        *photos[0], np.random.default_rng(5), scale=0.35, tiles=photos[1:]
+    )
+    assert dropped == 0 and len(moved) == 4 and out.shape == (2 * 126, 2 * 168, 3)
+    for cell, box in enumerate(moved.boxes):
+        region = np.zeros(out.shape[:2], bool)
+        region[(cell // 2) * 126 : (cell // 2 + 1) * 126, (cell % 2) * 168 : (cell % 2 + 1) * 168] = True
+        ys, xs = np.nonzero((out[..., 0] > 127) & region)
+        assert _iou(box, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])) >= 0.9, cell
+
+
+def test_build_domain_mosaics_other_images_of_the_subset(tmp_path):
+    data = data_path("widerface").parent
+    folder = build_domain("wider_val", ["tiny_crowd"], seed=0, images=4, root=tmp_path, data_root=data)
+    samples = read_wider(folder / "wider_face_bbx_gt.txt", folder / "images", verify="none")
+    source = read_wider(data / "widerface/wider_face_split/wider_face_val_bbx_gt.txt", verify="none")[:4]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert sum(len(s) for s in samples) + meta["dropped"] == 4 * sum(len(s) for s in source)
+
+
 def test_rotation_by_180_maps_boxes_exactly():
     image, faces = _scene()
     out, moved, dropped = DOMAIN_FAMILIES.get("rotate")(image, faces, np.random.default_rng(0), angles=[180])

@@ -128,33 +128,52 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- geometric
 
 
+def _scaled(
+    sx: float, sy: float, ox: float, oy: float, mirror: float | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The point map of a scale by ``(sx, sy)``, a mirror in a tile ``mirror`` pixels wide (if
+    given), and a shift by ``(ox, oy)``."""
+
+    def forward(p: np.ndarray) -> np.ndarray:
+        x, y = p[..., 0] * sx, p[..., 1] * sy
+        return np.stack([ox + (x if mirror is None else mirror - x), oy + y], -1)
+
+    return forward
+
+
 @DOMAIN_FAMILIES.register("tiny_crowd")
 def tiny_crowd(
-    image: np.ndarray, faces: FaceArrays, rng: np.random.Generator, scale: float | Sequence[float] = (0.3, 0.4)
+    image: np.ndarray,
+    faces: FaceArrays,
+    rng: np.random.Generator,
+    scale: float | Sequence[float] = (0.3, 0.4),
+    tiles: Sequence[tuple[np.ndarray, FaceArrays]] = (),
 ) -> tuple[np.ndarray, FaceArrays, int]:
-    """Downscale to ``scale`` of the image side and tile it 2 x 2 (each tile mirrored at random):
-    four times the faces at a third of their size, on a canvas ``2 x scale`` of the original."""
+    """A 2 x 2 mosaic of photos downscaled to ``scale`` of this image's size, each mirrored at
+    random: the image itself and ``tiles`` (up to three other ``(image, faces)``, each fitted
+    into its cell with its aspect ratio kept; the image itself fills the cells they leave). The
+    canvas is ``2 x scale`` of the original, so faces come out at a third of their size."""
     height, width = image.shape[:2]
     s = _range(scale, rng)
     tw, th = max(1, round(width * s)), max(1, round(height * s))
-    tile = _resize(image, tw, th)
-    sx, sy = tw / width, th / height
+    sources = [(image, faces), *list(tiles)[:3]]
+    sources += [(image, faces)] * (4 - len(sources))
     canvas = np.zeros((2 * th, 2 * tw, 3), np.uint8)
     parts = []
-    for row in range(2):
-        for col in range(2):
-            flip = bool(rng.integers(2))
-            canvas[row * th : (row + 1) * th, col * tw : (col + 1) * tw] = tile[:, ::-1] if flip else tile
-            ox, oy = col * tw, row * th
+    for cell, (picture, found) in enumerate(sources):
+        ph, pw = picture.shape[:2]
+        fit = min(tw / pw, th / ph)
+        cw, ch = min(tw, max(1, round(pw * fit))), min(th, max(1, round(ph * fit)))
+        sx, sy = cw / pw, ch / ph
+        flip = bool(rng.integers(2))
+        tile = _resize(picture, cw, ch)
+        ox, oy = (cell % 2) * tw + (tw - cw) // 2, (cell // 2) * th + (th - ch) // 2
+        canvas[oy : oy + ch, ox : ox + cw] = tile[:, ::-1] if flip else tile
 
-            def forward(p: np.ndarray, flip: bool = flip, ox: float = ox, oy: float = oy) -> np.ndarray:
-                x, y = p[..., 0] * sx, p[..., 1] * sy
-                return np.stack([ox + (tw - x if flip else x), oy + y], -1)
-
-            moved = _map_faces(faces, forward, samples=2)
-            if flip:  # a mirror swaps the left and right landmarks
-                moved.landmarks = moved.landmarks[:, [1, 0, 2, 4, 3]]
-            parts.append(moved)
+        moved = _map_faces(found, _scaled(sx, sy, ox, oy, cw if flip else None), samples=2)
+        if flip:  # a mirror swaps the left and right landmarks
+            moved.landmarks = moved.landmarks[:, [1, 0, 2, 4, 3]]
+        parts.append(moved)
     merged = FaceArrays(
         np.concatenate([p.boxes for p in parts]),
         np.concatenate([p.landmarks for p in parts]),
@@ -489,22 +508,30 @@ class Domain:
         """The steps and seed as plain data (what the cache hash covers)."""
         return {"steps": [{"family": name, "args": args} for name, args in self.steps], "seed": self.seed}
 
-    def apply(self, image: Any, faces: FaceArrays, index: int) -> tuple[Any, FaceArrays, int]:
+    @property
+    def wants_tiles(self) -> bool:
+        """Whether a step takes other photos (``tiles``, the mosaic of ``tiny_crowd``)."""
+        return any("tiles" in inspect.signature(DOMAIN_FAMILIES.get(name)).parameters for name, _ in self.steps)
+
+    def apply(
+        self, image: Any, faces: FaceArrays, index: int, tiles: Sequence[tuple[np.ndarray, FaceArrays]] = ()
+    ) -> tuple[Any, FaceArrays, int]:
         """Image ``index`` of the domain made from ``image`` (uint8 ``H x W x 3`` numpy, or a
         uint8 ``3 x H x W`` torch tensor, returned as the same kind) and its faces: ``(image,
-        faces, dropped)``, the same bytes for the same seed and index."""
+        faces, dropped)``, the same bytes for the same seed and index. ``tiles`` (other photos
+        and their faces, untransformed) go to the steps that take them."""
         if not isinstance(image, np.ndarray):  # a CHW torch tensor
             import torch
 
-            out, faces, dropped = self.apply(image.permute(1, 2, 0).numpy(), faces, index)
+            out, faces, dropped = self.apply(image.permute(1, 2, 0).numpy(), faces, index, tiles)
             return torch.from_numpy(np.array(out)).permute(2, 0, 1), faces, dropped  # a writable copy
         rng = np.random.default_rng([self.seed, index])
         dropped = 0
         for name, args in self.steps:
-            try:
-                image, faces, lost = DOMAIN_FAMILIES.get(name)(image, faces, rng, **args)
-            except TypeError as exc:
-                raise ValueError(f"domain family {name!r}: {exc}") from None
+            family = DOMAIN_FAMILIES.get(name)
+            if tiles and "tiles" in inspect.signature(family).parameters and "tiles" not in args:
+                args = {**args, "tiles": tiles}
+            image, faces, lost = family(image, faces, rng, **args)
             dropped += lost
         return image, faces, dropped
 
@@ -545,7 +572,8 @@ def build_domain(
 
     Takes the first ``images`` images (all when None) of ``source`` (``wider_train``: the 1,239
     WIDER training images; ``wider_val``: the 394 validation ones) under ``data_root``, applies
-    :class:`Domain` ``(families, seed)`` to image ``k`` with index ``k``, and writes
+    :class:`Domain` ``(families, seed)`` to image ``k`` with index ``k`` (a mosaic takes images
+    ``k + 1 .. k + 3`` of the subset as its other tiles), and writes
     ``images/<event>/<name>.jpg``, ``wider_face_bbx_gt.txt`` (ignore regions as ``invalid``),
     ``label.txt`` (RetinaFace, with landmarks, -1 where absent) and ``meta.json`` (the spec and
     the number of dropped faces) to ``root/<hash>``, a hash of source, spec and count. A folder
@@ -567,10 +595,17 @@ def build_domain(
     samples = read_wider(annotations, image_root, verify="none")[:images]
     work = folder.with_name(folder.name + ".partial")
     gt, labels, dropped = [], [], 0
+
+    def load(k: int) -> tuple[np.ndarray, FaceArrays]:
+        sample = samples[k % len(samples)]
+        return np.asarray(Image.open(sample.image).convert("RGB")), FaceArrays(
+            sample.boxes, sample.landmarks, sample.ignore
+        )
+
     for index, sample in enumerate(samples):
-        pixels = np.asarray(Image.open(sample.image).convert("RGB"))
-        faces = FaceArrays(sample.boxes, sample.landmarks, sample.ignore)
-        pixels, faces, lost = domain.apply(pixels, faces, index)
+        pixels, faces = load(index)
+        tiles = [load(index + k) for k in (1, 2, 3)] if domain.wants_tiles and len(samples) > 1 else []
+        pixels, faces, lost = domain.apply(pixels, faces, index, tiles)
         dropped += lost
         name = str(Path(sample.name).with_suffix(".jpg"))
         (work / "images" / name).parent.mkdir(parents=True, exist_ok=True)
