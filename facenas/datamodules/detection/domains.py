@@ -554,11 +554,6 @@ def check_domain(spec: Mapping[str, Any], format: str | None = None) -> None:
     Domain(spec.get("families", ()), int(spec.get("seed", 0)))
 
 
-def _line(box: np.ndarray) -> str:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f}"
-
-
 def build_domain(
     source: str = "wider_train",
     families: Any = (),
@@ -579,7 +574,7 @@ def build_domain(
     the number of dropped faces) to ``root/<hash>``, a hash of source, spec and count. A folder
     already built is reused. YAML: ``domain: {source: wider_val, families: [fog], seed: 1}``.
     """
-    from .formats import read_wider
+    from .formats import read_wider, write_wider_annotations
 
     if source not in SOURCES:
         raise ValueError(f"unknown domain source {source!r}; choose from {', '.join(SOURCES)}")
@@ -594,7 +589,7 @@ def build_domain(
         raise FileNotFoundError(f"domain source {source!r} needs {annotations}")
     samples = read_wider(annotations, image_root, verify="none")[:images]
     work = folder.with_name(folder.name + ".partial")
-    gt, labels, dropped = [], [], 0
+    written, dropped = [], 0
 
     def load(k: int) -> tuple[np.ndarray, FaceArrays]:
         sample = samples[k % len(samples)]
@@ -610,16 +605,8 @@ def build_domain(
         name = str(Path(sample.name).with_suffix(".jpg"))
         (work / "images" / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(work / "images" / name, quality=quality)
-        gt += [name, str(len(faces))]
-        gt += [f"{_line(b)} 0 0 0 {int(i)} 0 0" for b, i in zip(faces.boxes, faces.ignore)]
-        if not len(faces):
-            gt.append("0 0 0 0 0 0 0 0 0 0")
-        labels.append(f"# {name}")
-        for box, marks in zip(faces.boxes, faces.landmarks):
-            points = np.where(np.isfinite(marks), marks, -1.0)
-            labels.append(f"{_line(box)} " + " ".join(f"{x:.2f} {y:.2f} 0.0" for x, y in points) + " 1.0")
-    (work / "wider_face_bbx_gt.txt").write_text("\n".join(gt) + "\n")
-    (work / "label.txt").write_text("\n".join(labels) + "\n")
+        written.append((name, faces.boxes, faces.ignore, faces.landmarks))
+    write_wider_annotations(work, written)
     (work / "meta.json").write_text(json.dumps({**meta, "built": len(samples), "dropped": dropped}, indent=1))
     if folder.exists():  # another process finished first
         return folder

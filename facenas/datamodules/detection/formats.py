@@ -321,6 +321,35 @@ def read_wider(
     return samples.samples
 
 
+def write_wider_annotations(
+    root: str | Path, images: Iterable[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]
+) -> None:
+    """Write the annotations of a folder of images in both formats the readers take:
+    ``wider_face_bbx_gt.txt`` (WIDER's official format, ignored boxes flagged ``invalid``) and
+    ``label.txt`` (RetinaFace's, with the 5 landmarks; -1 where a face has none).
+
+    Args:
+        root: the folder (its ``images/`` holds the images).
+        images: per image ``(name under images/, boxes (N, 4) xyxy, ignore (N,) bool or None,
+            landmarks (N, 5, 2) with NaN where absent, or None)``.
+    """
+    gt, labels = [], []
+    for name, boxes, ignore, landmarks in images:
+        ignore = np.zeros(len(boxes), bool) if ignore is None else ignore
+        landmarks = np.full((len(boxes), 5, 2), np.nan, np.float32) if landmarks is None else landmarks
+        gt += [name, str(len(boxes))]
+        labels.append(f"# {name}")
+        for (x1, y1, x2, y2), flag, marks in zip(boxes, ignore, landmarks):
+            box = f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f}"
+            gt.append(f"{box} 0 0 0 {int(flag)} 0 0")
+            points = np.where(np.isfinite(marks), marks, -1.0)
+            labels.append(f"{box} " + " ".join(f"{x:.2f} {y:.2f} 0.0" for x, y in points) + " 1.0")
+        if len(boxes) == 0:
+            gt.append("0 0 0 0 0 0 0 0 0 0")
+    Path(root, "wider_face_bbx_gt.txt").write_text("\n".join(gt) + "\n")
+    Path(root, "label.txt").write_text("\n".join(labels) + "\n")
+
+
 def read_retinaface(
     annotations: str | Path,
     images: str | Path | None = None,

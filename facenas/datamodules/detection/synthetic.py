@@ -274,22 +274,16 @@ def generate_detection_dataset(
     meta_file = root / "meta.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
         return root
-    gt_lines, label_lines = [], []
+    from .formats import write_wider_annotations
+
+    written = []
     for index in range(num_images):
         domain = domain_list[index % len(domain_list)]
         image, boxes, marks = synthesize_detection_image(index, domain=domain, size=size, seed=seed)
         name = f"{DOMAINS.index(domain)}--{domain}/{domain}_{index:05d}.jpg"
         (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
         image.save(root / "images" / name, quality=quality)
-        gt_lines += [name, str(len(boxes))]
-        label_lines.append(f"# {name}")
-        for (x1, y1, x2, y2), lm in zip(boxes, marks):
-            gt_lines.append(f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f} 0 0 0 0 0 0")
-            points = " ".join(f"{x:.2f} {y:.2f} 0.0" for x, y in lm)
-            label_lines.append(f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f} {points} 1.0")
-        if len(boxes) == 0:
-            gt_lines.append("0 0 0 0 0 0 0 0 0 0")
-    (root / "wider_face_bbx_gt.txt").write_text("\n".join(gt_lines) + "\n")
-    (root / "label.txt").write_text("\n".join(label_lines) + "\n")
+        written.append((name, np.asarray(boxes, np.float32).reshape(-1, 4), None, np.asarray(marks, np.float32)))
+    write_wider_annotations(root, written)
     meta_file.write_text(json.dumps(meta, indent=1))
     return root
