@@ -18,6 +18,7 @@ from facenas.hyperfd.methods import (
     TrAutoML,
     ZeroShotTransfer,
     create_method,
+    scot_incumbent,
 )
 from facenas.hyperfd.online import (
     BudgetExceeded,
@@ -245,6 +246,37 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
     # the same seed gives the same rows
     again = evaluate(table, {"hyperfd": methods["hyperfd"]}, offline=["wider", "off1", "off2"], runs=2, seed=0)
     assert [r["rank"] for r in again] == [r["rank"] for r in rows if r["method"] == "hyperfd"]
+
+
+def test_zero_shot_normalises_ranks_per_task_and_leaves_unevaluated_configurations_out():
+    """An offline table ranks 48 configurations, a past online task only the 4 it evaluated: on
+    the per-task scale (rank / n) the online task's best, 30th of 48 offline, beats the offline
+    best that the online task never evaluated (raw ranks with a middle rank for the unevaluated
+    would pick the offline best: 1 + 2.5 against 30 + 1)."""
+    rng = np.random.default_rng(0)
+    configs = GRID[:48]
+    keys = [config_key(c) for c in configs]
+    pool = dict(zip(keys, configs))
+    offline_val = {k: 1.0 - i / 100 for i, k in enumerate(keys)}  # key 0 best, key 29 30th
+    method = ZeroShotTransfer()
+    method.warmup([TaskData("wider", pool, offline_val, offline_val)], rng)
+    online_val = {k: 0.0 for k in keys} | {keys[29]: 0.9, keys[40]: 0.5, keys[41]: 0.4, keys[42]: 0.3}
+    past = OnlineTask(TaskData("on0", pool, online_val, online_val), budget=4)
+    for i in (29, 40, 41, 42):
+        past.evaluate(pool[keys[i]])
+    method.update(past, rng)
+    new = OnlineTask(TaskData("on1", pool, offline_val, offline_val), budget=2)
+    method.select(new, rng)
+    # then the offline best: the online task's best (0.25) is already held, the offline one improves
+    assert list(new.evaluated) == [keys[29], keys[0]]
+
+
+def test_scot_incumbent_is_the_targets_own_best():
+    mu = np.array([0.1, 0.9, 0.3, 0.5])  # the surrogate over the candidates
+    assert scot_incumbent(mu, [], []) == 0.9  # nothing evaluated: the best it predicts
+    # candidates 2 and 3 evaluated, 2 observed better: its surrogate value, not the highest one
+    assert scot_incumbent(mu, [2, 3], [0.8, 0.4]) == 0.3
+    assert scot_incumbent(mu, [2, 3], [0.4, 0.8]) == 0.5
 
 
 def test_create_method_passes_the_space_seed_and_warmup_to_every_method():

@@ -387,29 +387,37 @@ def _ranks(values: Mapping[str, float]) -> dict[str, float]:
 
 class ZeroShotTransfer(Method):
     """Greedy zero-shot portfolio (Wistuba et al. 2015; syne-tune's ``ZeroShotTransfer``): pick
-    the configuration that minimises, summed over the previous tasks, the best rank among the
-    configurations picked so far. A past online task ranks only its evaluated configurations;
-    the others take its middle rank."""
+    the configuration that minimises, summed over the previous tasks, the best normalised rank
+    (rank / the task's number of configurations, in (0, 1]) among the configurations picked so
+    far. A task's best starts at 1 (its worst), and a configuration a task did not evaluate (a
+    past online task evaluates only B) is missing there: it leaves that task's best unchanged.
+    Normalising per task keeps a past online task's 4 ranks on the scale of an offline table's
+    48."""
 
     name = "zero_shot"
 
     def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
-        self.tasks = [_ranks(d.val) for d in offline]
+        self.tasks = [_normalized_ranks(d.val) for d in offline]
 
     def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
         keys = [config_key(c) for c in task.pool]
-        ranks = np.array([[t.get(k, (len(t) + 1) / 2) for k in keys] for t in self.tasks])
-        best = np.full(len(self.tasks), np.inf)
+        ranks = np.array([[t.get(k, np.nan) for k in keys] for t in self.tasks])  # NaN: missing
+        best = np.ones(len(self.tasks))
         for _ in range(task.budget):
-            totals = np.minimum(best[:, None], ranks).sum(0)
+            totals = np.fmin(best[:, None], ranks).sum(0)  # fmin: a missing rank keeps the best
             for k in task.evaluated:
                 totals[keys.index(k)] = np.inf
             i = int(np.argmin(totals))
             task.evaluate(task.pool[i])
-            best = np.minimum(best, ranks[:, i])
+            best = np.fmin(best, ranks[:, i])
 
     def update(self, task: OnlineTask, rng: np.random.Generator) -> None:
-        self.tasks.append(_ranks(task.evaluated))
+        self.tasks.append(_normalized_ranks(task.evaluated))
+
+
+def _normalized_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Rank / number of configurations: 1/n for the highest value, 1 for the lowest."""
+    return {k: r / len(values) for k, r in _ranks(values).items()}
 
 
 def _mean_features(features: np.ndarray) -> np.ndarray:
@@ -512,6 +520,16 @@ class HyperSTAR(_RankerMethod):
         self.optimizer.step()
 
 
+def scot_incumbent(mu: np.ndarray, evaluated: Sequence[int], values: Sequence[float]) -> float:
+    """The incumbent of SCoT's expected improvement on the target dataset: the surrogate's value
+    ``mu`` (over the candidates) at the target's own best evaluated configuration (candidate
+    indices ``evaluated`` with observed ``values``), not the best surrogate value of any
+    dataset; before the first evaluation, the best the surrogate predicts on the target."""
+    if not len(evaluated):
+        return float(np.max(mu))
+    return float(mu[evaluated[int(np.argmax(values))]])
+
+
 class SCoT(Method):
     """SCoT (Bardenet et al., ICML 2013) on a lookup table (HYPERFD.md 4.5): a RankSVM
     (``LinearSVC`` on within-dataset pairwise differences) over [one-hot configuration; min-max
@@ -584,7 +602,7 @@ class SCoT(Method):
             gp = GaussianProcessRegressor(
                 RBF(length_scale=1.0) + WhiteKernel(1e-3), normalize_y=True, random_state=self.seed
             ).fit(x_all[keep], target[keep])
-        return gp, float(target[keep].max())
+        return gp
 
     def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
         from scipy.stats import norm
@@ -598,8 +616,9 @@ class SCoT(Method):
             groups = list(sources)
             if len(task.evaluated) >= 2:
                 groups.append(self._rows(descriptor, configs, task.evaluated))
-            gp, best = self._fit(groups, rng)
+            gp = self._fit(groups, rng)
             mu, sigma = gp.predict(candidates, return_std=True)
+            best = scot_incumbent(mu, [position[k] for k in task.evaluated], list(task.evaluated.values()))
             z = (mu - best) / np.maximum(sigma, 1e-9)
             ei = (mu - best) * norm.cdf(z) + sigma * norm.pdf(z)
             ei[[position[k] for k in task.evaluated]] = -np.inf
