@@ -167,7 +167,10 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
         runs = list(csv.DictReader(f))
     assert len(runs) == 3 * 2 and {r["dataset"] for r in runs} == {"masked"}
     assert all(25.0 <= float(r["rank"]) <= 100.0 and r["evaluated"] == "2" for r in runs)
-    assert "| hyperfd_stats | " in (tmp_path / "evaluation" / "evaluation.md").read_text()
+    report = (tmp_path / "evaluation" / "evaluation.md").read_text()
+    assert "| hyperfd_stats | " in report and "**Dataset sensitivity after warm-up**" in report
+    sensitivity = json.loads((tmp_path / "evaluation" / "summary.json").read_text())["dataset_sensitivity"]
+    assert set(sensitivity) == {"hyperfd_stats"} and -1.0 <= sensitivity["hyperfd_stats"] <= 1.0
     out = run_facenas("hyperfd", "train", *common, "--features", "label_stats", "--out", "ranker.pt", cwd=tmp_path)
     assert out.returncode == 0 and "2 datasets" in out.stdout, out.stderr[-3000:]
     bad = run_facenas("hyperfd", "evaluate", *common, "--methods", "[oracle]", cwd=tmp_path)

@@ -18,6 +18,7 @@ from facenas.hyperfd.methods import (
     TrAutoML,
     ZeroShotTransfer,
     create_method,
+    dataset_sensitivity,
     scot_incumbent,
 )
 from facenas.hyperfd.online import (
@@ -213,6 +214,23 @@ def test_hyperfd_learns_a_planted_structure():
         results = run_online(HyperFD(extractor="label_stats", warmup_steps=300, seed=0), offline, online, seed=0)
     ranks = [r["rank"] for r in results]
     assert np.mean(ranks) < 0.5 * random_rank_closed_form(216, 4)[0], ranks
+
+
+def test_dataset_sensitivity_tells_a_ranker_that_reads_the_data_from_one_that_cannot():
+    """Two families that prefer opposite configurations: the warmed-up ranker's score vectors
+    disagree between them; the same datasets with one feature matrix for all score alike (1)."""
+    import dataclasses
+
+    table = planted_table(4, 2, GRID[::4])
+    datasets = list(table.values())
+    offline = [table[n] for n in table if not n.startswith("on")]
+    method = HyperFD(extractor="label_stats", warmup_steps=300, seed=0)
+    with single_thread():
+        method.warmup(offline, np.random.default_rng(0))
+    reads = dataset_sensitivity(method, datasets)
+    same = [dataclasses.replace(d, features=dict(datasets[0].features)) for d in datasets]
+    assert reads < 0.5 and dataset_sensitivity(method, same) == pytest.approx(1.0)
+    assert math.isnan(dataset_sensitivity(method, datasets[:1]))
 
 
 def test_every_method_runs_the_protocol_without_reading_the_target_table():

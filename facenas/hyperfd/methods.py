@@ -356,6 +356,24 @@ class HyperFD(_RankerMethod):
         return method
 
 
+# above this mean Spearman between its datasets' score vectors, a ranker ignores the data
+IGNORES_DATA = 0.99
+
+
+def dataset_sensitivity(method: HyperFD, datasets: Sequence[TaskData]) -> float:
+    """How much a warmed-up ranker's preferences depend on the dataset: the mean Spearman
+    correlation between its score vectors (over the configurations every dataset has) for all
+    pairs of ``datasets``, each scored from the meta-feature its client would compute. Near 1
+    (above :data:`IGNORES_DATA`) it ranks the same whatever the data; NaN for fewer than two
+    datasets."""
+    shared = sorted(set.intersection(*(set(d.configs) for d in datasets))) if datasets else []
+    configs = [datasets[0].configs[k] for k in shared] if shared else []
+    vectors = [list(method.scores(method.client_meta(d.feature(method.extractor)), configs)) for d in datasets]
+    pairs = [spearman(a, b) for i, a in enumerate(vectors) for b in vectors[i + 1 :]]
+    pairs = [p for p in pairs if not math.isnan(p)]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
 class BestOnSource(Method):
     """The top-B configurations of the source dataset's table by validation AP, the same on
     every target (HYPERFD.md 4.2). Pool configurations the source never trained rank last."""

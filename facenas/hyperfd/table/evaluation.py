@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,10 @@ def evaluate_table(
     summary = summarize_runs(rows)
     reference = {f"N={n}": random_rank_closed_form(n, budget)[0] for n in sorted({r["pool"] for r in rows})}
     text = markdown(summary, reference)
+    sensitivity = ranker_sensitivity(table, offline, [factory(m) for m in methods], methods, seed, progress)
+    if sensitivity:
+        summary["dataset_sensitivity"] = sensitivity
+        text += "\n" + sensitivity_markdown(sensitivity, len(table))
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.md").write_text(text)
     all_settings = settings | {
@@ -179,6 +183,52 @@ def evaluate_table(
     png = plot_curves(summary, out / "rank_by_task.png")
     files = [out / "evaluation.md", out / "summary.json", out / "runs.csv", png]
     return Evaluation(text, out, files, summary)
+
+
+def ranker_sensitivity(
+    table: dict,
+    offline: Sequence[str],
+    factories: Sequence[Callable[[int], Any]],
+    names: Sequence[str],
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Per HyperFD method of ``names`` (built by ``factories``): warmed up on the ``offline``
+    datasets with ``seed``, its :func:`~facenas.hyperfd.methods.dataset_sensitivity` over every
+    dataset of ``table``."""
+    import numpy as np
+
+    from facenas.hyperfd.methods import HyperFD, dataset_sensitivity
+    from facenas.hyperfd.online import single_thread
+
+    found = {}
+    for name, factory in zip(names, factories):
+        method = factory(seed)
+        if not isinstance(method, HyperFD):
+            continue
+        if progress:
+            progress(f"{name}: warming up once more to measure its dataset sensitivity")
+        with single_thread():
+            method.warmup([table[n] for n in offline], np.random.default_rng(seed))
+            found[name] = dataset_sensitivity(method, list(table.values()))
+    return found
+
+
+def sensitivity_markdown(sensitivity: Mapping[str, float], datasets: int) -> str:
+    """The dataset-sensitivity table of :func:`ranker_sensitivity`, with a verdict per ranker."""
+    from facenas.hyperfd.methods import IGNORES_DATA
+
+    lines = [
+        f"**Dataset sensitivity after warm-up** (mean Spearman between the ranker's score vectors for the "
+        f"{datasets} datasets; 1 = the same ranking for every dataset)",
+        "",
+        "| method | mean Spearman | |",
+        "|---|---|---|",
+    ]
+    for name, value in sensitivity.items():
+        verdict = f"above {IGNORES_DATA}: the ranker ignores the data" if value > IGNORES_DATA else ""
+        lines.append(f"| {name} | {value:.3f} | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def default_ranker_path(table_csv: str, features: str) -> Path:
