@@ -214,6 +214,26 @@ def portrait(
     return np.ascontiguousarray(crop), kept, dropped
 
 
+def radial_forward(
+    src_radius: Callable[[np.ndarray], np.ndarray], centre: np.ndarray, norm: float, r_max: float, steps: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The forward map (source pixel -> output pixel, points ``(..., 2)``) of a radial warp about
+    ``centre`` that is given by its inverse ``src_radius`` (output radius -> source radius, in
+    units of ``norm``, monotone): inverted by interpolating a table of ``steps`` output radii up
+    to ``r_max``. Boxes and landmarks move through it while the pixels are resampled with the
+    inverse."""
+    table_out = np.linspace(0, r_max, steps)
+    table_in = src_radius(table_out)
+
+    def forward(points: np.ndarray) -> np.ndarray:
+        rel = (points - centre) / norm
+        r_in = np.linalg.norm(rel, axis=-1, keepdims=True)
+        r_new = np.interp(r_in, table_in, table_out)
+        return centre + np.where(r_in > 0, rel * r_new / np.maximum(r_in, 1e-12), rel) * norm
+
+    return forward
+
+
 def _fisheye_radius(strength: float) -> Callable[[np.ndarray], np.ndarray]:
     """Output radius -> source radius (both over the half diagonal): monotone, fixed at 0 and 1,
     magnifying the centre and squeezing the rim."""
@@ -240,15 +260,7 @@ def fisheye(
     out = np.stack(
         [ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest") for c in range(image.shape[2])], -1
     )
-    table_out = np.linspace(0, 1.5, 6001)
-    table_in = src_radius(table_out)
-
-    def forward(p: np.ndarray) -> np.ndarray:  # source pixel -> output pixel
-        q = (p - centre) / norm
-        r_in = np.linalg.norm(q, axis=-1, keepdims=True)
-        r_new = np.interp(r_in, table_in, table_out)
-        return centre + np.where(r_in > 0, q * r_new / np.maximum(r_in, 1e-12), q) * norm
-
+    forward = radial_forward(src_radius, centre, norm, r_max=1.5, steps=6001)
     kept, dropped = settle(_map_faces(faces, forward), width, height)
     return out.astype(np.uint8), kept, dropped
 

@@ -178,15 +178,9 @@ def _fisheye(
     warped = torch.nn.functional.grid_sample(tensor, grid, mode="bilinear", padding_mode="border", align_corners=True)
     out_image = Image.fromarray(warped[0].permute(1, 2, 0).clamp(0, 255).byte().numpy())
 
-    table_out = np.linspace(0, 2.0, 4001)
-    table_in = src_radius(table_out)
+    from .domains import radial_forward
 
-    def forward(points: np.ndarray) -> np.ndarray:  # source pixel -> output pixel
-        rel = (points - half) / norm
-        r_in = np.linalg.norm(rel, axis=-1, keepdims=True)
-        r_new = np.interp(r_in, table_in, table_out)
-        return half + np.where(r_in > 0, rel * r_new / np.maximum(r_in, 1e-12), rel) * norm
-
+    forward = radial_forward(src_radius, half, norm, r_max=2.0, steps=4001)
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     centre, radius = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2, (boxes[:, None, 2:] - boxes[:, None, :2]) / 2
     outline = forward(centre + radius * np.stack([np.cos(t), np.sin(t)], -1)[None])
