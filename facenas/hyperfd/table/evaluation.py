@@ -156,7 +156,7 @@ def evaluate_table(
     summary = summarize_runs(rows)
     reference = {f"N={n}": random_rank_closed_form(n, budget)[0] for n in sorted({r["pool"] for r in rows})}
     text = markdown(summary, reference)
-    sensitivity = ranker_sensitivity(table, offline, [factory(m) for m in methods], methods, seed, progress)
+    sensitivity = ranker_sensitivity(table, offline, {m: factory(m) for m in methods}, seed, progress)
     if sensitivity:
         summary["dataset_sensitivity"] = sensitivity
         text += "\n" + sensitivity_markdown(sensitivity, len(table))
@@ -188,21 +188,20 @@ def evaluate_table(
 def ranker_sensitivity(
     table: dict,
     offline: Sequence[str],
-    factories: Sequence[Callable[[int], Any]],
-    names: Sequence[str],
+    factories: Mapping[str, Callable[[int], Any]],
     seed: int,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Per HyperFD method of ``names`` (built by ``factories``): warmed up on the ``offline``
-    datasets with ``seed``, its :func:`~facenas.hyperfd.methods.dataset_sensitivity` over every
-    dataset of ``table``."""
+    """Per HyperFD method of ``factories`` (name -> a factory taking a seed): warmed up on the
+    ``offline`` datasets with ``seed``, its :func:`~facenas.hyperfd.methods.dataset_sensitivity`
+    over every dataset of ``table``."""
     import numpy as np
 
     from facenas.hyperfd.methods import HyperFD, dataset_sensitivity
     from facenas.hyperfd.online import single_thread
 
     found = {}
-    for name, factory in zip(names, factories):
+    for name, factory in factories.items():
         method = factory(seed)
         if not isinstance(method, HyperFD):
             continue
