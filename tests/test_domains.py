@@ -251,3 +251,28 @@ def test_data_module_reads_a_domain(tmp_path):
         FaceDetectionDataModule(format="wider", train_annotations="x.txt", domain={"families": ["fog"]})
     with pytest.raises(UnknownName, match="unknown domain family 'haze'"):
         FaceDetectionDataModule(domain={"families": ["haze"]})
+
+
+def test_geometric_families_take_images_and_tiles_without_faces():
+    """A photo without faces (WIDER has some) is a valid tile and a valid image."""
+    image, faces = _scene()
+    empty = FaceArrays(np.zeros((0, 4)), None, None)
+    out, moved, dropped = DOMAIN_FAMILIES.get("tiny_crowd")(
+        image, faces, np.random.default_rng(0), tiles=[(image, empty)] * 3
+    )
+    assert len(moved) + dropped == len(faces)
+    for name, args in GEOMETRIC.items():
+        _, kept, lost = DOMAIN_FAMILIES.get(_family(name))(image, empty, np.random.default_rng(0), **args)
+        assert len(kept) == 0 and lost == 0, name
+
+
+def test_build_domain_start_takes_a_later_window_of_the_source(tmp_path):
+    data = data_path("widerface").parent
+    source = read_wider(data / "widerface/wider_face_split/wider_face_val_bbx_gt.txt", verify="none")
+    first = build_domain("wider_val", [], images=2, root=tmp_path, data_root=data)
+    later = build_domain("wider_val", [], images=2, start=len(source) - 1, root=tmp_path, data_root=data)
+    assert later != first
+    names = [s.name for s in read_wider(later / "wider_face_bbx_gt.txt", later / "images", verify="none")]
+    assert names == [source[-1].name, source[0].name]  # wraps around at the end
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        build_domain("wider_val", [], start=-1, root=tmp_path, data_root=data)

@@ -44,6 +44,13 @@ def build_parser(verb: str = "hyperfd build"):
     )
     parser.add_argument("--executor", type=str | dict, default="inprocess", help="inprocess, subprocess or dask")
     parser.add_argument("--root", type=str | None, default=None, help="table folder (default runs/hyperfd/<name>)")
+    parser.add_argument(
+        "--shard",
+        type=str | None,
+        default=None,
+        help="K/N: build only every N-th study from the K-th on, so that N builds started side by side share "
+        "the table (each with the in-process executor: no per-entry start-up)",
+    )
     return parser
 
 
@@ -52,15 +59,25 @@ def build(verb: str, argv: list[str]) -> int:
     from facenas.hyperfd.table.build import build as run_build
 
     args = parse(build_parser(verb), argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "shard")}
     try:
         settings = TableConfig(**fields)
+        shard = _shard(args.shard)
         _quiet_libraries()
-        counts = run_build(settings)  # SIGTERM / SIGINT: core.errors.Interrupted, exit code 143 / 130
+        counts = run_build(settings, shard=shard)  # SIGTERM / SIGINT: core.errors.Interrupted, exit code 143 / 130
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     print(f"table {settings.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"--shard takes K/N with 1 <= K <= N, got {text!r}")
+    return int(k), int(n)
 
 
 def export(verb: str, argv: list[str]) -> int:

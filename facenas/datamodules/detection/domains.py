@@ -108,6 +108,8 @@ def settle(faces: FaceArrays, width: int, height: int, min_visible: float = 0.5)
 def _map_faces(faces: FaceArrays, forward: Callable[[np.ndarray], np.ndarray], samples: int = 16) -> FaceArrays:
     """Faces moved by a point map ``forward`` ((..., 2) -> (..., 2)): each box becomes the
     bounding box of its mapped boundary, landmarks are mapped."""
+    if len(faces) == 0:
+        return FaceArrays(np.zeros((0, 4)), None, None)
     t = np.linspace(0, 1, samples, dtype=np.float64)
     x1, y1, x2, y2 = (faces.boxes[:, k, None].astype(np.float64) for k in range(4))
     edges = [
@@ -117,7 +119,7 @@ def _map_faces(faces: FaceArrays, forward: Callable[[np.ndarray], np.ndarray], s
         np.stack([np.broadcast_to(x2, (len(x1), samples)), y1 + (y2 - y1) * t], -1),
     ]
     outline = forward(np.concatenate(edges, 1)).reshape(len(faces), -1, 2)
-    boxes = np.concatenate([outline.min(1), outline.max(1)], 1) if len(faces) else np.zeros((0, 4))
+    boxes = np.concatenate([outline.min(1), outline.max(1)], 1)
     return FaceArrays(boxes, forward(faces.landmarks.astype(np.float64)), faces.ignore)
 
 
@@ -571,14 +573,16 @@ def build_domain(
     families: Any = (),
     seed: int = 0,
     images: int | None = None,
+    start: int = 0,
     root: str | Path = "data/domains",
     data_root: str | Path = "../shared/data",
     quality: int = 95,
 ) -> Path:
     """Materialise a domain of a WIDER subset as a folder and return it.
 
-    Takes the first ``images`` images (all when None) of ``source`` (``wider_train``: the 1,239
-    WIDER training images; ``wider_val``: the 394 validation ones) under ``data_root``, applies
+    Takes ``images`` images (all when None) of ``source`` (``wider_train``: the 1,239 WIDER
+    training images; ``wider_val``: the 394 validation ones) under ``data_root`` from image
+    ``start`` on (in annotation-file order, wrapping around at the end), applies
     :class:`Domain` ``(families, seed)`` to image ``k`` with index ``k`` (a mosaic takes images
     ``k + 1 .. k + 3`` of the subset as its other tiles), and writes
     ``images/<event>/<name>.jpg``, ``wider_face_bbx_gt.txt`` (ignore regions as ``invalid``),
@@ -590,8 +594,12 @@ def build_domain(
 
     if source not in SOURCES:
         raise ValueError(f"unknown domain source {source!r}; choose from {', '.join(SOURCES)}")
+    if start < 0 or (images is not None and images < 1):
+        raise ValueError(f"domain start must be >= 0 and images >= 1, got start={start}, images={images}")
     domain = Domain(families, seed)
     meta: dict[str, Any] = {"source": source, "images": images, "quality": quality, **domain.spec()}
+    if start:  # absent when 0: the folders built before ``start`` existed keep their hash
+        meta["start"] = start
     digest = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(root) / digest
     if (folder / "meta.json").is_file():
@@ -599,7 +607,9 @@ def build_domain(
     annotations, image_root = (Path(data_root) / part for part in SOURCES[source])
     if not annotations.is_file():
         raise FileNotFoundError(f"domain source {source!r} needs {annotations}")
-    samples = read_wider(annotations, image_root, verify="none")[:images]
+    every = read_wider(annotations, image_root, verify="none")
+    count = len(every) if images is None else min(images, len(every))
+    samples = [every[(start + k) % len(every)] for k in range(count)]
     work = folder.with_name(folder.name + ".partial")
     written, dropped = [], 0
 

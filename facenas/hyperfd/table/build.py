@@ -218,11 +218,13 @@ def canonical(config: Mapping[str, Any]) -> str:
     return ";".join(f"{k}={shown[k]}" for k in sorted(shown))
 
 
-def build(settings: TableConfig, console: Any = None) -> dict[str, int]:
+def build(settings: TableConfig, console: Any = None, shard: tuple[int, int] | None = None) -> dict[str, int]:
     """Train every missing entry of the table; returns counts of the entries by status.
 
     Studies run one after another (each with the configured executor: a subprocess pool or a
-    Dask cluster runs its trials in parallel); a killed build resumes where it stopped."""
+    Dask cluster runs its trials in parallel); a killed build resumes where it stopped.
+    ``shard = (k, n)`` builds only studies ``k - 1, k - 1 + n, ...`` of the plan: ``n`` builds
+    side by side, each its own studies (and stores), make the whole table."""
     from rich.console import Console
 
     from facenas.core.progress import bar
@@ -235,10 +237,13 @@ def build(settings: TableConfig, console: Any = None) -> dict[str, int]:
             file=sys.stderr,
         )
     plan = list(settings.studies())
+    if shard is not None:
+        plan = plan[shard[0] - 1 :: shard[1]]
     total = sum(len(chosen) for _, _, chosen, _ in plan)
     done = sum(_finished(s) for _, _, _, s in plan)
+    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     console.print(
-        f"[bold]table {settings.name}[/]: {len(settings.datasets)} dataset(s), {total} entries, "
+        f"[bold]table {settings.name}[/]{part}: {len(settings.datasets)} dataset(s), {total} entries, "
         f"{done} already in the table ({settings.root_dir})",
         highlight=False,
     )
