@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -176,6 +177,53 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     bad = run_facenas("hyperfd", "evaluate", *common, "--methods", "[oracle]", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown method 'oracle'" in bad.stderr
 
+    # leave-one-family-out with a reading of HyperFD: each dataset (its own family here) online in turn
+    methods = "[random, similar_portfolio, {name: alg1, method: hyperfd_stats, ratio: [0, 1, 1], warmup_steps: 5}]"
+    out = run_facenas(
+        "hyperfd", "evaluate", *common, "--source", "plain", "--methods", methods, "--runs", "2", "--budget", "2",
+        "--protocol", "leave_one_family_out", "--bootstrap_samples", "50", "--out", "lofo", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "lofo" / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert {r["dataset"] for r in runs} == {"plain/plain", "masked/masked"} and len(runs) == 3 * 2 * 2
+    summary = json.loads((tmp_path / "lofo" / "summary.json").read_text())
+    assert set(summary["bootstrap"]) == {"plain", "masked", "all"}
+    assert summary["settings"]["readings"] == {"alg1": ["hyperfd_stats", {"ratio": [0, 1, 1], "warmup_steps": 5}]}
+    report = (tmp_path / "lofo" / "evaluation.md").read_text()
+    assert "similar_portfolio beats" in report or "similar_portfolio is" in report or "similar_portfolio does" in report
+
+
+def test_protocol_splits_groups_and_families(tmp_path):
+    from facenas.hyperfd.table.evaluation import dataset_families, online_groups, protocol_splits
+
+    config = tmp_path / "table.yaml"
+    config.write_text(
+        "datasets:\n"
+        "  - {name: a, data: {domain: {source: wider_train, families: [fog, tiny_crowd]}}}\n"
+        "  - {name: b, data: {domain: {source: wider_train, families: [dark]}}}\n"
+        "  - {name: c, data: {domain: {source: wider_val, families: [fog]}}}\n"
+        "  - {name: d, data: {domain: {source: wider_val, families: [rain]}}}\n"
+        "  - {name: e, data: {domain: {source: wider_val, families: []}}}\n"
+        "  - {name: f, family: [label_noise], data: {synthetic_domains: [plain]}}\n"
+        "  - {name: g, data: {synthetic_domains: [plain]}}\n"
+    )
+    names = list("abcdefg")
+    families = dataset_families(config, names)
+    assert families == {
+        "a": ("fog", "tiny_crowd"), "b": ("low_light",), "c": ("fog",), "d": ("rain",), "e": ("photos",),
+        "f": ("label_noise",), "g": ("g",),
+    }  # fmt: skip
+    assert online_groups(["c", "d"], ["a", "b"], families) == {"seen": ["c"], "held_out": ["d"], "all": ["c", "d"]}
+    assert protocol_splits("online", names, ["a", "b"], families) == [("online", ["a", "b"], list("cdefg"))]
+    lofo = {label: (off, on) for label, off, on in protocol_splits("leave_one_family_out", names, ["a"], families)}
+    assert lofo["fog"] == (list("bdefg"), ["a", "c"]) and lofo["tiny_crowd"] == (list("bcdefg"), ["a"])
+    assert protocol_splits("leave_one_offline_out", names, ["a", "b"], families) == [
+        ("a", ["b"], ["a"]), ("b", ["a"], ["b"]),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown protocol 'k_fold'"):
+        protocol_splits("k_fold", names, ["a"], families)
+
 
 def write_table(root, entries) -> None:
     """A lookup table written straight into stores: {(dataset, seed): [(config, val, test), ...]}."""
@@ -224,6 +272,48 @@ def test_report_numbers(tmp_path):
     text, files = write_report(tmp_path)
     assert "| a | 5 | 0 |" in text and all(f.is_file() and f.stat().st_size > 0 for f in files)
     assert {f.name for f in files} >= {"ap_distribution.png", "val_vs_test.png", "spearman.png"}
+
+
+def test_report_checks_whether_the_table_can_tell_methods_apart(tmp_path):
+    """The pilot's go / no-go numbers on a table made to order: two optimiser x lr cells of two
+    configurations each, a source whose top-2 portfolio is the target's worst pair."""
+    from facenas.hyperfd.table.report import analyse, cell_share, portfolio_gap
+
+    assert cell_share([1, 2, 3, 4], ["a", "a", "b", "b"]) == pytest.approx(0.8)  # between 4 of total 5
+    assert math.isnan(cell_share([1, 2], ["a", "a"]))
+    pools = {"src": {"x": (0.9, 0.9), "y": (0.8, 0.8), "z": (0.1, 0.1), "w": (0.0, 0.0)}}
+    pools["t"] = {"x": (0.2, 0.2), "y": (0.3, 0.3), "z": (0.9, 0.9), "w": (0.8, 0.8)}
+    assert portfolio_gap(pools, "src", 2) == {"t": pytest.approx(50.0)}  # y kept: 2 better of 4
+    assert portfolio_gap(pools, "src", 4) == {"t": 0.0}
+    with pytest.raises(ValueError, match="no dataset 'nope'"):
+        portfolio_gap(pools, "nope", 2)
+
+    configs = [
+        {"optimizer": o, "lr": lr, "pos_iou": p} for o, lr in (("sgd", 1e-3), ("adam", 3e-4)) for p in (0.4, 0.6)
+    ]
+    aps = {"src": [0.9, 0.8, 0.3, 0.2], "t1": [0.1, 0.2, 0.9, 0.8], "t2": [0.9, 0.1, 0.8, 0.2]}
+    layout = {(name, 0): [(c, v, v) for c, v in zip(configs, values)] for name, values in aps.items()}
+    for name, values in aps.items():  # seed noise 0.01 / sqrt(2) on the first two configurations
+        layout[(name, 1)] = [(c, v + 0.01, v + 0.01) for c, v in zip(configs[:2], values[:2])]
+    write_table(tmp_path, layout)
+    result = analyse(tmp_path, source="src", budget=2)
+    c = result["checks"]
+    assert c["disagree"] == {"pairs": 1, "below_half": 1, "pass": True}  # t1 vs t2: rho -0.2
+    # t1 ranks 4 3 | 1 2 by cell (sgd | adam): share 0.8; t2 ranks 1 4 | 2 3: share 0
+    assert c["cell_share"]["mean"] == pytest.approx(0.4) and c["cell_share"]["pass"]
+    assert c["portfolio"]["gap"] == {"t1": pytest.approx(50.0), "t2": pytest.approx(0.0)}
+    assert c["portfolio"]["mean"] == pytest.approx(25.0) and c["portfolio"]["pass"]
+    q75 = np.percentile(aps["t1"], 75)
+    noise = 0.01 / math.sqrt(2)
+    assert c["top_resolved"]["top_gap_over_noise"]["t1"] == pytest.approx((0.9 - q75) / noise)
+    assert c["top_resolved"]["pass"] and c["go"] is True
+    assert "Verdict: **go**" in write_report_text(tmp_path, "src")
+
+
+def write_report_text(root, source):
+    from facenas.hyperfd.table.report import write_report
+
+    return write_report(root, root / "report", source, 2)[0]
 
 
 def test_augment_writes_subsets_a_benchmark_dataset_reads(tmp_path):

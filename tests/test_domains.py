@@ -276,3 +276,17 @@ def test_build_domain_start_takes_a_later_window_of_the_source(tmp_path):
     assert names == [source[-1].name, source[0].name]  # wraps around at the end
     with pytest.raises(ValueError, match="start must be >= 0"):
         build_domain("wider_val", [], start=-1, root=tmp_path, data_root=data)
+
+
+def test_builds_side_by_side_make_one_intact_domain(tmp_path):
+    """Two processes building the same domain at once (hyperfd build --shard) both get it."""
+    import multiprocessing
+
+    data = data_path("widerface").parent
+    args = ("wider_val", ["fog"], 0, 3, 0, str(tmp_path), str(data))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        folders = pool.starmap(build_domain, [args, args])
+    assert folders[0] == folders[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folders[0].name]  # no partial folder left
+    samples = read_wider(folders[0] / "wider_face_bbx_gt.txt", folders[0] / "images", verify="full")
+    assert len(samples) == 3

@@ -15,10 +15,12 @@ from facenas.hyperfd.methods import (
     HyperFD,
     HyperSTAR,
     SCoT,
+    SimilarPortfolio,
     TrAutoML,
     ZeroShotTransfer,
     create_method,
     dataset_sensitivity,
+    method_specs,
     scot_incumbent,
 )
 from facenas.hyperfd.online import (
@@ -26,12 +28,14 @@ from facenas.hyperfd.online import (
     OnlineTask,
     RandomSearch,
     TaskData,
+    bootstrap,
     evaluate,
     normalized_rank,
     random_rank_closed_form,
     run_online,
     single_thread,
     summarize_runs,
+    verdicts,
 )
 from facenas.hyperfd.ranker import (
     ConfigEncoder,
@@ -313,6 +317,7 @@ def test_create_method_passes_the_space_seed_and_warmup_to_every_method():
         "hyperfd_stats": {**ranker, "extractor": "label_stats", "loss": "rank"},
         "hyperfd_mse": {**ranker, "extractor": "detector", "loss": "mse"},
         "hyperfd": {**ranker, "extractor": "detector", "loss": "rank"},
+        "similar_portfolio": {"extractor": "detector"},
     }
     assert set(expected) == set(METHODS)  # a new method gets its row here
     settings = ("space", "seed", "warmup_steps", "source", "extractor", "loss")
@@ -321,6 +326,87 @@ def test_create_method_passes_the_space_seed_and_warmup_to_every_method():
         got = {key: getattr(method, key) for key in settings if key in vars(method)}
         assert got == want, name
     assert create_method("hyperstar", 7, roles, space="hyperfd_nas").space == "hyperfd_nas"
+
+
+def test_method_readings_take_their_options_and_refuse_unknown_ones():
+    roles = {"features": "detector", "stats": "label_stats", "resnet": "timm:resnet18"}
+    specs = method_specs(
+        ["random", {"name": "hyperfd_alg1", "method": "hyperfd", "ratio": [0, 1, 1], "si_weight": 0, "explore": 0}]
+    )
+    assert specs == {
+        "random": ("random", {}),
+        "hyperfd_alg1": ("hyperfd", {"ratio": [0, 1, 1], "si_weight": 0, "explore": 0}),
+    }
+    method = create_method("hyperfd", 3, roles, options=specs["hyperfd_alg1"][1])
+    assert (method.ratio, method.si_weight, method.explore, method.extractor) == ((0.0, 1.0, 1.0), 0, 0, "detector")
+    with pytest.raises(ValueError, match="'hyperfd_x' .*hyperfd.* has no option 'temperature'"):
+        method_specs([{"name": "hyperfd_x", "method": "hyperfd", "temperature": 2}])
+    with pytest.raises(ValueError, match="unknown method 'oracle'"):
+        method_specs([{"name": "x", "method": "oracle"}])
+    with pytest.raises(ValueError, match="given twice"):
+        method_specs(["random", {"name": "random", "method": "zero_shot"}])
+
+
+def test_similar_portfolio_weights_similar_datasets_and_learns_from_agreement():
+    """On the planted two-family table the similarity weights favour the target's family, and
+    the method beats random search; with equal weights and no adaptation it is ZeroShotTransfer."""
+    table = planted_table(8, 6, GRID[::3])
+    offline = [table[n] for n in table if not n.startswith("on")]
+    online = [table[n] for n in table if n.startswith("on")]
+    method = SimilarPortfolio(extractor="label_stats")
+    method.warmup(offline, np.random.default_rng(0))
+    target = online[0]
+    weights = method.weights(method._meta(target.feature("label_stats")))
+    same = [
+        i for i, d in enumerate(offline) if d.feature("label_stats")[0, 0] * target.feature("label_stats")[0, 0] > 0
+    ]
+    other = [i for i in range(len(offline)) if i not in same]
+    assert weights[same].min() > weights[other].max()
+    ranks = [r["rank"] for r in run_online(SimilarPortfolio(extractor="label_stats"), offline, online, seed=0)]
+    assert np.mean(ranks) < random_rank_closed_form(len(GRID[::3]), 4)[0] / 2
+    plain = run_online(SimilarPortfolio(extractor="label_stats", bandwidth=None, adapt=0), offline, online, seed=0)
+    zero = run_online(ZeroShotTransfer(), offline, online, seed=0)
+    assert [r["configuration"] for r in plain] == [r["configuration"] for r in zero]
+    method._last = None
+    agreement = method._agreement({config_key(GRID[0]): 0.9, config_key(GRID[3]): 0.1})
+    assert agreement.shape == (len(offline),) and set(np.round(agreement * 3).astype(int)) <= {1, 2}
+
+
+def test_table_noise_draws_seed_entries_the_same_for_every_method():
+    data = TaskData("d", {"a": {}, "b": {}}, {"a": 0.5, "b": 0.6}, {"a": 0.5, "b": 0.6}, repeats={"a": [(0.7, 0.8)]})
+    draws = {data.with_seed_draw(np.random.default_rng(s)).val["a"] for s in range(20)}
+    assert draws == {0.5, 0.7} and data.val["a"] == 0.5  # the original stays
+    assert {data.with_seed_draw(np.random.default_rng(s)).val["b"] for s in range(5)} == {0.6}
+    table = planted_table(3, 3, GRID[::6])
+    for d in table.values():  # a repeat that reverses the best and worst configuration
+        keys = sorted(d.val, key=d.val.get)
+        d.repeats = {keys[0]: [(1.0, 1.0)], keys[-1]: [(0.0, 0.0)]}
+    methods = {"random": lambda s: RandomSearch(), "zero_shot": lambda s: ZeroShotTransfer()}
+    offline = ["wider", "off1", "off2"]
+    quiet = evaluate(table, methods, offline=offline, runs=6, seed=0)
+    noisy = evaluate(table, methods, offline=offline, runs=6, seed=0, table_noise=True)
+    assert quiet != noisy
+    zero = [r["rank"] for r in noisy if r["method"] == "zero_shot"]
+    assert len(set(zero)) > 1  # a deterministic method varies with the table's draws
+
+
+def test_bootstrap_pairs_methods_and_states_verdicts():
+    rows = []
+    for run in range(10):
+        for d, base in (("x", 10.0), ("y", 30.0), ("z", 20.0)):
+            rows.append({"method": "good", "run": run, "dataset": d, "rank": base})
+            rows.append({"method": "bad", "run": run, "dataset": d, "rank": base + 5 + (run % 3)})
+            rows.append({"method": "same", "run": run, "dataset": d, "rank": base + (1 if run % 2 else -1)})
+    found = bootstrap(rows, {"all": ["x", "y", "z"], "one": ["x"]}, samples=500, seed=0)
+    assert found["all"]["methods"]["good"]["mean"] == pytest.approx(20.0)
+    assert found["one"]["methods"]["good"] == {"mean": 10.0, "se": 0.0, "lo": 10.0, "hi": 10.0}
+    assert found["all"]["methods"]["good"]["se"] > 0  # the datasets vary
+    bad = found["all"]["differences"]["good|bad"]
+    assert bad["hi"] < 0 and bad["mean"] == pytest.approx(-5.9)  # 5 + mean of run % 3 over 10 runs
+    text = "\n".join(verdicts(found["all"], "good", reference=25.0))
+    assert "good beats bad" in text and "good is not resolved from same" in text
+    assert "good does not beat random search's closed form" in text  # 20 with datasets 10..30
+    assert "good beats random" in "\n".join(verdicts(found["one"], "good", reference=25.0))
 
 
 def test_evaluation_journal_resumes_a_killed_evaluation(tmp_path):
@@ -364,3 +450,32 @@ def test_hyperfd_state_keeps_no_per_image_data():
 
     walk(state)
     assert all(p["meta"].shape == (64,) for p in state["past"])
+
+
+def test_tr_automl_joins_the_nearest_group_or_starts_one_when_the_test_rejects_it():
+    table = planted_table(8, 2, GRID[::6])
+    offline = [table[n] for n in table if not n.startswith("on")]
+    method = TrAutoML(extractor="label_stats", groups=2, seed=0)
+    method.warmup(offline, np.random.default_rng(0))
+    families = {tuple(sorted(offline[i].feature("label_stats")[:, 0].mean() > 0 for i in m)) for m in method.members}
+    assert families == {(False,) * 4, (True,) * 4}  # K-Means finds the two planted families
+    near = method.known[method.members[0][0]][0]
+    assert method.assign(near) == 0
+    far = near + 50.0  # far outside every group
+    assert method.assign(far) is None
+    online = [table[n] for n in table if n.startswith("on")]
+    task = OnlineTask(online[0], 4)
+    method.select(task, np.random.default_rng(0))
+    method._last = (far, None)
+    method.update(task, np.random.default_rng(0))
+    assert len(method.members) == 3 and method.members[-1] == [len(method.known) - 1]
+
+
+def test_hyperstar_draws_a_batch_of_images_for_each_task_representation():
+    method = HyperSTAR(extractor="label_stats", image_batch=8, seed=0)
+    features = torch.arange(40, dtype=torch.float32)[:, None].repeat(1, 3)
+    drawn = method._images(features, np.random.default_rng(0))
+    assert drawn.shape == (8, 3) and len(set(drawn[:, 0].tolist())) == 8
+    assert HyperSTAR(image_batch=None)._images(features, np.random.default_rng(0)) is features
+    with pytest.raises(ValueError, match="image_batch must be >= 1"):
+        HyperSTAR(image_batch=0)

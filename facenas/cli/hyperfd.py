@@ -103,15 +103,21 @@ def report(verb: str, argv: list[str]) -> int:
         verb,
         "Report on a lookup table: AP distribution per dataset, validation-test rank correlation, best "
         "configuration, seed noise against the spread across configurations, and the Spearman correlation "
-        "of configuration rankings between datasets (Markdown, JSON, PNGs).",
+        "of configuration rankings between datasets (Markdown, JSON, PNGs); then whether the table can tell "
+        "search methods apart (cross-dataset disagreement, optimiser x lr share of the rank variance, best vs "
+        "upper quartile against the seed noise, a fixed portfolio against the oracle).",
     )
     parser.add_argument("table", type=str, help="the table's folder (runs/hyperfd/<name>)")
     parser.add_argument("--out", type=str | None, default=None, help="report folder (default <table>/report)")
+    parser.add_argument(
+        "--source", type=str | None, default=None, help="dataset whose top configurations make the fixed portfolio"
+    )
+    parser.add_argument("--budget", type=int, default=2, help="size of the fixed portfolio")
     args = parse(parser, argv)
     from facenas.hyperfd.table.report import write_report
 
     try:
-        text, files = write_report(args.table, args.out)
+        text, files = write_report(args.table, args.out, args.source, args.budget)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(text)
@@ -193,10 +199,31 @@ def evaluate(verb: str, argv: list[str]) -> int:
     _table_arguments(parser)
     parser.add_argument(
         "--methods",
-        type=list[str],
+        type=list[str | dict],
         default=list(DEFAULT_METHODS),
         help="methods to compare (random, best_on_source, tr_automl, hyperstar, scot, zero_shot, hyperfd_resnet, "
-        "hyperfd_stats, hyperfd_mse, hyperfd)",
+        "hyperfd_stats, hyperfd_mse, hyperfd, similar_portfolio), or readings {name, method, <options>}, e.g. "
+        "{name: hyperfd_alg1, method: hyperfd, ratio: [0, 1, 1]}",
+    )
+    parser.add_argument(
+        "--protocol",
+        type=str,
+        default="online",
+        help="online (offline datasets, then the others), leave_one_family_out, or leave_one_offline_out "
+        "(to choose settings on the offline datasets alone)",
+    )
+    parser.add_argument(
+        "--table_noise",
+        type=bool,
+        default=False,
+        help="each run draws which seed's entry a configuration with seed repeats has",
+    )
+    parser.add_argument("--bootstrap_samples", type=int, default=2000, help="resamples of runs and datasets")
+    parser.add_argument(
+        "--focus",
+        type=list[str],
+        default=["hyperfd", "similar_portfolio"],
+        help="methods whose verdicts against every other method are stated",
     )
     parser.add_argument("--source", type=str, default="wider", help="the source dataset (offline; best-on-source)")
     parser.add_argument(

@@ -15,6 +15,8 @@
   task-similarity loss, re-fitted on everything seen after each task (no SI, no transformation).
 * :class:`SCoT`: RankSVM over [configuration; meta-features] within datasets, a GP on its
   decision values, and expected improvement, picking the B configurations one at a time.
+* :class:`SimilarPortfolio`: this project's method: a greedy portfolio over past datasets
+  weighted by meta-feature similarity and re-weighted by agreement with the task's results.
 """
 
 from __future__ import annotations
@@ -442,45 +444,163 @@ def _mean_features(features: np.ndarray) -> np.ndarray:
     return prepare_features(features).mean(0)
 
 
+class SimilarPortfolio(Method):
+    """This project's method: a greedy portfolio over past datasets weighted by similarity.
+
+    :class:`ZeroShotTransfer` picks the B configurations that together do best on all past
+    datasets alike; :class:`TrAutoML` keeps only the datasets of the nearest group. This method
+    sits between them and learns within the task:
+
+    1. Every known dataset (offline, then each finished online task) keeps its normalised ranks
+       (rank / n) and its fixed meta-feature, the mean of its per-image features in units of the
+       offline images' spread (as Tr-AutoML's; nothing is learned, and only this vector leaves a
+       client).
+    2. Weights ``w_t = exp(-(d_t / h)^2 / 2)`` from the distance ``d_t`` between the target's
+       meta-feature and dataset t's, with ``h = bandwidth x`` the median distance
+       (``bandwidth = None``: equal weights, which is ZeroShotTransfer).
+    3. The B picks are greedy, one at a time, each minimising the weighted sum over datasets of
+       the best normalised rank among the picks so far (a missing rank leaves a dataset's best
+       unchanged): a portfolio that covers the datasets like the target, where a ranker picks
+       its top B, which often agree with each other.
+    4. After two or more evaluations on the target, each dataset's weight is multiplied by
+       ``agreement ** adapt``, with ``agreement = (concordant pairs + 1) / (compared pairs + 2)``
+       between the target's validation APs so far and the dataset's ranks: datasets that order
+       the evaluated configurations as the target does steer the remaining picks.
+
+    Its settings (``bandwidth``, ``adapt``) are chosen on the offline datasets alone
+    (leave-one-offline-dataset-out, ``facenas hyperfd evaluate --select_on_offline``)."""
+
+    name = "similar_portfolio"
+
+    def __init__(self, extractor: str = "detector", bandwidth: float | None = 1.0, adapt: float = 2.0) -> None:
+        if bandwidth is not None and bandwidth <= 0:
+            raise ValueError(f"bandwidth must be > 0 or None, got {bandwidth}")
+        if adapt < 0:
+            raise ValueError(f"adapt must be >= 0, got {adapt}")
+        self.extractor = extractor
+        self.bandwidth = bandwidth
+        self.adapt = adapt
+
+    def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
+        images = np.concatenate([prepare_features(d.feature(self.extractor)) for d in offline])
+        self.mu, self.sd = images.mean(0), np.maximum(images.std(0), 1e-6)
+        self.known = [(self._meta(d.feature(self.extractor)), _normalized_ranks(d.val)) for d in offline]
+
+    def _meta(self, features: np.ndarray) -> np.ndarray:
+        return (_mean_features(features) - self.mu) / self.sd
+
+    def weights(self, meta: np.ndarray) -> np.ndarray:
+        """The similarity weight of every known dataset for a target with meta-feature ``meta``."""
+        if self.bandwidth is None or len(self.known) < 2:
+            return np.ones(len(self.known))
+        distance = np.array([np.linalg.norm(meta - m) for m, _ in self.known]) / math.sqrt(len(meta))
+        h = self.bandwidth * max(float(np.median(distance)), 1e-12)
+        return np.exp(-0.5 * (distance / h) ** 2)
+
+    def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        self._last = self._meta(task.features(self.extractor))
+        prior = self.weights(self._last)
+        keys = [config_key(c) for c in task.pool]
+        ranks = np.array([[r.get(k, np.nan) for k in keys] for _, r in self.known])  # NaN: missing
+        best = np.ones(len(self.known))
+        while task.remaining and len(task.evaluated) < len(keys):
+            weight = prior * self._agreement(task.evaluated) ** self.adapt if self.adapt else prior
+            totals = (weight[:, None] * np.fmin(best[:, None], ranks)).sum(0)
+            for k in task.evaluated:
+                totals[keys.index(k)] = np.inf
+            i = int(np.argmin(totals))
+            task.evaluate(task.pool[i])
+            best = np.fmin(best, ranks[:, i])
+
+    def _agreement(self, evaluated: Mapping[str, float]) -> np.ndarray:
+        """Per known dataset, (concordant + 1) / (compared + 2) over the pairs of evaluated
+        configurations that the dataset ranks and the target's validation APs order."""
+        keys = list(evaluated)
+        out = np.ones(len(self.known))
+        for t, (_, ranks) in enumerate(self.known):
+            concordant = compared = 0
+            for a in range(len(keys)):
+                for b in range(a + 1, len(keys)):
+                    ka, kb = keys[a], keys[b]
+                    if ka not in ranks or kb not in ranks or evaluated[ka] == evaluated[kb]:
+                        continue
+                    compared += 1
+                    # a lower rank is better; a higher AP is better
+                    concordant += (ranks[ka] < ranks[kb]) == (evaluated[ka] > evaluated[kb])
+            out[t] = (concordant + 1) / (compared + 2)
+        return out
+
+    def update(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        self.known.append((self._last, _normalized_ranks(task.evaluated)))
+
+
 class TrAutoML(Method):
     """Tr-AutoML (Xue et al., CVPR 2019) on a lookup table (HYPERFD.md 4.3): datasets described by
-    their fixed mean image feature (in units of the offline images' spread), grouped by K-Means; a
-    new dataset gets the B configurations with the best mean normalised rank within its nearest
-    group, and joins that group's data afterwards."""
+    their fixed mean image feature (in units of the offline images' spread), grouped, and one
+    shared recommendation per group: the B configurations with the best mean normalised rank
+    over the group's datasets.
+
+    The paper's grouping is dynamic ("dataset clustering based on Markov process and statistical
+    hypothesis test"); here [inferred: the paper gives no test statistic] the offline datasets
+    are grouped by K-Means (``groups``), and each new dataset joins its nearest group unless its
+    distance to the group's centre exceeds the members' mean distance by more than ``z`` of
+    their standard deviations (a one-sided z-test), in which case it starts a group of its own
+    and gets the recommendation of all datasets known so far. The group's centre moves as
+    datasets join; nothing is re-clustered. Its meta-feature is the mean image feature, not the
+    paper's performance of benchmark models, which would spend the target's budget [inferred]."""
 
     name = "tr_automl"
 
-    def __init__(self, extractor: str = "detector", groups: int = 3, seed: int = 0) -> None:
+    def __init__(self, extractor: str = "detector", groups: int = 3, z: float = 2.0, seed: int = 0) -> None:
         self.extractor = extractor
         self.groups = groups
+        self.z = z
         self.seed = seed
 
     def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
+        from sklearn.cluster import KMeans
+
         # scaled by the spread of the per-image features (the dataset encoder's scale), not of the
         # few dataset means, which would blow up dimensions that barely differ between datasets
         images = np.concatenate([prepare_features(d.feature(self.extractor)) for d in offline])
         self.mu, self.sd = images.mean(0), np.maximum(images.std(0), 1e-6)
         self.known = [((_mean_features(d.feature(self.extractor)) - self.mu) / self.sd, d.val) for d in offline]
-
-    def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
-        from sklearn.cluster import KMeans
-
-        x = (_mean_features(task.features(self.extractor)) - self.mu) / self.sd
         points = np.stack([f for f, _ in self.known])
         k = min(self.groups, len(points))
-        km = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(points)
-        group = int(km.predict(x[None].astype(points.dtype))[0])
-        members = [v for (_, v), label in zip(self.known, km.labels_) if label == group]
+        labels = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(points).labels_
+        self.members = [[i for i, label in enumerate(labels) if label == g] for g in range(k)]
+
+    def assign(self, x: np.ndarray) -> int | None:
+        """The group a dataset with meta-feature ``x`` joins, or None when the test rejects the
+        nearest one."""
+        centres = [np.mean([self.known[i][0] for i in m], 0) for m in self.members]
+        distance = [float(np.linalg.norm(x - c)) for c in centres]
+        g = int(np.argmin(distance))
+        spread = [float(np.linalg.norm(self.known[i][0] - centres[g])) for i in self.members[g]]
+        if len(spread) >= 2 and distance[g] > np.mean(spread) + self.z * max(np.std(spread, ddof=1), 1e-12):
+            return None
+        return g
+
+    def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
+        x = (_mean_features(task.features(self.extractor)) - self.mu) / self.sd
+        group = self.assign(x)
+        members = range(len(self.known)) if group is None else self.members[group]
         score: dict[str, list[float]] = {}
-        for values in members:
+        for i in members:
+            values = self.known[i][1]
             for key, r in _ranks(values).items():
                 score.setdefault(key, []).append(r / len(values))
         ranked = sorted(task.pool, key=lambda c: np.mean(score.get(config_key(c), [1.0])))
         evaluate_ranked(task, ranked)
-        self._last = x
+        self._last = (x, group)
 
     def update(self, task: OnlineTask, rng: np.random.Generator) -> None:
-        self.known.append((self._last, dict(task.evaluated)))
+        x, group = self._last
+        self.known.append((x, dict(task.evaluated)))
+        if group is None:
+            self.members.append([len(self.known) - 1])
+        else:
+            self.members[group].append(len(self.known) - 1)
 
 
 class HyperSTAR(_RankerMethod):
@@ -513,10 +633,15 @@ class HyperSTAR(_RankerMethod):
         for _ in range(self.steps_per_task):
             self._step(rng)
 
+    def _images(self, features: Tensor, rng: np.random.Generator) -> Tensor:
+        if self.image_batch is None or len(features) <= self.image_batch:
+            return features
+        return features[torch.from_numpy(np.sort(rng.choice(len(features), self.image_batch, replace=False)))]
+
     def _step(self, rng: np.random.Generator) -> None:
         self.optimizer.zero_grad()
         chosen = [self.seen[int(i)] for i in rng.integers(len(self.seen), size=self.batch_size)]
-        items = [d.item(self.ranker.meta(d.features), self.configs_per_item, rng) for d in chosen]
+        items = [d.item(self.ranker.meta(self._images(d.features, rng)), self.configs_per_item, rng) for d in chosen]
         losses = []
         for item in items:
             lo, hi = item.ap.min(), item.ap.max()
@@ -661,6 +786,7 @@ METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
     "hyperfd_stats": (HyperFD, {"extractor": "{stats}"}),
     "hyperfd_mse": (HyperFD, {"extractor": "{features}", "loss": "mse"}),
     "hyperfd": (HyperFD, {"extractor": "{features}"}),
+    "similar_portfolio": (SimilarPortfolio, {"extractor": "{features}"}),
 }
 
 
@@ -671,34 +797,73 @@ def create_method(
     space: str = "hyperfd_hpo",
     source: str = "wider",
     warmup_steps: int = 1000,
+    options: Mapping[str, Any] | None = None,
 ) -> Method:
     """A method of :data:`METHODS` with the evaluation's extractors (roles ``features``,
-    ``stats``, ``resnet`` -> extractor names), space, source dataset and ranker warm-up."""
+    ``stats``, ``resnet`` -> extractor names), space, source dataset and ranker warm-up, and
+    ``options`` (constructor arguments, e.g. HyperFD's ``ratio``, ``si_weight``, ``explore``)
+    over its defaults."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    cls, options = METHODS[name]
+    cls, defaults = METHODS[name]
     kwargs: dict[str, Any] = {}
-    for key, value in options.items():
+    for key, value in {**defaults, **(options or {})}.items():
         if isinstance(value, str) and value.startswith("{"):
             role = value.strip("{}")
             if role not in extractors:
                 raise ValueError(f"method {name!r} needs a {role!r} extractor")
             value = extractors[role]
         kwargs[key] = value
+    accepted = _accepted(cls)
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown:
+        raise ValueError(f"method {name!r} has no option {unknown[0]!r} (it takes {', '.join(sorted(accepted))})")
+    for key, value in (("space", space), ("source", source), ("warmup_steps", warmup_steps), ("seed", seed)):
+        if key in accepted and key not in (options or {}):
+            kwargs[key] = value
+    if isinstance(kwargs.get("ratio"), list):
+        kwargs["ratio"] = tuple(kwargs["ratio"])
+    return cls(**kwargs)
+
+
+def _accepted(cls: type) -> set[str]:
+    """The constructor arguments of ``cls``; a class taking ``**kwargs`` (HyperSTAR) passes them
+    on to its bases, so theirs count too."""
     import inspect
 
-    # a class taking **kwargs (HyperSTAR) passes them on to its bases: accept what they accept
-    accepted = set()
+    accepted: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
             params = inspect.signature(vars(klass)["__init__"]).parameters
-            accepted |= set(params)
+            accepted |= {p for p, v in params.items() if p != "self" and v.kind is not inspect.Parameter.VAR_KEYWORD}
             if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
                 break
-    for key, value in (("space", space), ("source", source), ("warmup_steps", warmup_steps), ("seed", seed)):
-        if key in accepted:
-            kwargs[key] = value
-    return cls(**kwargs)
+    return accepted
+
+
+def method_specs(methods: Sequence[str | Mapping[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The methods of an evaluation, each a name of :data:`METHODS` or a mapping ``{name, method,
+    <options>}`` (a reading of a method under its own name, e.g. ``{name: hyperfd_alg1, method:
+    hyperfd, ratio: [0, 1, 1]}``): ``{name: (method, options)}``, checked."""
+    specs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for entry in methods:
+        if isinstance(entry, str):
+            name, method, options = entry, entry, {}
+        elif isinstance(entry, Mapping):
+            options = dict(entry)
+            method = str(options.pop("method", options.get("name", "")))
+            name = str(options.pop("name", method))
+        else:
+            raise ValueError(f"a method is a name or {{name, method, <options>}}, got {entry!r}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        unknown = sorted(set(options) - _accepted(METHODS[method][0]))
+        if unknown:
+            raise ValueError(f"method {name!r} ({method}) has no option {unknown[0]!r}")
+        if name in specs:
+            raise ValueError(f"method name {name!r} is given twice")
+        specs[name] = (method, options)
+    return specs
 
 
 __all__ = [
@@ -707,7 +872,9 @@ __all__ = [
     "HyperFD",
     "HyperSTAR",
     "SCoT",
+    "SimilarPortfolio",
     "TrAutoML",
     "ZeroShotTransfer",
     "create_method",
+    "method_specs",
 ]

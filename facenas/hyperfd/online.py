@@ -39,6 +39,17 @@ class TaskData:
     test: dict[str, float]
     features: dict[str, np.ndarray] = field(default_factory=dict)
     space: str = "hyperfd_hpo"
+    # the (validation, test) AP of other training seeds of a configuration, where the table has them
+    repeats: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def with_seed_draw(self, rng: np.random.Generator) -> TaskData:
+        """The table noise: a copy in which every configuration with seed repeats takes the entry
+        of a seed drawn uniformly (its own included)."""
+        val, test = dict(self.val), dict(self.test)
+        for key in sorted(self.repeats):
+            entries = [(self.val[key], self.test[key]), *self.repeats[key]]
+            val[key], test[key] = entries[int(rng.integers(len(entries)))]
+        return TaskData(self.name, self.configs, val, test, self.features, self.space, self.repeats)
 
     def feature(self, extractor: str) -> np.ndarray:
         if extractor not in self.features:
@@ -49,7 +60,8 @@ class TaskData:
 def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]:
     """The datasets of an exported lookup table (``facenas hyperfd export``): per dataset the
     successful entries of one training seed (``seed``, default each dataset's main seed: the one
-    with the most entries), so that seed-noise repeats do not enter the pools."""
+    with the most entries), so that seed-noise repeats do not enter the pools; the other seeds'
+    entries of a configuration of the pool are its ``repeats``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "lookup table not found", str(path))
@@ -75,6 +87,11 @@ def read_table(path: str | Path, seed: int | None = None) -> dict[str, TaskData]
             data.configs[key] = params
             data.val[key] = float(row["val_ap50"])
             data.test[key] = float(row["test_ap50"])
+        for other in sorted(s for s in seeds if s != chosen):
+            for row in seeds[other]:
+                key = config_key(json.loads(row["params"]))
+                if key in data.configs:
+                    data.repeats.setdefault(key, []).append((float(row["val_ap50"]), float(row["test_ap50"])))
         if data.configs:
             out[name] = data
     if not out:
@@ -222,9 +239,13 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     journal: str | Path | None = None,
     journal_settings: Mapping[str, Any] | None = None,
+    table_noise: bool = False,
 ) -> list[dict[str, Any]]:
     """Every method on ``runs`` random orders of the online datasets (run r: order and method
     seeds from ``(seed, r)``, the same order for every method); one row per (method, run, task).
+    With ``table_noise`` run r also draws, for every configuration with seed repeats, which
+    seed's entry the table holds (:meth:`TaskData.with_seed_draw`, the same for every method),
+    so that the spread over runs covers the seed noise of the table too.
 
     With a ``journal`` (a JSON-lines file) each finished (run, method) is appended as it ends and
     a killed evaluation resumes where it stopped: a (run, method) already there is not run again.
@@ -237,6 +258,8 @@ def evaluate(
     if not online:
         raise ValueError("no online dataset: every dataset of the table is offline")
     settings = {"offline": list(offline), "online": online, "budget": budget, "seed": seed, **(journal_settings or {})}
+    if table_noise:  # absent when off: journals written before the option resume
+        settings["table_noise"] = True
     done = _read_journal(journal, settings) if journal is not None else {}
     if done and progress is not None:
         progress(f"resuming {journal}: {len(done)} (run, method) pairs already finished")
@@ -244,7 +267,11 @@ def evaluate(
     with single_thread():
         for run in range(runs):
             todo = {m: f for m, f in methods.items() if (run, m) not in done}
-            fresh = _run(table, todo, offline, online, run, runs, budget, seed, progress, journal) if todo else []
+            drawn = table
+            if table_noise:
+                rng = np.random.default_rng([seed, run, 2])
+                drawn = {name: data.with_seed_draw(rng) for name, data in table.items()}
+            fresh = _run(drawn, todo, offline, online, run, runs, budget, seed, progress, journal) if todo else []
             for name in methods:
                 rows += done.get((run, name)) or [r for r in fresh if r["method"] == name]
     return rows
@@ -366,6 +393,120 @@ def summarize_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def bootstrap(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Mapping[str, Sequence[str]],
+    samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The average normalized rank per method and group of online datasets, with its uncertainty
+    over what varies: the runs (order, method seeds and, with table noise, the seed entries drawn)
+    and the datasets. Each of ``samples`` resamples draws the group's datasets and the runs with
+    replacement, the same draw for every method (so differences are paired); a method's mean
+    rank has a standard error (the resamples' std) and a 95 % percentile interval, and so has the
+    difference between every two methods.
+
+    Returns ``{group: {"datasets": [...], "methods": {m: {mean, se, lo, hi}},
+    "differences": {"a|b": {mean, lo, hi}}}}`` (``a - b``: negative when ``a`` ranks better).
+    """
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    runs = sorted({r.get("run", 0) for r in rows})
+    cell: dict[tuple[str, Any, str], float] = {(r["method"], r.get("run", 0), r["dataset"]): r["rank"] for r in rows}
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for group, members in groups.items():
+        names = [d for d in members if any((m, run, d) in cell for m in methods for run in runs)]
+        if not names:
+            continue
+        # [method, run, dataset] ranks of this group
+        ranks = np.array([[[cell.get((m, run, d), np.nan) for d in names] for run in runs] for m in methods])
+        means = np.nanmean(ranks, axis=(1, 2))
+        draws = np.empty((samples, len(methods)))
+        for b in range(samples):
+            r_idx = rng.integers(len(runs), size=len(runs))
+            d_idx = rng.integers(len(names), size=len(names))
+            draws[b] = np.nanmean(ranks[:, r_idx][:, :, d_idx], axis=(1, 2))
+        found = {
+            m: {
+                "mean": float(means[i]),
+                "se": float(draws[:, i].std(ddof=1)) if samples > 1 else math.nan,
+                "lo": float(np.percentile(draws[:, i], 2.5)),
+                "hi": float(np.percentile(draws[:, i], 97.5)),
+            }
+            for i, m in enumerate(methods)
+        }
+        differences = {}
+        for i, a in enumerate(methods):
+            for j, b in enumerate(methods):
+                if i != j:
+                    diff = draws[:, i] - draws[:, j]
+                    differences[f"{a}|{b}"] = {
+                        "mean": float(means[i] - means[j]),
+                        "lo": float(np.percentile(diff, 2.5)),
+                        "hi": float(np.percentile(diff, 97.5)),
+                    }
+        out[group] = {"datasets": names, "methods": found, "differences": differences}
+    return out
+
+
+def verdicts(found: Mapping[str, Any], method: str, reference: float | None = None) -> list[str]:
+    """Plain sentences: does ``method`` rank better than each other method of a
+    :func:`bootstrap` group (the 95 % interval of the paired difference below 0), and than
+    random search's closed form ``reference`` (its own interval below it)?"""
+    own = found["methods"][method]
+    lines = []
+    if reference is not None:
+        word = "beats" if own["hi"] < reference else ("is worse than" if own["lo"] > reference else "does not beat")
+        lines.append(
+            f"{method} {word} random search's closed form ({own['mean']:.2f}, 95 % interval "
+            f"{own['lo']:.2f} to {own['hi']:.2f}, against {reference:.2f})"
+        )
+    for other in found["methods"]:
+        if other == method:
+            continue
+        d = found["differences"][f"{method}|{other}"]
+        if d["hi"] < 0:
+            word = "beats"
+        elif d["lo"] > 0:
+            word = "is beaten by"
+        else:
+            word = "is not resolved from"
+        lines.append(
+            f"{method} {word} {other} (difference {d['mean']:+.2f}, 95 % interval {d['lo']:+.2f} to {d['hi']:+.2f})"
+        )
+    return lines
+
+
+def bootstrap_markdown(
+    result: Mapping[str, Any], reference: Mapping[str, float] | None = None, focus: Sequence[str] = ()
+) -> str:
+    """The :func:`bootstrap` result as one table per group (mean normalized rank, standard error,
+    95 % interval) and, for each method of ``focus``, the plain verdicts against every other
+    method and random search's closed form (``reference``: group -> value)."""
+    lines = []
+    for group, found in result.items():
+        lines += [
+            f"**{group}** ({len(found['datasets'])} online datasets: {', '.join(found['datasets'])})",
+            "",
+            "| method | mean normalized rank (%) | s.e. | 95 % interval |",
+            "|---|---:|---:|---|",
+        ]
+        for m, v in sorted(found["methods"].items(), key=lambda item: item[1]["mean"]):
+            lines.append(f"| {m} | {v['mean']:.2f} | {v['se']:.2f} | {v['lo']:.2f} to {v['hi']:.2f} |")
+        lines.append("")
+        for method in focus:
+            if method in found["methods"]:
+                ref = None if reference is None else reference.get(group)
+                lines += [f"- {line}" for line in verdicts(found, method, ref)]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, std: float) -> str:
+    """``mean ± std``, or the mean alone where nothing varied (a deterministic method)."""
+    return f"{mean:.2f}" if std == 0 else f"{mean:.2f} ± {std:.2f}"
+
+
 def markdown(summary: Mapping[str, Any], reference: Mapping[str, float] | None = None) -> str:
     """The summary as two Markdown tables (test AP x 100, normalized rank), datasets as columns,
     and the per-task mean-rank curves."""
@@ -384,8 +525,8 @@ def markdown(summary: Mapping[str, Any], reference: Mapping[str, float] | None =
         for m in summary["methods"]:
             cells = [summary["cells"][f"{m}|{d}"] for d in datasets]
             avg = summary["average"][m]
-            row = [f"{c[key + '_mean'] * scale:.2f} ± {c[key + '_std'] * scale:.2f}" for c in cells]
-            row.append(f"{avg[key + '_mean'] * scale:.2f} ± {avg[key + '_std'] * scale:.2f}")
+            row = [_pm(c[key + "_mean"] * scale, c[key + "_std"] * scale) for c in cells]
+            row.append(_pm(avg[key + "_mean"] * scale, avg[key + "_std"] * scale))
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
     lines += [
@@ -409,6 +550,8 @@ __all__ = [
     "OnlineTask",
     "RandomSearch",
     "TaskData",
+    "bootstrap",
+    "bootstrap_markdown",
     "evaluate",
     "evaluate_ranked",
     "fill_random",
@@ -418,4 +561,5 @@ __all__ = [
     "read_table",
     "run_online",
     "summarize_runs",
+    "verdicts",
 ]

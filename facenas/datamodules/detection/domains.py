@@ -28,6 +28,8 @@ import hashlib
 import inspect
 import io
 import json
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,7 +612,11 @@ def build_domain(
     every = read_wider(annotations, image_root, verify="none")
     count = len(every) if images is None else min(images, len(every))
     samples = [every[(start + k) % len(every)] for k in range(count)]
-    work = folder.with_name(folder.name + ".partial")
+    # a folder of this process's own: builds side by side (hyperfd build --shard) may make the
+    # same domain at once; the first to finish wins and the others discard theirs
+    work = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    if work.exists():  # left by a killed build of this pid
+        shutil.rmtree(work)
     written, dropped = [], 0
 
     def load(k: int) -> tuple[np.ndarray, FaceArrays]:
@@ -630,7 +636,11 @@ def build_domain(
         written.append((name, faces.boxes, faces.ignore, faces.landmarks))
     write_wider_annotations(work, written)
     (work / "meta.json").write_text(json.dumps({**meta, "built": len(samples), "dropped": dropped}, indent=1))
-    if folder.exists():  # another process finished first
-        return folder
-    work.rename(folder)
+    try:
+        work.rename(folder)
+    except OSError:  # another process finished first
+        if not (folder / "meta.json").is_file():
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
     return folder

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from facenas.core.progress import track
 
 DEFAULT_METHODS = (
@@ -23,6 +25,7 @@ DEFAULT_METHODS = (
     "hyperfd_stats",
     "hyperfd_mse",
     "hyperfd",
+    "similar_portfolio",
 )
 
 
@@ -91,11 +94,69 @@ def plot_curves(summary: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+PROTOCOLS = ("online", "leave_one_family_out", "leave_one_offline_out")
+
+
+def dataset_families(table_config: str | Path, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each dataset's families: its ``family`` key in the table YAML (a name or a list), else
+    the families of its ``domain`` (``photos`` for untransformed photos), else its own name."""
+    import yaml
+
+    from facenas.datamodules.detection.domains import Domain
+
+    path = Path(table_config)
+    if not path.is_file():
+        raise FileNotFoundError(2, "table config not found", str(path))
+    entries = {d.get("name"): d for d in (yaml.safe_load(path.read_text()) or {}).get("datasets", [])}
+    out = {}
+    for name in names:
+        entry = entries.get(name) or {}
+        given = entry.get("family")
+        domain = (entry.get("data") or {}).get("domain")
+        if given:
+            out[name] = tuple([given] if isinstance(given, str) else given)
+        elif domain is not None:
+            steps = Domain(domain.get("families", ()), int(domain.get("seed", 0))).steps
+            out[name] = tuple(dict.fromkeys(step for step, _ in steps)) or ("photos",)
+        else:
+            out[name] = (name,)
+    return out
+
+
+def protocol_splits(
+    protocol: str, names: Sequence[str], offline: Sequence[str], families: Mapping[str, Sequence[str]]
+) -> list[tuple[str, list[str], list[str]]]:
+    """The (label, offline, online) splits of a protocol: ``online``: the offline datasets, then
+    the others; ``leave_one_family_out``: per family, the datasets of that family online and all
+    others offline; ``leave_one_offline_out``: per offline dataset, that one online and the other
+    offline datasets offline (what settings are chosen on before any online result is seen)."""
+    if protocol == "online":
+        return [("online", list(offline), [n for n in names if n not in offline])]
+    if protocol == "leave_one_family_out":
+        every = sorted({f for n in names for f in families[n]})
+        return [(f, [n for n in names if f not in families[n]], [n for n in names if f in families[n]]) for f in every]
+    if protocol == "leave_one_offline_out":
+        return [(n, [o for o in offline if o != n], [n]) for n in offline]
+    raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+
+
+def online_groups(
+    online: Sequence[str], offline: Sequence[str], families: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The online datasets as reported: ``seen`` (a family of theirs is among the offline
+    datasets' families), ``held_out`` (none is) and ``all``."""
+    known = {f for n in offline for f in families[n]}
+    seen = [n for n in online if set(families[n]) & known]
+    held = [n for n in online if not set(families[n]) & known]
+    groups = {"seen": seen, "held_out": held, "all": list(online)}
+    return {k: v for k, v in groups.items() if v}
+
+
 def evaluate_table(
     table_csv: str,
     table_config: str,
     out: str | Path,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str | Mapping[str, Any]] = DEFAULT_METHODS,
     source: str = "wider",
     offline: Sequence[str] | None = None,
     online: Sequence[str] | None = None,
@@ -108,69 +169,133 @@ def evaluate_table(
     seed: int = 0,
     cache: str = "runs/hyperfd/features",
     progress: Callable[[str], None] | None = None,
+    protocol: str = "online",
+    table_noise: bool = False,
+    bootstrap_samples: int = 2000,
+    focus: Sequence[str] = ("hyperfd", "similar_portfolio"),
 ) -> Evaluation:
     """HyperFD and its baselines on a lookup table: warm every method up on the offline datasets,
     meet the online datasets in ``runs`` random orders with ``budget`` evaluations each, and write
     ``evaluation.md``, ``summary.json``, ``runs.csv`` and ``rank_by_task.png`` into ``out``.
 
+    ``methods``: names of :data:`~facenas.hyperfd.methods.METHODS` or ``{name, method, <options>}``
+    readings. ``protocol``: ``online`` (the offline datasets are ``offline``, default those named
+    ``<source>*``; the online ones the others or ``online``), ``leave_one_family_out`` or
+    ``leave_one_offline_out`` (:func:`protocol_splits`; families from the table YAML,
+    :func:`dataset_families`). ``table_noise``: each run draws the seed entries of the
+    configurations with repeats. The average rank is reported with a bootstrap over runs and
+    datasets per group of online datasets (``seen`` / ``held_out`` families, ``all``; per family
+    for leave-one-family-out), and the plain verdicts for the ``focus`` methods.
+
     Raises:
         ValueError: an unknown method, or a table or dataset that does not fit.
         KeyError, FileNotFoundError: a dataset or file that is not there.
     """
-    from facenas.hyperfd.methods import METHODS, create_method
+    from facenas.hyperfd.methods import METHODS, create_method, method_specs
+    from facenas.hyperfd.online import (
+        bootstrap,
+        bootstrap_markdown,
+        markdown,
+        random_rank_closed_form,
+        read_table,
+        summarize_runs,
+    )
     from facenas.hyperfd.online import evaluate as run_evaluate
-    from facenas.hyperfd.online import markdown, random_rank_closed_form, read_table, summarize_runs
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    specs = method_specs(methods)
     table = read_table(table_csv)
     space = next(iter(table.values())).space
     offline = list(offline or [n for n in table if n.startswith(source)])
+    if protocol == "online" and online is not None:
+        table = {n: d for n, d in table.items() if n in offline or n in online}
+    families = dataset_families(table_config, list(table))
+    splits = protocol_splits(protocol, list(table), offline, families)
     roles = {"features": features, "stats": stats, "resnet": resnet}
     needed = {
         roles[v.strip("{}")]
-        for m in methods
-        for v in METHODS[m][1].values()
+        for method, options in specs.values()
+        for v in {**METHODS[method][1], **options}.values()
         if isinstance(v, str) and v.startswith("{")
     }
     attach_features(table, table_config, list(table), needed, cache)
 
-    def factory(name: str):
-        return lambda s: create_method(name, s, roles, space, source, warmup_steps)
+    def factory(method: str, options: Mapping[str, Any]):
+        return lambda s: create_method(method, s, roles, space, source, warmup_steps, options)
 
+    factories = {name: factory(method, options) for name, (method, options) in specs.items()}
     out = Path(out)
     settings = {"table": table_csv, "features": features, "stats": stats, "resnet": resnet}
-    rows = run_evaluate(
-        table,
-        {m: factory(m) for m in methods},
-        offline,
-        None if online is None else list(online),
-        runs=runs,
-        budget=budget,
-        seed=seed,
-        progress=progress or (lambda line: None),
-        journal=out / "journal.jsonl",
-        journal_settings=settings | {"warmup_steps": warmup_steps},
-    )
+    settings |= {"warmup_steps": warmup_steps}
+    readings = {n: [m, o] for n, (m, o) in specs.items() if o or n != m}
+    if readings:  # absent without any: journals of plain method names stay resumable
+        settings["readings"] = readings
+    rows: list[dict[str, Any]] = []
+    groups: dict[str, list[str]] = {}
+    for label, split_offline, split_online in splits:
+        if not split_offline or not split_online:
+            continue  # a family on every dataset, or a lone offline dataset: nothing to learn from
+        journal = out / ("journal.jsonl" if protocol == "online" else f"journal-{label}.jsonl")
+        found = run_evaluate(
+            table,
+            factories,
+            split_offline,
+            split_online,
+            runs=runs,
+            budget=budget,
+            seed=seed,
+            progress=progress or (lambda line: None),
+            journal=journal,
+            journal_settings=settings,
+            table_noise=table_noise,
+        )
+        if protocol == "online":
+            groups = online_groups(split_online, split_offline, families)
+        else:  # one group per split; a dataset online in two splits is two cells
+            for r in found:
+                r["dataset"] = f"{label}/{r['dataset']}"
+            groups[label] = [f"{label}/{n}" for n in split_online]
+        rows += found
+    if not rows:
+        raise ValueError(f"protocol {protocol!r} leaves no split with both offline and online datasets")
+    if protocol != "online":
+        groups["all"] = [d for members in groups.values() for d in members]
     summary = summarize_runs(rows)
-    reference = {f"N={n}": random_rank_closed_form(n, budget)[0] for n in sorted({r["pool"] for r in rows})}
+    pools = {r["dataset"]: r["pool"] for r in rows}
+    reference = {f"N={n}": random_rank_closed_form(n, budget)[0] for n in sorted(set(pools.values()))}
+    group_reference = {
+        g: float(np.mean([random_rank_closed_form(pools[d], budget)[0] for d in members if d in pools]))
+        for g, members in groups.items()
+    }
     text = markdown(summary, reference)
-    sensitivity = ranker_sensitivity(table, offline, {m: factory(m) for m in methods}, seed, progress)
-    if sensitivity:
-        summary["dataset_sensitivity"] = sensitivity
-        text += "\n" + sensitivity_markdown(sensitivity, len(table))
+    spread = bootstrap(rows, groups, bootstrap_samples, seed)
+    summary["bootstrap"] = spread
+    summary["groups"] = groups
+    summary["families"] = {n: list(f) for n, f in families.items()}
+    text += (
+        f"\n**Average normalized rank by group, with its uncertainty** ({bootstrap_samples} resamples of the runs"
+        + (", their seed entries of the table" if table_noise else "")
+        + " and the online datasets; random search's closed form: "
+        + ", ".join(f"{g} {v:.2f}" for g, v in group_reference.items())
+        + ")\n\n"
+        + bootstrap_markdown(spread, group_reference, [m for m in focus if m in specs])
+    )
+    if protocol == "online":
+        sensitivity = ranker_sensitivity(table, offline, factories, seed, progress)
+        if sensitivity:
+            summary["dataset_sensitivity"] = sensitivity
+            text += "\n" + sensitivity_markdown(sensitivity, len(table))
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.md").write_text(text)
     all_settings = settings | {
         "table_config": table_config,
-        "methods": list(methods),
         "source": source,
         "offline": offline,
         "online": None if online is None else list(online),
+        "protocol": protocol,
+        "table_noise": table_noise,
+        "bootstrap_samples": bootstrap_samples,
         "runs": runs,
         "budget": budget,
-        "warmup_steps": warmup_steps,
         "seed": seed,
         "cache": cache,
         "out": str(out),
