@@ -129,8 +129,9 @@ def test_short_side_scaling_moves_the_size_threshold():
     assert keep.num_gt == 1 and drop.num_gt == 0  # 30 px -> 60 px at x2, -> 15 px at x0.5
 
 
-def test_average_precision_without_ground_truth_is_zero():
-    assert average_precision(torch.tensor([0.9]), torch.tensor([False]), 0) == (0.0, 0.0)
+def test_average_precision_without_ground_truth_is_undefined():
+    ap, recall = average_precision(torch.tensor([0.9]), torch.tensor([False]), 0)
+    assert math.isnan(ap) and math.isnan(recall)
 
 
 def batch_of(preds, gts, labels):

@@ -153,7 +153,28 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _pm(entry: dict[str, Any], key: str) -> str:
     value, std = entry[key], entry[f"{key}_std"]
+    if value != value:  # NaN: undefined (one group, no probe) or never logged
+        return "n/a"
     return f"{value:.3f} ± {std:.3f}" if entry["runs"] > 1 else f"{value:.3f}"
+
+
+def undefined(result: dict[str, Any]) -> list[str]:
+    """One line per metric that is undefined (NaN: logged as NaN, or never logged) for some
+    entries of a :func:`compare` result, naming them."""
+    lines = []
+    for key in ("error", *result["metrics"]):
+        missing = [f"{e['model']}/{e['method']}" for e in result["entries"] if e[key] != e[key]]
+        if missing:
+            lines.append(
+                f"{key} is undefined for {', '.join(missing)} (logged as NaN: fewer than two groups or no probe, "
+                "or never logged): n/a, left out of the Pareto front"
+            )
+    return lines
+
+
+def all_undefined(result: dict[str, Any]) -> bool:
+    """Whether every compared value (error and every metric, of every entry) is undefined."""
+    return all(e[key] != e[key] for e in result["entries"] for key in ("error", *result["metrics"]))
 
 
 def write_csv(result: dict[str, Any], path: Path) -> Path:

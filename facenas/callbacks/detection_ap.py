@@ -23,6 +23,7 @@ target", which a scatter-min over ranks answers without a loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,9 +170,13 @@ def match_detections(
 
 
 def average_precision(scores: Tensor, tp: Tensor, num_gt: int) -> tuple[float, float]:
-    """VOC all-point AP and final recall of counted detections (scores (K,), tp (K,) bool)."""
+    """VOC all-point AP and final recall of counted detections (scores (K,), tp (K,) bool).
+
+    Without a counted ground truth (``num_gt`` 0) both are undefined: NaN, never 0.0 (a group
+    without a labelled face has no AP, which a search or a best-checkpoint choice must not read
+    as the worst one)."""
     if num_gt <= 0:
-        return 0.0, 0.0
+        return math.nan, math.nan
     order = torch.sort(scores.reshape(-1), descending=True, stable=True).indices
     hits = tp.reshape(-1)[order].double()
     tp_cum = torch.cumsum(hits, 0)
@@ -190,7 +195,8 @@ def average_precision(scores: Tensor, tp: Tensor, num_gt: int) -> tuple[float, f
 @dataclass
 class DetectionResult:
     """AP@IoU of a detection evaluation; ``groups`` holds the result of each attribute group
-    (``"perceived_gender=female"``), see :func:`group_ignores`."""
+    (``"perceived_gender=female"``), see :func:`group_ignores`. ``ap50`` and ``recall`` are NaN
+    when no ground truth is counted (``num_gt`` 0): :meth:`as_dict` gives None (JSON null)."""
 
     ap50: float
     num_gt: int
@@ -199,13 +205,29 @@ class DetectionResult:
     groups: dict[str, DetectionResult] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ap50": self.ap50, "num_gt": self.num_gt, "num_det": self.num_det, "recall": self.recall}
+        out: dict[str, Any] = {
+            "ap50": _defined(self.ap50),
+            "num_gt": self.num_gt,
+            "num_det": self.num_det,
+            "recall": _defined(self.recall),
+        }
         if self.groups:
             out["attributes"] = {}
             for key, result in self.groups.items():
                 column, _, value = key.partition("=")
                 out["attributes"].setdefault(column, {})[value] = result.as_dict()
         return out
+
+
+def _defined(value: float) -> float | None:
+    """``value``, or None where it is undefined (NaN)."""
+    return None if math.isnan(value) else value
+
+
+def undefined_groups(result: DetectionResult) -> list[str]:
+    """The attribute groups (``"perceived_gender=female"``) of ``result`` without a counted face,
+    whose AP is undefined."""
+    return [key for key, group in result.groups.items() if group.num_gt == 0]
 
 
 def group_ignores(

@@ -107,7 +107,9 @@ class DetectionAP(MetricCallback):
     :mod:`facenas.callbacks.detection_ap`), plus ``<stage>/ap50_<attr>_<value>`` per attribute group and
     ``<stage>/ap50_disparity_<attr>``: the largest absolute AP difference between two groups of
     the attribute that have at least ``min_group_faces`` counted faces (NaN with fewer than two
-    such groups). Any of them can be a search objective.
+    such groups). Any of them can be a search objective. A group without a counted face (no
+    attribute file, or nobody labelled with it) has no AP: NaN, with one warning per stage naming
+    it; a search reads a NaN objective as a failed trial.
 
     Args:
         iou_threshold: IoU of a true positive.
@@ -132,6 +134,7 @@ class DetectionAP(MetricCallback):
         self.short_side = short_side
         self.attributes = attributes
         self.min_group_faces = min_group_faces
+        self._warned: set[tuple[str, str]] = set()  # (stage, group) whose undefined AP was reported
 
     def _make_metric(self) -> DetectionAveragePrecision:
         return DetectionAveragePrecision(
@@ -150,9 +153,24 @@ class DetectionAP(MetricCallback):
 
     def _select(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {"ap50": values["ap50"], "recall": values["recall"]}
-        out.update({"ap50_" + k.replace("=", "_"): v for k, v in values.items() if "=" in k})
+        out.update({"ap50_" + k.replace("=", "_"): v for k, v in values.items() if "=" in k and ":" not in k})
         out.update({"ap50_disparity_" + k.split(":", 1)[1]: v for k, v in values.items() if k.startswith("disparity:")})
         return out
+
+    def _report(self, values: dict[str, torch.Tensor], trainer: pl.Trainer, prefix: str) -> None:
+        empty = [k.split(":", 1)[1] for k, v in values.items() if k.startswith("num_gt:") and int(v) == 0]
+        if int(values["num_gt"]) == 0:
+            empty.insert(0, "")
+        for key in empty:
+            if (prefix, key) in self._warned:
+                continue
+            self._warned.add((prefix, key))
+            if key:
+                name = f"{prefix}/ap50_{key.replace('=', '_')}"
+                why = f"no counted {prefix} face has {key} (is there an attribute file with that label?)"
+            else:
+                name, why = f"{prefix}/ap50", f"no counted {prefix} face at all"
+            rank_zero_warn(f"{name} is NaN: {why}; an undefined AP is never a best value nor part of a gap")
 
 
 class FairnessMetrics(MetricCallback):
@@ -165,6 +183,8 @@ class FairnessMetrics(MetricCallback):
     ``zero_rows`` all zeros; with a warning) and per group ``<metric>_<group>``; any of them can
     be a search objective. More than ``max_bad_fraction`` unusable rows stop the run with a
     ``FloatingPointError`` naming the stage and epoch (``facenas fit``: one line, exit code 1).
+    A fairness metric that is undefined (fewer than two groups among the probes, or no probe) is
+    NaN, never 0.0, with one warning per stage saying why.
 
     Args:
         group_names: names of the group indices the model returns; default: the datamodule's
@@ -188,6 +208,7 @@ class FairnessMetrics(MetricCallback):
         self.reference_group = reference_group
         self.singletons = singletons
         self.max_bad_fraction = max_bad_fraction
+        self._warned: set[str] = set()  # stages whose undefined fairness metrics were reported
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.group_names is None:
@@ -210,6 +231,14 @@ class FairnessMetrics(MetricCallback):
             raise FloatingPointError(f"{prefix} embeddings at epoch {trainer.current_epoch}: {exc}") from None
 
     def _report(self, values: dict[str, torch.Tensor], trainer: pl.Trainer, prefix: str) -> None:
+        if torch.isnan(values["disparity"]) and prefix not in self._warned:
+            self._warned.add(prefix)
+            why = (
+                "no probe (every identity has a single image)"
+                if int(values["probes"]) == 0
+                else "fewer than two groups among the probes"
+            )
+            rank_zero_warn(f"{prefix}/disparity and the other fairness metrics are NaN: {why}")
         bad = int(values["bad_embeddings"])
         if bad:
             rank_zero_warn(

@@ -229,7 +229,10 @@ class FairnessResult:
     """Overall error, mean ranks and the FR-NAS fairness metrics (rank disparity and rank ratio
     for both ranks), with per-group statistics, the singletons skipped or counted, and the
     embedding rows left out as unusable (``nonfinite_rows``, ``zero_rows``; ``bad_embeddings``
-    in :meth:`as_dict` is their sum; ``excluded_rows`` their 0-based positions)."""
+    in :meth:`as_dict` is their sum; ``excluded_rows`` their 0-based positions). A metric that
+    is undefined (no probe; fewer than two groups among the probes) is NaN, never 0.0, and
+    ``undefined`` says why in one line each; ``ungrouped`` counts the probes without a group
+    (counted overall, in no group) and ``notes`` says why rows have none (set by the file reader)."""
 
     probes: int
     error: float
@@ -248,6 +251,9 @@ class FairnessResult:
     nonfinite_rows: int = 0
     zero_rows: int = 0
     excluded_rows: list[int] = field(default_factory=list)
+    ungrouped: int = 0
+    undefined: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     _KEYS = (
         "probes",
@@ -265,6 +271,7 @@ class FairnessResult:
         "singleton_rule",
         "nonfinite_rows",
         "zero_rows",
+        "ungrouped",
     )
 
     def as_dict(self) -> dict:
@@ -272,7 +279,14 @@ class FairnessResult:
         out["accuracy"] = 1.0 - self.error if self.probes else math.nan
         out["bad_embeddings"] = self.nonfinite_rows + self.zero_rows
         out["groups"] = {g: vars(s).copy() for g, s in self.groups.items()}
+        out["undefined"] = list(self.undefined)
+        out["notes"] = list(self.notes)
         return out
+
+    @property
+    def all_undefined(self) -> bool:
+        """Whether no metric at all is defined (no probe)."""
+        return self.probes == 0
 
 
 def _relative(a: float, ref: float) -> float:
@@ -323,9 +337,23 @@ def fairness_metrics(
         pairs = [(a, b) for a in names for b in names if a != b]
 
     def worst(fn) -> float:
-        return max((fn(stats[a], stats[b]) for a, b in pairs), default=0.0)
+        return max((fn(stats[a], stats[b]) for a, b in pairs), default=math.nan)
 
     total = len(ranks.index)
+    ungrouped = int((probe_groups < 0).sum().item())
+    undefined = []
+    if total == 0:
+        why = "no image" if len(groups) == 0 else "every identity has a single image"
+        if len(groups) and (ranks.nonfinite_rows or ranks.zero_rows):
+            why += " among the usable rows"
+        undefined.append(f"no probe ({why}): error, ranks and the fairness metrics are undefined")
+    elif not pairs:
+        shown = ", ".join(names) if names else "none"
+        undefined.append(
+            f"{len(names)} group among the probes ({shown}): the fairness metrics compare two and are undefined"
+            if len(names) == 1
+            else f"no probe has a group ({ungrouped} without one): the fairness metrics are undefined"
+        )
     return FairnessResult(
         probes=total,
         error=error.mean().item() if total else math.nan,
@@ -344,6 +372,8 @@ def fairness_metrics(
         nonfinite_rows=ranks.nonfinite_rows,
         zero_rows=ranks.zero_rows,
         excluded_rows=[] if ranks.excluded is None else ranks.excluded.tolist(),
+        ungrouped=ungrouped,
+        undefined=undefined,
     )
 
 

@@ -175,7 +175,7 @@ def evaluate_embedding_files(
         raise DataError(f"reference group {reference_group!r} not in {group_column} values {table.group_names}", meta)
     device = resolve_device(device)
     try:
-        return evaluate_fairness(
+        result = evaluate_fairness(
             torch.from_numpy(table.embeddings).to(device),
             torch.from_numpy(table.identities),
             torch.from_numpy(table.groups),
@@ -187,3 +187,12 @@ def evaluate_embedding_files(
         )
     except BadEmbeddingsError as exc:
         raise DataError(str(exc), embeddings) from None
+    if table.empty_groups:
+        result.notes.append(f"{table.empty_groups} rows without a {group_column}: counted overall, in no group")
+    if table.out_of_range:
+        shown = ", ".join(dict.fromkeys(table.out_of_range[:20]))
+        result.notes.append(
+            f"{len(table.out_of_range)} {group_column} values in no age bin (1-25, 26-50, 51-75, 76-110), "
+            f"e.g. {shown}: counted overall, in no group"
+        )
+    return result

@@ -22,9 +22,10 @@ from .fairness import MAX_BAD_FRACTION, FairnessResult, ProbeRanks, Singletons, 
 
 def ap_disparity(groups: Sequence[tuple[float, int]], min_group_faces: int) -> float:
     """The largest absolute AP difference between two groups, given as ``(ap, counted faces)``,
-    over the groups with at least ``min_group_faces`` faces (NaN when fewer than two have that
-    many: a gap between a handful of faces is noise)."""
-    aps = [ap for ap, faces in groups if faces >= min_group_faces]
+    over the groups with at least ``min_group_faces`` faces and a defined AP (NaN when fewer than
+    two are so measured: a gap between a handful of faces is noise, and a group without a counted
+    face has no AP)."""
+    aps = [ap for ap, faces in groups if faces >= max(min_group_faces, 1) and not math.isnan(ap)]
     return max(aps) - min(aps) if len(aps) >= 2 else math.nan
 
 
@@ -33,7 +34,8 @@ class DetectionAveragePrecision(Metric):
 
     ``update`` matches each batch at once and keeps only the counted detections' scores and TP
     flags, so states are small and concatenate across DDP ranks. ``compute`` returns
-    ``{"ap50": ..., "recall": ..., "num_gt": ..., "<attr>=<value>": ap, ...}``.
+    ``{"ap50": ..., "recall": ..., "num_gt": ..., "<attr>=<value>": ap, "num_gt:<attr>=<value>": faces,
+    ...}``; an AP without a counted face (a group nobody is labelled with) is NaN, never 0.0.
 
     Per-group AP (e.g. ``attributes={"gender": ["female", "male"]}``) treats ground truths outside
     the group, or without a label, as ignore regions, as WIDER's easy/medium/hard subsets do.
@@ -121,6 +123,7 @@ class DetectionAveragePrecision(Metric):
         for name, value in self.groups:
             group_ap, _, group_gt = self._ap(f"{name}={value}")
             out[f"{name}={value}"] = torch.tensor(group_ap)
+            out[f"num_gt:{name}={value}"] = torch.tensor(float(group_gt))
             per_attribute[name].append((group_ap, group_gt))
         for name, groups in per_attribute.items():
             out[f"disparity:{name}"] = torch.tensor(ap_disparity(groups, self.min_group_faces))

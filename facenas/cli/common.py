@@ -54,3 +54,11 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for row in rows:
         out.add_row(*[str(c) for c in row])
     Console().print(out)
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A table cell: ``value`` with ``digits`` decimals, or ``n/a`` where it is undefined (None
+    or NaN; an infinite ratio stays ``inf``)."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.{digits}f}"

@@ -25,8 +25,9 @@ class Objective:
     Args:
         metric: the logged name, e.g. ``val/ap50``.
         mode: ``min`` or ``max``.
-        allow_nonfinite: whether an infinite or NaN value is a legitimate result (a fairness
-            ratio whose reference group is perfect is infinite) instead of a failed trial.
+        allow_nonfinite: whether an infinite value is a legitimate result (a fairness ratio whose
+            reference group is perfect is infinite) instead of a failed trial. NaN (an undefined
+            metric) always fails the trial.
         reduce: which logged value is the trial's: ``last`` (the end of training) or ``best``
             (the best over the run, the value of the checkpoint a ``ModelCheckpoint`` on this
             metric keeps: HyperFD's protocol picks the best validation checkpoint).
@@ -97,10 +98,17 @@ class Result:
 
 def outcome(values: dict[str, float], objectives: list[Objective]) -> tuple[Status, str | None]:
     """A finished training's status from its objective values: failed when one was never
-    logged, or is non-finite where its objective does not allow that."""
+    logged, is NaN (undefined: never a value, whatever ``allow_nonfinite`` says), or is infinite
+    where its objective does not allow that."""
     missing = [o.metric for o in objectives if o.metric not in values]
     if missing:
         return Status.FAILED, f"objective(s) never logged: {', '.join(missing)}"
+    undefined = [o.metric for o in objectives if math.isnan(values[o.metric])]
+    if undefined:
+        return Status.FAILED, (
+            f"undefined objective(s), logged as NaN: {', '.join(undefined)} (e.g. an AP of a group without a "
+            "counted face, a gap with fewer than two measured groups, a fairness metric with one group)"
+        )
     bad = [o.metric for o in objectives if not math.isfinite(values[o.metric]) and not o.allow_nonfinite]
     if bad:
         return Status.FAILED, f"non-finite objective(s): {', '.join(bad)}"

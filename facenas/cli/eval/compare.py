@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -30,9 +31,14 @@ def run(verb: str, argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown")
     args = parse(parser, argv)
 
-    from facenas.callbacks.compare import compare, markdown, plot, read_runs, write_csv
+    from facenas.callbacks.compare import all_undefined, compare, markdown, plot, read_runs, undefined, write_csv
+    from facenas.core.errors import UserError
 
     result = compare(read_runs(args.runs, args.stage), args.metrics)
+    if all_undefined(result):
+        raise UserError(f"every {args.stage} metric of every run is undefined (NaN): nothing to compare")
+    for line in undefined(result):
+        print(f"facenas {verb}: {line}", file=sys.stderr)
     if args.json:
         print_json(result)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..common import parse, print_json, table, tool_parser
+from ..common import number, parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:
@@ -97,15 +97,23 @@ def run(verb: str, argv: list[str]) -> int:
             f"detections), e.g. {found.missing[0]}",
             file=sys.stderr,
         )
+    for col, groups in result.get("attributes", {}).items():
+        for value, r in groups.items():
+            if r["ap50"] is None:
+                print(
+                    f"facenas {verb}: no counted face has {col}={value}: its AP is undefined "
+                    f"({'null' if args.json else 'n/a'})",
+                    file=sys.stderr,
+                )
     if args.json:
         print_json(result)
         return 0
     title = f"AP@{result['iou']:g} (min size {result['min_size']:g}" + (
         f", short side {result['short_side']:g})" if result["short_side"] else ")"
     )
-    rows = [("all", f"{result['ap50']:.4f}", f"{result['recall']:.4f}", result["num_gt"], result["num_det"])]
+    rows = [("all", number(result["ap50"]), number(result["recall"]), result["num_gt"], result["num_det"])]
     rows += [
-        (f"{col}={value}", f"{r['ap50']:.4f}", f"{r['recall']:.4f}", r["num_gt"], r["num_det"])
+        (f"{col}={value}", number(r["ap50"]), number(r["recall"]), r["num_gt"], r["num_det"])
         for col, groups in result.get("attributes", {}).items()
         for value, r in groups.items()
     ]

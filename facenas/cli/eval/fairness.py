@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-from ..common import parse, print_json, table, tool_parser
+from ..common import number, parse, print_json, table, tool_parser
 
 
 def run(verb: str, argv: list[str]) -> int:
+    from jsonargparse.typing import ClosedUnitInterval
+
     parser = tool_parser(
         verb,
         "Identification error and FR-NAS fairness metrics (rank disparity and rank ratio by image "
@@ -56,7 +58,7 @@ def run(verb: str, argv: list[str]) -> int:
     )
     parser.add_argument(
         "--max_bad_fraction",
-        type=float,
+        type=ClosedUnitInterval,
         default=0.05,
         help="leave out embedding rows with a NaN or infinite value or all zeros, up to this fraction of "
         "them; more is an error (exit 2)",
@@ -86,6 +88,14 @@ def run(verb: str, argv: list[str]) -> int:
             f"NaN or infinite value, {result.zero_rows} all zeros; 0-based rows {shown} of --embeddings and --meta)",
             file=sys.stderr,
         )
+    for line in result.notes:
+        print(f"facenas {verb}: {line}", file=sys.stderr)
+    if result.all_undefined:
+        from facenas.datamodules.records import DataError
+
+        raise DataError(result.undefined[0], args.meta)
+    for line in result.undefined:
+        print(f"facenas {verb}: {line} ({'null' if args.json else 'n/a'})", file=sys.stderr)
     result = result.as_dict()
     if args.json:
         print_json(result)
@@ -97,7 +107,7 @@ def run(verb: str, argv: list[str]) -> int:
     table(
         f"identification over {result['probes']} probes",
         ("metric", "value"),
-        [(k, f"{result[k]:.4f}") for k in metrics]
+        [(k, number(result[k])) for k in metrics]
         + [(counted, str(result["singletons"]))]
         + [
             ("rows left out: NaN/inf", str(result["nonfinite_rows"])),
@@ -108,7 +118,14 @@ def run(verb: str, argv: list[str]) -> int:
         f"per {args.group_column}",
         ("group", "n", "accuracy", "error", "rank", "rank_by_identity"),
         [
-            (g, s["n"], f"{s['accuracy']:.4f}", f"{s['error']:.4f}", f"{s['rank']:.3f}", f"{s['rank_by_identity']:.3f}")
+            (
+                g,
+                s["n"],
+                number(s["accuracy"]),
+                number(s["error"]),
+                number(s["rank"], 3),
+                number(s["rank_by_identity"], 3),
+            )
             for g, s in result["groups"].items()
         ],
     )

@@ -300,6 +300,7 @@ def read_wider(
                     box_line,
                     "bad_attribute",
                     f"{name}: {', '.join(bad)} is not an integer; the box is kept as an ignore region",
+                    bad=False,  # kept (as an ignore region), not dropped: not against max_bad_fraction
                 )
             boxes.append(values[:4])
             ignore.append(bool(bad) or labels[3] != "0")

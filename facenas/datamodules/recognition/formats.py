@@ -17,7 +17,7 @@ import io
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -410,12 +410,16 @@ def read_identities(
 class EmbeddingTable:
     """Saved embeddings with one metadata row each: ``embeddings`` (N, D) float32,
     ``identities`` (N,) int (index into the sorted identity names), ``groups`` (N,) int (index
-    into ``group_names``; -1 where the row has no group)."""
+    into ``group_names``; -1 where the row has no group). ``empty_groups`` counts the rows whose
+    group is empty; ``out_of_range`` lists the ages (with ``age_bins``) in no bin (e.g. 200, -5,
+    NaN): those rows have no group either."""
 
     embeddings: np.ndarray
     identities: np.ndarray
     groups: np.ndarray
     group_names: list[str]
+    empty_groups: int = 0
+    out_of_range: list[str] = field(default_factory=list)
 
 
 def read_embedding_table(
@@ -445,15 +449,22 @@ def read_embedding_table(
             meta_path,
         )
 
+    empty: list[int] = []
+    out_of_range: list[str] = []
+
     def group_of(line: int, row: dict) -> str | None:
         value = row[group_column].strip()
         if not value:
+            empty.append(line)
             return None
         if age_bins:
             try:
-                return age_bin(float(value))
+                binned = age_bin(float(value))
             except ValueError:
                 raise DataError(f"{group_column}={value!r} is not a number", meta_path, line) from None
+            if binned is None:
+                out_of_range.append(value)
+            return binned
         return value.lower()
 
     for line, row in rows:
@@ -468,6 +479,8 @@ def read_embedding_table(
         np.array([identities[r[identity_column].strip()] for _, r in rows], dtype=np.int64),
         np.array([index[g] if g is not None else -1 for g in labels], dtype=np.int64),
         names,
+        len(empty),
+        out_of_range,
     )
 
 
