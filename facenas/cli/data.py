@@ -8,6 +8,8 @@ from .common import parse, print_json, tool_parser
 
 
 def check(verb: str, argv: list[str]) -> int:
+    from jsonargparse.typing import ClosedUnitInterval
+
     from facenas.datamodules.check import check_dataset, dataset_formats
 
     parser = tool_parser(
@@ -26,7 +28,7 @@ def check(verb: str, argv: list[str]) -> int:
     parser.add_argument("--images", type=str | None, default=None, help="image folder")
     parser.add_argument(
         "--max_bad_fraction",
-        type=float,
+        type=ClosedUnitInterval,
         default=0.01,
         help="exit 1 when more than this fraction of boxes and images is dropped",
     )

@@ -389,12 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb, rest = _find(argv)
     name = verb.words if verb is not None else " ".join(argv[:2] if group in GROUPS else argv[:1])
     _process_settings()
-    from facenas.core.errors import Interrupted, UserError
+    from facenas.core.errors import Interrupted, UserError, config_file_error, config_files
 
     try:
         if verb is None:
             raise UserError(_unknown(argv))
         rest = _rename_options(verb, rest)
+        for path in config_files(rest):  # an empty or broken --config file, by its name
+            problem = config_file_error(path)
+            if problem is not None:
+                raise UserError(problem)
         module, _, function = verb.handler.partition(":")
         handler = getattr(importlib.import_module(f".{module}", __package__), function)
         return int(handler(verb.words, rest) or 0)

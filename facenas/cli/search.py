@@ -18,6 +18,8 @@ def _quiet_libraries() -> None:
 
 def search_parser(verb: str = "search run"):
     """The options of ``facenas search run`` (the keys of a search YAML)."""
+    from jsonargparse.typing import PositiveFloat, PositiveInt
+
     from facenas.search.backends import BACKENDS
     from facenas.search.executors import EXECUTORS
     from facenas.search.spaces import SPACES
@@ -72,10 +74,10 @@ def search_parser(verb: str = "search run"):
     )
     parser.add_argument("--budget_key", type=str, default="trainer.max_epochs", help="the training key the budget sets")
     parser.add_argument(
-        "--n_trials", type=int, default=20, help="finished trials to reach (counting earlier runs of the study)"
+        "--n_trials", type=PositiveInt, default=20, help="finished trials to reach (counting earlier runs of the study)"
     )
     parser.add_argument(
-        "--walltime", type=float | None, default=None, help="stop starting trials after this many seconds"
+        "--walltime", type=PositiveFloat | None, default=None, help="stop starting trials after this many seconds"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="the backend's seed; trial i trains with seed_everything = seed + i"

@@ -66,3 +66,38 @@ def one_line_parse_error(message: str) -> str:
         return " ".join(lines)
     dotted = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
     return f"{dotted}: {reason or ' '.join(lines)}"
+
+
+def config_file_error(path: str) -> str | None:
+    """Why a ``--config`` YAML file cannot be a config, as one line naming it (empty, or not
+    valid YAML); None when it is fine or not a file (the parser reports a missing one)."""
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        return None
+    try:
+        content = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"config file {path} cannot be read: {exc}"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return f"config file {path} is not valid YAML{where}: {problem}"
+    if content is None:
+        return f"config file {path} is empty (no keys, only blank lines or comments)"
+    return None
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The values of ``--config`` in a command line (``--config X`` and ``--config=X``)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            out.append(arg.partition("=")[2])
+    return out

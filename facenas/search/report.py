@@ -78,8 +78,8 @@ def write_report(store: StudyStore, out_dir: str | Path | None = None, *, consol
         raise ValueError(f"{store.path} holds no study")
     objectives = [Objective(**o) for o in settings["objectives"]]
     out = Path(out_dir) if out_dir is not None else Path(settings.get("runs_dir") or store.path.parent)
+    trials = store.trials()  # a store that cannot be read is refused before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    trials = store.trials()
     finished = [t for t in trials if t.status != Status.RUNNING]
     names = [o.metric for o in objectives]
     params = sorted({k for t in trials for k in t.trial.config})

@@ -270,9 +270,16 @@ def load_space(space: str | Path, seed: int = 0) -> ConfigurationSpace:
 
         from ConfigSpace.read_and_write import json as cs_json
 
-        with warnings.catch_warnings():  # files written by ConfigSpace 0.6 use older field names
-            warnings.simplefilter("ignore", UserWarning)
-            cs = cs_json.read(path.read_text())
+        try:
+            with warnings.catch_warnings():  # files written by ConfigSpace 0.6 use older field names
+                warnings.simplefilter("ignore", UserWarning)
+                cs = cs_json.read(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"search space file {path} cannot be read: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # bad JSON, or not a space
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            what = "missing field " if isinstance(exc, KeyError) else ""
+            raise ValueError(f"search space file {path} is not a valid ConfigSpace JSON: {what}{reason}") from None
         cs.seed(seed)
         return cs
     raise ValueError(f"unknown search space {space!r}: not one of {', '.join(SPACES)} nor a ConfigSpace .json file")

@@ -103,6 +103,10 @@ class StudyStore:
                 if not self.path.is_file():
                     raise FileNotFoundError(2, "study store not found", str(self.path))
                 uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                if not any(self.path.with_name(self.path.name + s).exists() for s in ("-wal", "-journal")):
+                    # no writer has it open and no transaction is pending: read it as a file that
+                    # does not change, so that SQLite creates no -wal / -shm files next to it
+                    uri += "&immutable=1"
                 self._conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
             else:
                 if not memory:
@@ -207,14 +211,31 @@ class StudyStore:
             ),
         )
 
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self._read("PRAGMA table_info(trials)")}
+
     def trials(self) -> list[StoredTrial]:
-        """Every trial in id order."""
+        """Every trial in id order. A store written before a column existed (``backend_seed``)
+        reads as if the column were empty, also read-only; a row that cannot be read (bad JSON,
+        an unknown status) is one :class:`StoreError` naming the store and the trial."""
+        backend_seed = "backend_seed" if "backend_seed" in self._columns() else "NULL"
         rows = self._read(
-            "SELECT id, config, budget, seed, backend_seed, status, objectives, intermediate, error, "
+            f"SELECT id, config, budget, seed, {backend_seed}, status, objectives, intermediate, error, "
             "run_dir, started, finished, duration FROM trials ORDER BY id"
         )
         out = []
-        for (
+        for row in rows:
+            try:
+                out.append(self._trial(row))
+            except (ValueError, TypeError) as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise StoreError(f"{self.path}: trial {row[0]} cannot be read ({reason})") from None
+        return out
+
+    @staticmethod
+    def _trial(row: tuple) -> StoredTrial:
+        """A trials row as a :class:`StoredTrial`."""
+        (
             tid,
             config,
             budget,
@@ -228,18 +249,28 @@ class StudyStore:
             started,
             finished,
             duration,
-        ) in rows:
-            trial = Trial(id=tid, config=_loads(config), budget=budget, seed=seed, backend_seed=backend_seed)
+        ) = row
+        try:
             state = Status(status)
-            result = None
-            if state != Status.RUNNING:
-                result = Result(
-                    status=state,
-                    values=_loads(objectives) or {},
-                    duration=duration or 0.0,
-                    error=error,
-                    run_dir=run_dir,
-                    intermediate=[tuple(x) for x in (_loads(intermediate) or [])],
-                )
-            out.append(StoredTrial(trial, state, result, started, finished))
-        return out
+        except ValueError:
+            raise ValueError(f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}") from None
+        fields: dict[str, Any] = {}
+        for name, text in (("config", config), ("objectives", objectives), ("intermediate", intermediate)):
+            try:
+                fields[name] = _loads(text)
+            except ValueError as exc:
+                raise ValueError(f"its {name} is not JSON: {exc}") from None
+        if not isinstance(fields["config"], dict):
+            raise ValueError(f"its config is not a JSON object: {config}")
+        trial = Trial(id=tid, config=fields["config"], budget=budget, seed=seed, backend_seed=backend_seed)
+        result = None
+        if state != Status.RUNNING:
+            result = Result(
+                status=state,
+                values=fields["objectives"] or {},
+                duration=duration or 0.0,
+                error=error,
+                run_dir=run_dir,
+                intermediate=[tuple(x) for x in (fields["intermediate"] or [])],
+            )
+        return StoredTrial(trial, state, result, started, finished)

@@ -7,6 +7,7 @@ so a trial trains exactly as ``facenas fit`` would.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -23,12 +24,31 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from facenas.core import signals
-from facenas.core.errors import Interrupted, UserError, one_line_parse_error
+from facenas.core.errors import Interrupted, UserError, config_file_error, config_files, one_line_parse_error
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+# trainer keys with a lower bound, checked when the command line is parsed (Lightning checks
+# some of them only when training starts, after the run folder exists, and some never)
+TRAINER_MINIMUMS: dict[str, tuple[float, str]] = {
+    "max_epochs": (-1, "an integer >= 0, or -1 for no limit"),
+    "min_epochs": (0, "an integer >= 0"),
+    "max_steps": (-1, "an integer >= 0, or -1 for no limit"),
+    "min_steps": (0, "an integer >= 0"),
+    "limit_train_batches": (0, "a fraction in [0, 1] or a number of batches >= 0"),
+    "limit_val_batches": (0, "a fraction in [0, 1] or a number of batches >= 0"),
+    "limit_test_batches": (0, "a fraction in [0, 1] or a number of batches >= 0"),
+    "limit_predict_batches": (0, "a fraction in [0, 1] or a number of batches >= 0"),
+    "check_val_every_n_epoch": (1, "an integer >= 1, or null"),
+    "log_every_n_steps": (0, "an integer >= 0"),
+    "accumulate_grad_batches": (1, "an integer >= 1"),
+    "num_sanity_val_steps": (-1, "an integer >= 0, or -1 for the whole validation set"),
+    "reload_dataloaders_every_n_epochs": (0, "an integer >= 0"),
+    "gradient_clip_val": (0, "a number >= 0, or null"),
+}
 
 
 class FaceNASCLI(LightningCLI):
@@ -120,14 +140,19 @@ class FaceNASCLI(LightningCLI):
                     parser.add_argument(f"--{key}", type=kind, default=None, help=help_text)
 
     def parse_arguments(self, parser, args) -> None:
+        for path in config_files(list(args or [])):  # an empty or broken file, by its name
+            problem = config_file_error(path)
+            if problem is not None:
+                raise UserError(problem)
         try:
             super().parse_arguments(parser, args)
         except Exception as exc:  # jsonargparse's ArgumentError and the errors of config files it reads
             if type(exc).__name__ != "ArgumentError":
                 raise
             raise UserError(one_line_parse_error(str(exc))) from None
-        # LightningCLI reads the hyper-parameters of a ckpt_path file right after parsing
         subcommand = self.config.get("subcommand")
+        check_trainer_values((self.config[subcommand] if subcommand else self.config).get("trainer"))
+        # LightningCLI reads the hyper-parameters of a ckpt_path file right after parsing
         wanted = self.config[subcommand].get("ckpt_path") if subcommand else None
         if wanted not in (None, "last", "best") and Path(wanted).is_file():
             check_checkpoint(wanted)
@@ -146,6 +171,15 @@ class FaceNASCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+        except MisconfigurationException as exc:  # the Trainer refused a value: name the trainer key
+            message = " ".join(str(exc).split())
+            trainer = self._section().get("trainer")
+            keys = [k for k in inspect.signature(Trainer.__init__).parameters if k != "self"]
+            named = [k for k in keys if re.search(rf"\b{k}\b", message)]
+            # else the key whose text value the message quotes (max_time: "`Timer(duration='soon')` ...")
+            valued = [k for k in keys if isinstance(v := trainer.get(k), str) and repr(v) in message] if trainer else []
+            key = (named or valued or [None])[0]
+            raise UserError(f"trainer.{key}: {message}" if key else message) from None
         except ValueError as exc:  # a constructor refused a value: name the key, no traceback
             # jsonargparse wraps the constructor's error in its own; the original is in the chain
             chain: list[BaseException] = [exc]
@@ -323,6 +357,18 @@ class GracefulStop(Callback):
         if trainer.is_global_zero:
             os.replace(partial, path)
         self.saved = path
+
+
+def check_trainer_values(trainer: Any) -> None:
+    """Raise one :class:`UserError` naming the key when a trainer value is below its lower bound
+    (:data:`TRAINER_MINIMUMS`: ``trainer.max_epochs: must be an integer >= 0, or -1 for no limit,
+    got -5``), before anything is instantiated or written."""
+    if trainer is None or not hasattr(trainer, "get"):
+        return
+    for key, (minimum, wanted) in TRAINER_MINIMUMS.items():
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= minimum:
+            raise UserError(f"trainer.{key}: must be {wanted}, got {value}")
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path | None:

@@ -31,7 +31,9 @@ def load_image(path: str) -> torch.Tensor:
 
 class DetectionDataset(Dataset):
     """Detection samples with a train or eval transform. An image that cannot be decoded yields
-    None (the collate functions drop it) and a warning naming the file."""
+    ``{"unreadable": (path, reason)}`` and a warning naming the file: the collate functions leave
+    it out of the batch and list it under the batch's ``unreadable`` key, where
+    :class:`FaceDetectionDataModule` counts it against ``max_bad_fraction``."""
 
     def __init__(self, samples: Sequence[DetectionSample], transform: TrainTransform | EvalTransform) -> None:
         self.samples = list(samples)
@@ -46,7 +48,7 @@ class DetectionDataset(Dataset):
             image = load_image(sample.image)
         except (RuntimeError, OSError, ValueError) as exc:
             warnings.warn(f"skipping unreadable image {sample.image}: {exc}", stacklevel=1)
-            return None
+            return {"unreadable": (str(sample.image), " ".join(str(exc).split()) or type(exc).__name__)}
         marks = sample.landmarks if sample.landmarks is not None else np.full((len(sample), 5, 2), np.nan, np.float32)
         faces = Faces(
             torch.from_numpy(sample.boxes.copy()),
@@ -70,12 +72,22 @@ class DetectionDataset(Dataset):
         return {"image": image, "meta": meta}
 
 
+def _readable(items: list[dict[str, Any] | None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The items with an image, and ``{"unreadable": [(path, reason), ...]}`` for those without
+    one (empty when every image decoded)."""
+    unreadable = [i["unreadable"] for i in items if i is not None and "unreadable" in i]
+    return [i for i in items if i is not None and "unreadable" not in i], (
+        {"unreadable": unreadable} if unreadable else {}
+    )
+
+
 def collate_train(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Stack same-size images; pack all faces with their image index (see MultiBoxLoss)."""
-    items = [i for i in items if i is not None]
+    items, unreadable = _readable(items)
     faces = [i["faces"] for i in items]
     counts = torch.tensor([len(f.boxes) for f in faces], dtype=torch.long)
     return {
+        **unreadable,
         "images": torch.stack([i["image"] for i in items]) if items else torch.zeros(0, 3, 1, 1),
         "targets": {
             "boxes": torch.cat([f.boxes for f in faces]) if faces else torch.zeros(0, 4),
@@ -88,9 +100,9 @@ def collate_train(items: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 def collate_eval(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Pad images bottom/right to a common size (a multiple of 32); keep per-image metadata."""
-    items = [i for i in items if i is not None]
+    items, unreadable = _readable(items)
     if not items:
-        return {"images": torch.zeros(0, 3, _STRIDE, _STRIDE), "meta": []}
+        return {"images": torch.zeros(0, 3, _STRIDE, _STRIDE), "meta": [], **unreadable}
     height = max(i["image"].shape[1] for i in items)
     width = max(i["image"].shape[2] for i in items)
     height, width = -(-height // _STRIDE) * _STRIDE, -(-width // _STRIDE) * _STRIDE
@@ -98,7 +110,7 @@ def collate_eval(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     for k, item in enumerate(items):
         _, h, w = item["image"].shape
         images[k, :, :h, :w] = item["image"]
-    return {"images": images, "meta": [i["meta"] for i in items]}
+    return {"images": images, "meta": [i["meta"] for i in items], **unreadable}
 
 
 class FaceDetectionDataModule(SplitDataModule):
@@ -193,9 +205,12 @@ class FaceDetectionDataModule(SplitDataModule):
             raise ValueError(f"unknown synthetic domain {unknown[0]!r}; choose from {', '.join(DOMAINS)}")
         if not 0 < min_crop_ratio <= 1:
             raise ValueError(f"min_crop_ratio must be in (0, 1], got {min_crop_ratio}")
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.save_hyperparameters()
         self.splits: dict[str, list[DetectionSample]] = {}
         self.report = DataReport(source="detection data")
+        self._undecodable: set[str] = set()
 
     # ------------------------------------------------------------------ reading
 
@@ -277,6 +292,27 @@ class FaceDetectionDataModule(SplitDataModule):
             )
         if not self.splits["train"]:
             raise DataError("the training split is empty", source)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the batch's images that failed to decode (each once) as dropped, like images
+        whose header cannot be read, and stop with one :class:`DataError` once more than
+        ``max_bad_fraction`` of the boxes and images are dropped."""
+        if isinstance(batch, dict) and batch.get("unreadable"):
+            self._count_undecodable(batch.pop("unreadable"))
+        return batch
+
+    def _count_undecodable(self, failures: list[tuple[str, str]]) -> None:
+        new = [(path, reason) for path, reason in failures if path not in self._undecodable]
+        for path, reason in new:
+            self._undecodable.add(path)
+            self.report.add(path, None, "unreadable_image", f"{path}: does not decode: {reason}")
+        limit = self.hparams.max_bad_fraction
+        if new and self.report.images_read and self.report.bad_fraction > limit:
+            raise DataError(
+                f"{len(self._undecodable)} images do not decode (e.g. {new[0][0]}: {new[0][1]}): "
+                f"{100 * self.report.bad_fraction:.1f}% of the boxes and images are dropped "
+                f"(limit {100 * limit:.1f}%); run `facenas data check --verify full` for the list"
+            )
 
     # ------------------------------------------------------------------ loaders
 

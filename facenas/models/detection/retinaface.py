@@ -16,7 +16,7 @@ from torchvision.ops import Conv2dNormActivation, batched_nms, remove_small_boxe
 from facenas.core.weights import WeightsMismatch, load_local_weights
 
 from ..errors import check_finite_loss
-from ..optim import build_optimizer
+from ..optim import build_optimizer, check_optimizer_values
 from .anchors import (
     DEFAULT_SIZES,
     DEFAULT_STRIDES,
@@ -234,6 +234,7 @@ class RetinaFace(pl.LightningModule):
         super().__init__()
         if optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+        check_optimizer_values(lr, momentum, weight_decay)
         if lr_schedule not in ("plateau", "cosine"):
             raise ValueError(f"lr_schedule must be plateau or cosine, got {lr_schedule!r}")
         self.save_hyperparameters()

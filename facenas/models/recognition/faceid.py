@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import check_finite_loss
-from ..optim import build_optimizer
+from ..optim import build_optimizer, check_optimizer_values
 from .backbones import create_backbone
 from .heads import HEADS, create_head, focal_loss
 from .mitigation import create_mitigation
@@ -92,6 +92,7 @@ class FaceID(pl.LightningModule):
         super().__init__()
         if optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+        check_optimizer_values(lr, momentum, weight_decay)
         if loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
         if embedding_dim is not None and embedding_dim < 1:

@@ -40,6 +40,17 @@ class Budget:
     max: float
     eta: float = 3.0
 
+    def __post_init__(self) -> None:
+        # a trial trains round(budget) epochs: below 1, it would train none and log nothing
+        if not self.min >= 1:
+            raise ValueError(
+                f"budget: a trial needs at least 1 epoch (it trains round(budget) epochs), got {self.min:g}"
+            )
+        if not self.max >= self.min:
+            raise ValueError(f"budget: max {self.max:g} is below min {self.min:g}")
+        if self.min < self.max and not self.eta > 1:
+            raise ValueError(f"budget: eta must be above 1 (each rung multiplies the budget by it), got {self.eta:g}")
+
     @property
     def multi_fidelity(self) -> bool:
         return self.min < self.max
