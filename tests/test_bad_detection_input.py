@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from facenas.datamodules import DataReport, DetectionSample
-from facenas.datamodules.detection import DetectionDataset, read_detection, read_wider
+from facenas.datamodules.detection import DetectionDataset, collate_eval, read_detection, read_wider
 from facenas.datamodules.detection.datamodule import load_image
 from facenas.datamodules.detection.transforms import EvalTransform
 
@@ -354,7 +354,10 @@ def test_a_decompression_bomb_is_an_unreadable_image_not_a_crash(tmp_path):
         load_image(str(bomb))
     dataset = DetectionDataset([DetectionSample(str(bomb), "bomb.png", np.zeros((0, 4)), [])], EvalTransform(64, 64))
     with pytest.warns(UserWarning, match="bomb.png"):
-        assert dataset[0] is None
+        item = dataset[0]
+    assert item["unreadable"][0] == str(bomb) and "too large to decode" in item["unreadable"][1]
+    batch = collate_eval([item])  # left out of the batch, listed for the data module to count
+    assert batch["meta"] == [] and batch["unreadable"] == [item["unreadable"]]
 
 
 # ------------------------------------------------------------------- training, validation, predict
