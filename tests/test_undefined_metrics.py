@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +287,7 @@ def test_search_run_fails_trials_whose_objective_is_undefined(tmp_path):
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(settings))
     out = run_facenas("search", "run", "--config", str(tmp_path / "search.yaml"), cwd=REPO)
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.returncode == 0 and "trial 0 failed" in out.stdout and "undefined" in out.stdout, out.stdout[-3000:]
     rows = StudyStore(tmp_path / "study.sqlite", "undefined").trials()
     assert [r.status for r in rows] == [Status.FAILED, Status.FAILED]
     for row in rows:
@@ -308,3 +310,36 @@ def test_a_nan_attribute_flag_is_kept_as_an_ignore_region_not_dropped(tmp_path):
     assert found["boxes"] == 2 and found["ignored_boxes"] == 1 and found["counts"] == {"bad_attribute": 1}
     assert "kept as an ignore region" in found["issues"][0]["detail"]
     assert found["dropped"] == 0 and found["bad_fraction"] == 0.0 and found["ok"]
+
+
+def test_fairness_callback_logs_nan_with_one_group_and_warns_once_per_stage():
+    import lightning.pytorch as pl
+
+    from facenas.callbacks import FairnessMetrics
+
+    g = torch.Generator().manual_seed(0)
+    emb, ids, groups = torch.randn(16, 4, generator=g), torch.arange(16) // 2, torch.zeros(16, dtype=torch.long)
+
+    class Embeddings(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def validation_step(self, batch, batch_idx):
+            e, i, grp = batch
+            return {"embeddings": e, "identities": i, "groups": grp}
+
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(emb, ids, groups), batch_size=8)
+    callback = FairnessMetrics(group_names=["female"])
+    trainer = pl.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], accelerator="cpu"
+    )
+    with pytest.warns(UserWarning, match="val/disparity and the other fairness metrics are NaN: fewer than two groups"):
+        trainer.validate(Embeddings(), dataloaders=batches, verbose=False)
+    logged = trainer.callback_metrics
+    assert math.isnan(logged["val/disparity"].item()) and math.isnan(logged["val/rank_disparity_id"].item())
+    assert math.isfinite(logged["val/error"].item())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(Embeddings(), dataloaders=batches, verbose=False)
+    assert not [w for w in caught if "fairness metrics are NaN" in str(w.message)]  # once per stage
