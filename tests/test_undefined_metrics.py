@@ -343,3 +343,37 @@ def test_fairness_callback_logs_nan_with_one_group_and_warns_once_per_stage():
         warnings.simplefilter("always")
         trainer.validate(Embeddings(), dataloaders=batches, verbose=False)
     assert not [w for w in caught if "fairness metrics are NaN" in str(w.message)]  # once per stage
+
+
+def test_wider_subset_without_an_attribute_file_logs_nan_per_gender_not_zero(tmp_path):
+    from .conftest import data_path
+
+    data_path("widerface")
+    configs = REPO / "configs"
+    out = run_facenas(
+        "fit", "--config", str(configs / "detection/retinaface_mnv2.yaml"),
+        "--config", str(configs / "detection/wider_subset.yaml"), "--config", str(configs / "trainer/cpu.yaml"),
+        "--data.init_args.val_attributes", "null", "--data.init_args.image_size", "256",
+        "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "2",
+        "--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "true", "--test_after_fit", "false",
+        cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    for group in ("female", "male"):
+        assert f"val/ap50_perceived_gender_{group} is NaN: no counted val face has perceived_gender={group}" in text
+        row = next(line for line in out.stdout.splitlines() if f"val/ap50_perceived_gender_{group}" in line)
+        assert "nan" in row.lower() and "0.0" not in row, row
+
+
+def test_a_nan_is_never_the_best_value_of_a_trial(tmp_path):
+    from facenas.search.runner import read_metrics
+
+    best = Objective("val/ap50_gender_male", mode="max", reduce="best")
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,val/ap50_gender_male\n0,nan\n1,0.5\n2,nan\n")
+    values, _ = read_metrics(metrics, [best])
+    assert values == {"val/ap50_gender_male": 0.5} and outcome(values, [best]) == (Status.SUCCESS, None)
+    metrics.write_text("epoch,val/ap50_gender_male\n0,nan\n1,nan\n")
+    values, _ = read_metrics(metrics, [best])
+    assert outcome(values, [best])[0] == Status.FAILED
