@@ -377,3 +377,14 @@ def test_a_nan_is_never_the_best_value_of_a_trial(tmp_path):
     metrics.write_text("epoch,val/ap50_gender_male\n0,nan\n1,nan\n")
     values, _ = read_metrics(metrics, [best])
     assert outcome(values, [best])[0] == Status.FAILED
+
+
+def test_eval_fairness_with_a_reference_group_without_probes_is_undefined_not_another_pair(tmp_path):
+    # female has only singletons (no probe); male and other have probes
+    rows = [(f"f{i}", "female") for i in range(3)] + [(i // 2, "male" if i < 4 else "other") for i in range(8)]
+    emb, meta = _fairness_files(tmp_path, rows)
+    out = _fairness(emb, meta, "--reference_group", "female", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["disparity"] is None and result["error"] is not None
+    assert "the reference group 'female' has no probe" in out.stderr

@@ -236,7 +236,7 @@ class FairnessMetrics(MetricCallback):
             why = (
                 "no probe (every identity has a single image)"
                 if int(values["probes"]) == 0
-                else "fewer than two groups among the probes"
+                else "fewer than two groups among the probes, or none in the reference group"
             )
             rank_zero_warn(f"{prefix}/disparity and the other fairness metrics are NaN: {why}")
         bad = int(values["bad_embeddings"])

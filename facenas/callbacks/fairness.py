@@ -306,8 +306,8 @@ def fairness_metrics(
         groups: (N,) int64 group index of every image (negative: no group), same order as the
             embeddings given to :func:`identification_ranks`.
         group_names: name of each group index (default ``"0"``, ``"1"``, ...).
-        reference_group: compare every other group with this one; None: maximum over all
-            ordered pairs.
+        reference_group: compare every other group with this one (the metrics are NaN when it
+            is one of ``group_names`` without a probe); None: maximum over all ordered pairs.
     """
     groups = groups.reshape(-1).to(ranks.index.device).long()
     probe_groups = groups[ranks.index]
@@ -331,8 +331,14 @@ def fairness_metrics(
             n=int(m.sum().item()),
         )
     names = list(stats)
+    # a reference group that exists but has no probe: nothing to compare with (not every pair)
+    unprobed_reference = (
+        reference_group is not None and reference_group in (group_names or ()) and reference_group not in stats
+    )
     if reference_group is not None and reference_group in stats:
         pairs = [(a, reference_group) for a in names if a != reference_group]
+    elif unprobed_reference:
+        pairs = []
     else:
         pairs = [(a, b) for a in names for b in names if a != b]
 
@@ -347,6 +353,11 @@ def fairness_metrics(
         if len(groups) and (ranks.nonfinite_rows or ranks.zero_rows):
             why += " among the usable rows"
         undefined.append(f"no probe ({why}): error, ranks and the fairness metrics are undefined")
+    elif unprobed_reference:
+        undefined.append(
+            f"the reference group {reference_group!r} has no probe: the fairness metrics compare with it and are "
+            "undefined"
+        )
     elif not pairs:
         shown = ", ".join(names) if names else "none"
         undefined.append(
