@@ -253,3 +253,10 @@ def test_report_names_the_store_and_the_trial_it_cannot_read_and_creates_nothing
     one_line(out, "facenas search report: error:", f"{store}: trial 1 cannot be read", needle)
     assert not (tmp_path / "report").exists() and not (tmp_path / "old").exists()
     assert sorted(p.name for p in tmp_path.glob("old.sqlite*")) == ["old.sqlite"] and digest(store) == before
+
+
+def test_config_checks_leave_inline_yaml_to_the_parser():
+    from facenas.core.errors import config_file_error
+
+    inline = "model:\n  init_args:\n    lr: 0.1\n" * 40  # longer than a file name may be
+    assert config_file_error(inline) is None and config_file_error("{trainer: {max_epochs: 1}}") is None

@@ -70,13 +70,17 @@ def one_line_parse_error(message: str) -> str:
 
 def config_file_error(path: str) -> str | None:
     """Why a ``--config`` YAML file cannot be a config, as one line naming it (empty, or not
-    valid YAML); None when it is fine or not a file (the parser reports a missing one)."""
+    valid YAML); None when it is fine or not a file (the parser reports a missing one, and reads
+    a value that is YAML text itself)."""
     from pathlib import Path
 
     import yaml
 
     file = Path(path)
-    if not file.is_file():
+    try:
+        if not file.is_file():
+            return None
+    except (OSError, ValueError):  # not a path: --config also takes the YAML text itself
         return None
     try:
         content = yaml.safe_load(file.read_text())
