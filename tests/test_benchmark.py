@@ -221,6 +221,11 @@ def test_protocol_splits_groups_and_families(tmp_path):
     assert protocol_splits("leave_one_offline_out", names, ["a", "b"], families) == [
         ("a", ["b"], ["a"]), ("b", ["a"], ["b"]),
     ]  # fmt: skip
+    halves = protocol_splits("offline_halves", names, list("abcd"), families, seed=0, halves=3)
+    assert [label for label, _, _ in halves] == ["half0", "half1", "half2"]
+    for _, off, on in halves:
+        assert len(off) == len(on) == 2 and sorted(off + on) == list("abcd")
+    assert halves == protocol_splits("offline_halves", names, list("abcd"), families, seed=0, halves=3)
     with pytest.raises(ValueError, match="unknown protocol 'k_fold'"):
         protocol_splits("k_fold", names, ["a"], families)
 

@@ -283,12 +283,11 @@ def test_benchmark_config_plans_its_studies(config):
     """Every shipped table YAML parses through `facenas hyperfd build`'s options, and each of
     its studies would pass the study's own checks (mapping onto the space, keys the base takes)."""
     from facenas.cli.common import parse
-    from facenas.cli.hyperfd import build_parser
-    from facenas.hyperfd.table.build import TableConfig
+    from facenas.cli.hyperfd import build_parser, table_settings
     from facenas.search.study import Study
 
     args = parse(build_parser(), ["--config", str(CONFIGS / "hyperfd" / config)])
-    settings = TableConfig(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__")})
+    settings = table_settings(args)
     settings.base = [str(REPO / p) for p in settings.base]
     studies = list(settings.studies())
     noise_seeds = {int(s) for s in (settings.noise or {}).get("seeds", [])} - set(settings.seeds)

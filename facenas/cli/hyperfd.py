@@ -54,14 +54,20 @@ def build_parser(verb: str = "hyperfd build"):
     return parser
 
 
-def build(verb: str, argv: list[str]) -> int:
+def table_settings(args):
+    """The :class:`~facenas.hyperfd.table.build.TableConfig` of parsed ``hyperfd build`` options
+    (without the options of the command itself, such as ``--shard``)."""
     from facenas.hyperfd.table.build import TableConfig
+
+    return TableConfig(**{k: v for k, v in vars(args).items() if k not in ("config", "__path__", "shard")})
+
+
+def build(verb: str, argv: list[str]) -> int:
     from facenas.hyperfd.table.build import build as run_build
 
     args = parse(build_parser(verb), argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "shard")}
     try:
-        settings = TableConfig(**fields)
+        settings = table_settings(args)
         shard = _shard(args.shard)
         _quiet_libraries()
         counts = run_build(settings, shard=shard)  # SIGTERM / SIGINT: core.errors.Interrupted, exit code 143 / 130
@@ -209,8 +215,8 @@ def evaluate(verb: str, argv: list[str]) -> int:
         "--protocol",
         type=str,
         default="online",
-        help="online (offline datasets, then the others), leave_one_family_out, or leave_one_offline_out "
-        "(to choose settings on the offline datasets alone)",
+        help="online (offline datasets, then the others), leave_one_family_out, or leave_one_offline_out / "
+        "offline_halves (to choose settings on the offline datasets alone)",
     )
     parser.add_argument(
         "--table_noise",

@@ -609,13 +609,18 @@ class HyperSTAR(_RankerMethod):
     cross-entropy) plus ``sim_weight * |cos(t_a, t_b) - s_ab|`` with s_ab the Spearman
     correlation of two datasets' APs; top-B by score (pure exploitation); re-fitted after each
     task on everything seen. It keeps the past tasks' per-image features (the original learns
-    from their raw images end to end): unlike HyperFD it does not respect the privacy boundary."""
+    from their raw images end to end): unlike HyperFD it does not respect the privacy boundary.
+    Each training step encodes a random batch of ``image_batch`` images per dataset, as the
+    original samples a batch of images per task; None encodes every image."""
 
     name = "hyperstar"
 
-    def __init__(self, sim_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, sim_weight: float = 1.0, image_batch: int | None = 32, **kwargs: Any) -> None:
+        if image_batch is not None and image_batch < 1:
+            raise ValueError(f"image_batch must be >= 1 or None, got {image_batch}")
         super().__init__(**kwargs)
         self.sim_weight = sim_weight
+        self.image_batch = image_batch
 
     def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
         self._build(offline)

@@ -94,7 +94,7 @@ def plot_curves(summary: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-PROTOCOLS = ("online", "leave_one_family_out", "leave_one_offline_out")
+PROTOCOLS = ("online", "leave_one_family_out", "leave_one_offline_out", "offline_halves")
 
 
 def dataset_families(table_config: str | Path, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -124,12 +124,20 @@ def dataset_families(table_config: str | Path, names: Sequence[str]) -> dict[str
 
 
 def protocol_splits(
-    protocol: str, names: Sequence[str], offline: Sequence[str], families: Mapping[str, Sequence[str]]
+    protocol: str,
+    names: Sequence[str],
+    offline: Sequence[str],
+    families: Mapping[str, Sequence[str]],
+    seed: int = 0,
+    halves: int = 6,
 ) -> list[tuple[str, list[str], list[str]]]:
     """The (label, offline, online) splits of a protocol: ``online``: the offline datasets, then
     the others; ``leave_one_family_out``: per family, the datasets of that family online and all
     others offline; ``leave_one_offline_out``: per offline dataset, that one online and the other
-    offline datasets offline (what settings are chosen on before any online result is seen)."""
+    offline datasets offline; ``offline_halves``: ``halves`` seeded random halves of the offline
+    datasets online, the other half offline. The last two see no online dataset: settings are
+    chosen on them before any online result is seen (leave-one-out for what acts within a task,
+    the halves, a sequence of several tasks, for what acts between tasks: the online updates)."""
     if protocol == "online":
         return [("online", list(offline), [n for n in names if n not in offline])]
     if protocol == "leave_one_family_out":
@@ -137,6 +145,14 @@ def protocol_splits(
         return [(f, [n for n in names if f not in families[n]], [n for n in names if f in families[n]]) for f in every]
     if protocol == "leave_one_offline_out":
         return [(n, [o for o in offline if o != n], [n]) for n in offline]
+    if protocol == "offline_halves":
+        rng = np.random.default_rng([seed, 3])
+        out = []
+        for k in range(halves):
+            order = [offline[i] for i in rng.permutation(len(offline))]
+            half = len(order) // 2
+            out.append((f"half{k}", sorted(order[half:]), sorted(order[:half])))
+        return out
     raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
 
@@ -181,7 +197,7 @@ def evaluate_table(
     ``methods``: names of :data:`~facenas.hyperfd.methods.METHODS` or ``{name, method, <options>}``
     readings. ``protocol``: ``online`` (the offline datasets are ``offline``, default those named
     ``<source>*``; the online ones the others or ``online``), ``leave_one_family_out`` or
-    ``leave_one_offline_out`` (:func:`protocol_splits`; families from the table YAML,
+    ``leave_one_offline_out`` or ``offline_halves`` (:func:`protocol_splits`; families from the table YAML,
     :func:`dataset_families`). ``table_noise``: each run draws the seed entries of the
     configurations with repeats. The average rank is reported with a bootstrap over runs and
     datasets per group of online datasets (``seen`` / ``held_out`` families, ``all``; per family
@@ -209,7 +225,7 @@ def evaluate_table(
     if protocol == "online" and online is not None:
         table = {n: d for n, d in table.items() if n in offline or n in online}
     families = dataset_families(table_config, list(table))
-    splits = protocol_splits(protocol, list(table), offline, families)
+    splits = protocol_splits(protocol, list(table), offline, families, seed)
     roles = {"features": features, "stats": stats, "resnet": resnet}
     needed = {
         roles[v.strip("{}")]
