@@ -150,6 +150,11 @@ def search_yaml(tmp_path: Path, **values) -> Path:
         ({"budget": {"min": 1, "max": 8, "eta": 1}}, [], "budget: eta must be above 1"),
         ({"budget": 0}, [], "budget: a trial needs at least 1 epoch (it trains round(budget) epochs), got 0"),
         ({"budget": {"min": 0, "max": 4}}, [], "budget: a trial needs at least 1 epoch"),
+        (
+            {"budget": None, "overrides": {"trainer.max_epochs": 0}},
+            [],
+            "trainer.max_epochs is 0 in the study's training config: a trial would train nothing",
+        ),
     ],
 )
 def test_search_run_refuses_bad_settings_before_anything_is_written(tmp_path, values, extra, needle):

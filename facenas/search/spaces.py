@@ -391,11 +391,14 @@ def training_key_error(key: str, config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_training_keys(keys: Mapping[str, str], base: list[str], overrides: Mapping[str, Any] | None = None) -> None:
+def check_training_keys(
+    keys: Mapping[str, str], base: list[str], overrides: Mapping[str, Any] | None = None
+) -> Any:
     """Raise ValueError for the first dotted key (``{key: what it is}``, e.g. ``mapping
     key``) that a trial's training config would not take (see :func:`training_key_error`).
     The base YAMLs and ``overrides`` are parsed as ``facenas fit`` parses them: a key or value
-    they give that fit refuses is one :class:`~facenas.core.errors.UserError`."""
+    they give that fit refuses is one :class:`~facenas.core.errors.UserError`. Returns the
+    parsed config."""
     from facenas.training.config import resolved_config
 
     config = resolved_config(base, overrides)
@@ -403,6 +406,7 @@ def check_training_keys(keys: Mapping[str, str], base: list[str], overrides: Map
         error = training_key_error(key, config)
         if error is not None:
             raise ValueError(f"{what} {key} is not a key of the training config ({', '.join(base)}): {error}")
+    return config
 
 
 def config_key(config: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from facenas.core import signals
-from facenas.core.errors import Interrupted
+from facenas.core.errors import Interrupted, UserError
 
 from .backends import BACKENDS, Budget, Searcher, SpaceExhausted, create_searcher
 from .executors import Executor, FunctionExecutor, create_executor
@@ -154,7 +154,15 @@ class Study:
         keys = {key.split("|")[0].strip(): "mapping key" for key in s.mapping}
         if s.budget is not None:
             keys.setdefault(s.budget_key, "budget_key")
-        check_training_keys(keys, s.base, s.overrides)
+        config = check_training_keys(keys, s.base, s.overrides)
+        if s.budget is None:
+            trainer = config.get("trainer") or {}
+            for key in ("max_epochs", "max_steps"):
+                if trainer.get(key) == 0:
+                    raise UserError(
+                        f"trainer.{key} is 0 in the study's training config: a trial would train "
+                        "nothing, so its objectives would never be logged (give a budget or a positive value)"
+                    )
 
     def _budget(self, proposal: Proposal) -> float | None:
         s = self.settings
