@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from facenas.models.recognition import FaceID
 
-from .detector import HPARAMS_KEY, FORMAT_VERSION
+from .detector import FORMAT_VERSION, HPARAMS_KEY
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
