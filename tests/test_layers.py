@@ -1,5 +1,5 @@
 """The package's layers: imports only point down (core < datamodules < callbacks < models <
-training < search < hyperfd < cli), no two modules import each other through any chain (deferred
+export < inference < training < search < hyperfd < cli), no two modules import each other through any chain (deferred
 imports inside functions included), the toy modules are used only by tests and benchmarks,
 benchmarks never import tests, and nothing imports the names the packages had before they moved
 under ``facenas``."""
@@ -13,7 +13,18 @@ from pathlib import Path
 from .conftest import REPO
 
 PACKAGE = REPO / "facenas"
-LAYERS = ["core", "datamodules", "callbacks", "models", "training", "search", "hyperfd", "cli"]
+LAYERS = [
+    "core",
+    "datamodules",
+    "callbacks",
+    "models",
+    "export",
+    "inference",
+    "training",
+    "search",
+    "hyperfd",
+    "cli",
+]
 TOP = len(LAYERS)  # facenas/__init__.py, __main__.py and the toy modules (facenas.demos)
 OLD_NAMES = {"core", "datamodules", "callbacks", "models", "training", "search", "facenas_cli", "demos"}
 

@@ -15,10 +15,18 @@ VERIFY_MODES = ("none", "header", "full")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey PNGs open in one of these
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An opened Pillow image as 8-bit RGB: 16-bit grey is scaled to 8 bits (``convert("RGB")``
+    would clip every value above 255 to white), every other mode converted by Pillow."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = np.asarray(image).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 def open_rgb(path: str | Path) -> Image.Image:
     """Decode an image file to 8-bit RGB (Pillow; torchvision's decoders are deprecated in
-    favour of TorchCodec, which facenas does not need). 16-bit grey is scaled to 8 bits
-    (``convert("RGB")`` would clip every value above 255 to white).
+    favour of TorchCodec, which facenas does not need); see :func:`to_rgb`.
 
     Raises:
         OSError: the file is missing, unreadable, truncated, or declares more pixels than
@@ -26,26 +34,64 @@ def open_rgb(path: str | Path) -> Image.Image:
     """
     try:
         with Image.open(path) as image:
-            if image.mode in _SIXTEEN_BIT:
-                grey = np.asarray(image).astype(np.int64).clip(0, 65535)
-                return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
-            return image.convert("RGB")
+            return to_rgb(image)
     except Image.DecompressionBombError as exc:
         raise OSError(f"too large to decode: {exc}") from None
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# containers `facenas predict` reads frame by frame (facenas.datamodules.video, PyAV)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def is_video(path: str | Path) -> bool:
+    """Whether ``path`` names a video file by its extension (:data:`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def image_files(path: str | Path) -> tuple[Path, list[Path]]:
+    """The root that names are relative to and the images to predict on: a single image file
+    (the root is its folder), or every image under a folder (recursively, sorted).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a folder holds no image (the message
+            names ``path`` as given).
+        ValueError: ``path`` is a file that is not an image by its extension.
+    """
+    root = Path(path)
+    if root.is_file():
+        if root.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(
+                f"{path}: not an image or video by its extension (images: {', '.join(IMAGE_EXTENSIONS)}; "
+                f"videos: {', '.join(VIDEO_EXTENSIONS)})"
+            )
+        return root.parent, [root]
+    if not root.is_dir():
+        raise FileNotFoundError(2, "no such file or folder", str(path))
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(2, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder", str(path))
+    return root, files
+
+
+def stem_clash(names: list[str]) -> tuple[str, str] | None:
+    """The first two names (relative paths) that are equal once their extensions are removed
+    (``x.jpg`` and ``x.png``), or None. WIDER's prediction files are named by the image's path
+    without its extension, so two such images would write the same file."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = Path(name).with_suffix("").as_posix()
+        if key in seen:
+            return seen[key], name
+        seen[key] = name
+    return None
 
 
 def image_folder(folder: str | Path) -> list[DetectionSample]:
-    """Every image under ``folder`` (recursively, sorted), as samples without faces named by
-    their path relative to ``folder``: what ``facenas predict`` detects faces in."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(2, "image folder not found", str(root))
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise FileNotFoundError(2, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder", str(root))
+    """Every image under ``folder`` (recursively, sorted), or the one image ``folder`` names,
+    as samples without faces named by their path relative to the folder: what
+    ``facenas predict`` detects faces in (see :func:`image_files`)."""
+    root, files = image_files(folder)
     return [
         DetectionSample(image=str(p), name=p.relative_to(root).as_posix(), boxes=np.zeros((0, 4)), ignore=[])
         for p in files

@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..base import SplitDataModule
-from ..images import image_folder, open_rgb
+from ..images import image_folder, is_video, open_rgb, stem_clash
 from ..records import DataError, DataReport, DetectionSample
 from ..splits import DEFAULT_RATIOS, split_detection
 from .domains import build_domain, check_domain
@@ -70,6 +70,38 @@ class DetectionDataset(Dataset):
             "path": sample.image,
         }
         return {"image": image, "meta": meta}
+
+
+class VideoFrames(IterableDataset):
+    """The frames of a video file, in order, as evaluation items (``meta`` as
+    :class:`DetectionDataset`'s, plus ``frame`` (index), ``time`` (seconds) and ``pixels``
+    (the frame as HxWx3 uint8 RGB, for the drawn copy)); decoded by PyAV one at a time."""
+
+    def __init__(self, path: str, name: str, transform: EvalTransform) -> None:
+        self.path = path
+        self.name = name
+        self.transform = transform
+
+    def __iter__(self):
+        from ..video import read_frames
+
+        for index, time, pixels in read_frames(self.path):
+            image = torch.from_numpy(pixels).permute(2, 0, 1)
+            height, width = image.shape[-2:]
+            image, scale = self.transform(image)
+            meta = {
+                "name": self.name,
+                "image_size": (int(height), int(width)),
+                "scale": scale,
+                "boxes": torch.zeros(0, 4),
+                "ignore": torch.zeros(0, dtype=torch.bool),
+                "attributes": {},
+                "path": self.path,
+                "frame": index,
+                "time": time,
+                "pixels": pixels,
+            }
+            yield {"image": image, "meta": meta}
 
 
 def _readable(items: list[dict[str, Any] | None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -131,8 +163,12 @@ class FaceDetectionDataModule(SplitDataModule):
         train_annotations, train_images: training annotations and image folder.
         val_annotations, val_images, test_annotations, test_images: held-out sets.
         val_attributes: per-face attribute CSV for the held-out sets (e.g. WIDER demographics).
-        images: a folder of images to detect faces in with ``facenas predict`` (searched
-            recursively; predictions are named by the path relative to it).
+        images: what ``facenas predict`` detects faces in: an image file, a folder of images
+            (searched recursively; predictions are named by the path relative to it) or a
+            video file (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.m4v``; decoded
+            frame by frame with PyAV). A path that does not exist, a folder without images
+            and two images whose names differ only by their extension (``x.jpg``, ``x.png``:
+            both would write ``x.txt``) are refused here, before anything is written.
         split_file: where the split is kept (default ``data/splits/<source>-<seed>.json``).
         split_ratios, seed: the split's proportions and seed.
         synthetic_images, synthetic_domains, synthetic_size, synthetic_seed, synthetic_root:
@@ -207,6 +243,7 @@ class FaceDetectionDataModule(SplitDataModule):
             raise ValueError(f"min_crop_ratio must be in (0, 1], got {min_crop_ratio}")
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self._predict_samples = None if images is None else _predict_inputs(images)
         self.save_hyperparameters()
         self.splits: dict[str, list[DetectionSample]] = {}
         self.report = DataReport(source="detection data")
@@ -262,7 +299,7 @@ class FaceDetectionDataModule(SplitDataModule):
         if h.images is not None:
             if stage != "predict":
                 raise ValueError("images (a folder without annotations) is only for `facenas predict`")
-            self.splits = {"predict": image_folder(h.images)}
+            self.splits = {"predict": self._predict_samples or _predict_inputs(h.images)}
             return
         if h.domain is not None:
             annotations = build_domain(**h.domain) / "wider_face_bbx_gt.txt"
@@ -327,3 +364,40 @@ class FaceDetectionDataModule(SplitDataModule):
 
     def _collate(self, train: bool):
         return collate_train if train else collate_eval
+
+    def predict_dataloader(self) -> DataLoader:
+        """The images (or a video's frames, in order, decoded in this process) of ``images``;
+        the test split without it."""
+        h = self.hparams
+        if h.images is None or not is_video(h.images):
+            return super().predict_dataloader()
+        (sample,) = self.splits["predict"]
+        frames = VideoFrames(sample.image, sample.name, EvalTransform(h.eval_short_side, h.eval_max_side))
+        return DataLoader(frames, batch_size=h.eval_batch_size, num_workers=0, collate_fn=collate_eval)
+
+
+def _predict_inputs(images: str) -> list[DetectionSample]:
+    """The samples of ``images`` (see :class:`FaceDetectionDataModule`), or a ValueError naming
+    the path as given: missing, a folder without images, an unreadable video, a name clash."""
+    if is_video(images):
+        from ..video import video_info
+
+        if not Path(images).is_file():
+            raise ValueError(f"{images!r}: no such file or folder")
+        try:
+            video_info(images)
+        except OSError as exc:
+            raise ValueError(f"{images!r}: {exc}") from None
+        return [DetectionSample(image=str(images), name=Path(images).name, boxes=np.zeros((0, 4)), ignore=[])]
+    try:
+        samples = image_folder(images)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{images!r}: {exc.strerror}") from None
+    clash = stem_clash([s.name for s in samples])
+    if clash is not None:
+        raise ValueError(
+            f"{images!r}: {clash[0]} and {clash[1]} would both be written as "
+            f"{Path(clash[0]).with_suffix('.txt').as_posix()} (WIDER prediction files are named without the "
+            "image's extension): rename one"
+        )
+    return samples

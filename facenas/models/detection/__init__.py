@@ -12,7 +12,7 @@ from .anchors import (
 )
 from .backbones import BACKBONES, create_backbone, register_backbone
 from .loss import MultiBoxLoss
-from .retinaface import RetinaFace, RetinaFaceNet, postprocess
+from .retinaface import RetinaFace, RetinaFaceNet, postprocess, to_image_pixels
 
 __all__ = [
     "BACKBONES",
@@ -28,4 +28,5 @@ __all__ = [
     "match_anchors",
     "postprocess",
     "register_backbone",
+    "to_image_pixels",
 ]

@@ -32,6 +32,13 @@ SHIPPED = {
 }
 
 
+# name -> the RetinaFace arguments its weights fit (the rest are RetinaFace's defaults)
+SHIPPED_ARCHITECTURES = {
+    "wider_subset_320": {"backbone": "mobilenet_v2_0.5", "channels": 80},
+    "largest_wider_subset_320": {"backbone": "proxyless_x05:largest", "channels": 80},
+}
+
+
 def resolve_weights(weights: str) -> Path:
     """A shipped detector's file by name, or a path to a file."""
     if weights in SHIPPED:

@@ -155,6 +155,18 @@ def postprocess(
     ]
 
 
+def to_image_pixels(det: dict[str, Tensor], scale: float, image_size: tuple[int, int]) -> dict[str, Tensor]:
+    """One image's detections (:func:`postprocess`) from network-input pixels to the pixels of
+    the image it was resized from by ``scale``: boxes clipped to its ``(height, width)``, boxes
+    left empty by the clipping (wholly outside the image) dropped."""
+    height, width = image_size
+    boxes = det["boxes"] / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = remove_small_boxes(boxes, 1e-2)
+    return {"boxes": boxes[keep], "scores": det["scores"][keep], "landmarks": det["landmarks"][keep] / scale}
+
+
 class RetinaFace(pl.LightningModule):
     """RetinaFace face detector with HyperFD's search knobs as constructor arguments.
 
@@ -361,18 +373,7 @@ class RetinaFace(pl.LightningModule):
     def _evaluate(self, batch: dict[str, Any]) -> dict[str, Any]:
         # a batch whose images were all unreadable (each one warned) is empty: nothing to detect
         dets = self.detect(batch["images"]) if len(batch["meta"]) else []
-        preds = []
-        for det, meta in zip(dets, batch["meta"]):
-            scale = meta["scale"]
-            h, w = meta["image_size"]
-            boxes = det["boxes"] / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            # a box wholly outside the image is empty once clipped: not a detection
-            keep = remove_small_boxes(boxes, 1e-2)
-            preds.append(
-                {"boxes": boxes[keep], "scores": det["scores"][keep], "landmarks": det["landmarks"][keep] / scale}
-            )
+        preds = [to_image_pixels(det, meta["scale"], meta["image_size"]) for det, meta in zip(dets, batch["meta"])]
         return {"preds": preds, "targets": batch["meta"]}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
