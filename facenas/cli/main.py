@@ -62,6 +62,13 @@ VERBS: tuple[Verb, ...] = (
         CKPT,
     ),
     Verb(
+        "export",
+        TRAINING,
+        "write a trained detector (ONNX, TorchScript) or embedding network (ONNX) for another runtime",
+        "facenas export --config configs/detection/pretrained.yaml --out detector.onnx",
+        "export:run",
+    ),
+    Verb(
         "data check",
         GROUPS["data"],
         "read a dataset; report every dropped or repaired box and image",
