@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from facenas.datamodules.detection.datamodule import collate_eval
+from facenas.datamodules.detection.formats import face_records
 from facenas.datamodules.detection.transforms import MEAN, STD, EvalTransform
 from facenas.models.detection import RetinaFace, postprocess, to_image_pixels
 from facenas.models.detection.anchors import AnchorGrid
@@ -44,15 +45,10 @@ class Detections:
         return len(self.scores)
 
     def to_list(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per face: ``{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] x 5]}``."""
-        return [
-            {
-                "box": [round(float(v), 2) for v in box],
-                "score": round(float(score), 5),
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in marks],
-            }
-            for box, score, marks in zip(self.boxes, self.scores, self.landmarks)
-        ]
+        """One JSON-ready dict per face, as ``facenas predict`` writes them to ``detections.jsonl``:
+        ``{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] x 5]}``
+        (:func:`~facenas.datamodules.detection.face_records`)."""
+        return face_records(self.boxes, self.scores, self.landmarks)
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -67,12 +63,13 @@ class FaceDetector:
     ``facenas export`` file), then ``detect(image)``.
 
     It resizes each image as :class:`~facenas.datamodules.detection.FaceDetectionDataModule`
-    does for evaluation and ``facenas predict`` (:class:`~facenas.datamodules.detection.transforms.EvalTransform`:
-    the shorter side to ``short_side``, the longer at most ``max_side``; padded bottom and
-    right to a multiple of 32), normalises it with ImageNet's mean and deviation, batches
-    images of the same padded size together (so a result never depends on the other images of
-    the call), runs the network on ``device`` and maps the detections back to the image's
-    pixels (:func:`~facenas.models.detection.to_image_pixels`). Detections are decoded and
+    does for evaluation and ``facenas predict``
+    (:class:`~facenas.datamodules.detection.transforms.EvalTransform`: the shorter side to
+    ``short_side``, the longer at most ``max_side``; padded bottom and right to a multiple of
+    32), normalises it with ImageNet's mean and deviation, batches images of the same padded
+    size together (so no image is padded for another's sake; float rounding still differs
+    between batch sizes), runs the network on ``device`` and maps the detections back to the
+    image's pixels (:func:`~facenas.models.detection.to_image_pixels`). Detections are decoded and
     NMS'd as :meth:`RetinaFace.detect <facenas.models.detection.RetinaFace.detect>` does (IoU
     0.4 for the shipped detector), then those scoring at least ``threshold`` are kept.
 
@@ -149,7 +146,9 @@ class FaceDetector:
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         if not isinstance(hparams, dict) or "anchor_sizes" not in hparams or "state_dict" not in checkpoint:
             raise ValueError(f"{path}: not a RetinaFace checkpoint (no detector hyper-parameters in it)")
-        model = RetinaFace(**{**hparams, "weights": None, "pretrained": None, "remap_from": None})
+        model = RetinaFace(
+            **{**_arguments(RetinaFace, hparams), "weights": None, "pretrained": None, "remap_from": None}
+        )
         model.load_state_dict(checkpoint["state_dict"])
         data = checkpoint.get("datamodule_hyper_parameters") or {}
         for key, arg in (("eval_short_side", "short_side"), ("eval_max_side", "max_side")):
@@ -202,7 +201,7 @@ class FaceDetector:
             items.append(
                 {"image": resized, "meta": {"index": k, "scale": scale, "image_size": (int(height), int(width))}}
             )
-        # same padded size, same batch: a result never depends on which other images came along
+        # same padded size, same batch: no image is padded for another one's sake
         groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for item in items:
             h, w = item["image"].shape[-2:]
@@ -245,6 +244,15 @@ class FaceDetector:
             pre_nms_top_k=s["pre_nms_top_k"],
             keep_top_k=s["keep_top_k"],
         )
+
+
+def _arguments(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The saved hyper-parameters that ``cls``'s constructor takes (LightningCLI adds its own
+    keys, ``_class_path`` and ``_instantiator``, to a checkpoint's)."""
+    import inspect
+
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return {k: v for k, v in hparams.items() if k in names}
 
 
 def _settings(hparams: Any) -> dict[str, Any]:

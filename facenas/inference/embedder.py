@@ -12,7 +12,7 @@ from PIL import Image
 from facenas.datamodules.recognition.datamodule import eval_transform
 from facenas.models.recognition import FaceID
 
-from .detector import _pick_device
+from .detector import _arguments, _pick_device
 from .images import is_single, rgb_array
 
 
@@ -66,7 +66,7 @@ class FaceEmbedder:
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         if not isinstance(hparams, dict) or "embedding_dim" not in hparams or "state_dict" not in checkpoint:
             raise ValueError(f"{path}: not a FaceID checkpoint (no recognition hyper-parameters in it)")
-        model = FaceID(**{**hparams, "pretrained": None})
+        model = FaceID(**{**_arguments(FaceID, hparams), "pretrained": None})
         model.load_state_dict(checkpoint["state_dict"])
         if image_size is None:
             image_size = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size", 112))

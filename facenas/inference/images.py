@@ -48,7 +48,7 @@ def rgb_array(image: Any, *, bgr: bool = False, index: int | None = None) -> np.
             "for 0..1 floats)"
         )
     if image.ndim == 2:
-        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+        return np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{where}: an array of shape {image.shape}; give HxWx3 (RGB, or BGR with bgr=True) or HxW")
-    return np.ascontiguousarray(image[:, :, ::-1] if bgr else image)
+    return np.array(image[:, :, ::-1] if bgr else image)  # a copy: the caller's array stays theirs

@@ -123,6 +123,13 @@ class FaceNASCLI(LightningCLI):
         parser.add_argument(
             "--metrics_table", type=bool, default=True, help="print the final metrics as a table when the command ends"
         )
+        parser.add_argument(
+            "--allow_random_weights",
+            type=bool,
+            default=False,
+            help="predict: run a model that has no trained weights (no ckpt_path, no weights or pretrained "
+            "argument); refused otherwise",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {"class_path": CSV_LOGGER, "init_args": {"save_dir": "runs", "name": None}},
@@ -162,6 +169,10 @@ class FaceNASCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._section()
+        if self.subcommand == "predict":
+            problem = predict_problem(config)
+            if problem is not None:
+                raise UserError(problem)
         logger = config.get("trainer", {}).get("logger")
         if isinstance(logger, dict) or hasattr(logger, "class_path"):
             init = logger.get("init_args") if isinstance(logger, dict) else logger.init_args
@@ -371,6 +382,44 @@ def check_trainer_values(trainer: Any) -> None:
             raise UserError(f"trainer.{key}: must be {wanted}, got {value}")
 
 
+def _init_args(section: Any) -> dict[str, Any]:
+    """The ``init_args`` of a ``model`` or ``data`` section of a parsed config, as a dict."""
+    args = section.get("init_args") if hasattr(section, "get") else None
+    if args is None:
+        return {}
+    return dict(vars(args)) if not isinstance(args, dict) else dict(args)
+
+
+def predict_problem(config: Any) -> str | None:
+    """Why ``facenas predict`` refuses this parsed config (one line), or None. Refused before
+    anything is instantiated or written, so that predict never guesses:
+
+    * a model with no trained weights (no ``ckpt_path``, and none of the ``weights``,
+      ``pretrained`` or ``remap_from`` arguments) unless ``allow_random_weights``;
+    * data that would fall back to its generated synthetic set (no ``format``, ``domain``,
+      ``images`` or ``predict_images``) for a model that was not trained on it (no
+      ``ckpt_path``): the shipped detector's config without ``images``.
+    """
+    model, data = _init_args(config.get("model")), _init_args(config.get("data"))
+    trained = config.get("ckpt_path") is not None
+    given = [k for k in ("weights", "pretrained", "remap_from") if model.get(k) is not None]
+    if not trained and not given and not config.get("allow_random_weights"):
+        return (
+            "the model has no trained weights: give --ckpt_path FILE|best|last (or the model's weights or pretrained "
+            "argument); --allow_random_weights true predicts with untrained weights"
+        )
+    sources = ("format", "domain", "images", "predict_images")
+    synthetic = any(k.startswith("synthetic_") for k in data) and all(data.get(k) is None for k in sources)
+    if synthetic and not trained:
+        key = "predict_images" if "predict_images" in data else "images"
+        what = "face crops" if key == "predict_images" else "photo, folder of photos or video"
+        return (
+            f"data.init_args.{key} is not set: give the {what} to predict on (without it predict would run on "
+            "the data module's generated synthetic images)"
+        )
+    return None
+
+
 def last_checkpoint_path(trainer: Trainer) -> Path | None:
     """Where ``last.ckpt`` goes: the folder of the run's ``last`` checkpoint callback (else of
     its first checkpoint callback); None when checkpointing is disabled."""
@@ -483,6 +532,8 @@ def config_key(exc: BaseException) -> str | None:
             and not isinstance(frame.f_locals.get(n), bool)
             and repr(frame.f_locals[n]) in message
         ]
+        # a quoted text value before a number, whose digits may be anywhere in the message (a path)
+        valued.sort(key=lambda n: not isinstance(frame.f_locals[n], str))
         arg = (named or valued or [None])[0]
         prefix = f"{group}.init_args" if group in ("model", "data") else f"{group} ({type(owner).__name__})"
         return f"{prefix}.{arg}" if arg else prefix

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .formats import (
     DETECTION_FORMATS,
     attach_box_attributes,
+    face_records,
     read_coco,
     read_detection,
     read_dlib,
@@ -30,6 +31,7 @@ __all__ = [
     "FaceArrays",
     "build_domain",
     "attach_box_attributes",
+    "face_records",
     "generate_detection_dataset",
     "read_coco",
     "read_detection",

@@ -751,6 +751,21 @@ def write_wider_predictions(out_dir: str | Path, name: str, boxes: np.ndarray, s
     return target
 
 
+def face_records(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray | None = None) -> list[dict]:
+    """One image's detections as ``facenas predict`` writes them to ``detections.jsonl``: one
+    dict per face, ``{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] x 5]}`` (pixels
+    to 2 decimals, scores to 5, as the WIDER files; ``landmarks`` left out when None)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    out = []
+    for i, (box, score) in enumerate(zip(boxes, scores)):
+        record = {"box": [round(float(v), 2) for v in box], "score": round(float(score), 5)}
+        if landmarks is not None:
+            record["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in np.asarray(landmarks)[i]]
+        out.append(record)
+    return out
+
+
 def _prediction_rows(file: Path, report: DataReport) -> list[list[float]] | None:
     """The ``x y w h score`` rows of one WIDER prediction file, or None (reported, with its
     line) when the file is skipped: not UTF-8, no header (image name, then the number of

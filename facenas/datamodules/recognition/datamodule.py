@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
 from ..base import SplitDataModule
-from ..images import open_rgb
+from ..images import image_files, open_rgb
 from ..records import DataError, DataReport, IdentitySample
 from ..splits import DEFAULT_RATIOS, split_identities
 from .formats import IDENTITY_FORMATS, read_identities
@@ -132,6 +132,12 @@ class FaceIDDataModule(SplitDataModule):
         augment: training augmentation (flip, colour jitter, random resized crop).
         batch_size, eval_batch_size, num_workers: loader settings.
         verify: image check when reading (``none``, ``header``, ``full``).
+        predict_images: a folder of face crops without labels (or one crop) for ``facenas
+            predict``, searched recursively; nothing else is read or generated. Each crop's
+            ``identity`` in the written ``meta.csv`` is the folder holding it, relative to this
+            one (a folder per person is the usual layout), or the crop's own name for files
+            directly in it; its group is empty. A path that does not exist or a folder
+            without images is refused here, before anything is written.
     """
 
     def __init__(
@@ -159,8 +165,10 @@ class FaceIDDataModule(SplitDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 2,
         verify: Literal["none", "header", "full"] = "header",
+        predict_images: str | None = None,
     ) -> None:
         super().__init__()
+        self._predict_samples = None if predict_images is None else _unlabelled_crops(predict_images)
         if split_by not in ("identity", "image"):
             raise ValueError(f"split_by must be 'identity' or 'image', got {split_by!r}")
         if format is None:
@@ -211,8 +219,21 @@ class FaceIDDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self._read_splits()
+            if self.hparams.predict_images is not None:
+                self._unlabelled(stage)
+            else:
+                self._read_splits()
         self._require_splits(stage)
+
+    def _unlabelled(self, stage: str | None) -> None:
+        """The ``predict`` split of an unlabelled folder of crops (see ``predict_images``)."""
+        if stage != "predict":
+            raise ValueError("predict_images (face crops without labels) is only for `facenas predict`")
+        samples = self._predict_samples or _unlabelled_crops(self.hparams.predict_images)
+        self.splits = {"predict": samples}
+        self.group_names = []
+        self._labels = {}
+        self._identities = {name: i for i, name in enumerate(sorted({s.identity for s in samples}))}
 
     def _why_empty(self, part: str) -> str:
         h = self.hparams
@@ -269,3 +290,18 @@ class FaceIDDataModule(SplitDataModule):
 
     def _collate(self, train: bool):
         return default_collate
+
+
+def _unlabelled_crops(folder: str) -> list[IdentitySample]:
+    """The crops under ``folder`` (see ``FaceIDDataModule``'s ``predict_images``), or a
+    ValueError naming the path as given."""
+    try:
+        root, files = image_files(folder)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{folder!r}: {exc.strerror}") from None
+    out = []
+    for path in files:
+        name = path.relative_to(root)
+        identity = name.parent.as_posix() if name.parent != Path(".") else name.with_suffix("").as_posix()
+        out.append(IdentitySample(image=str(path), identity=identity))
+    return out
