@@ -427,6 +427,7 @@ def test_predict_survives_a_batch_of_unreadable_images(tmp_path):
         "predict",
         "--config", str(REPO / "configs/detection/quickstart.yaml"),
         "--data.init_args.images", str(folder),
+        "--allow_random_weights", "true",
         "--data.init_args.eval_batch_size", "1",
         "--data.init_args.num_workers", "0",
         "--trainer.enable_progress_bar", "false",
