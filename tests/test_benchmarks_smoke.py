@@ -23,6 +23,8 @@ def smoke_args(script: str, tmp_path: Path) -> list[str]:
     sizes = {
         "ap_eval.py": ["--images", "20", "--dets", "40", "--repeat", "1"],
         "claims.py": ["--smoke"],
+        "export_latency.py": ["--sizes", "160x128", "--threads", "1", "--runs", "2", "--warmup", "1", "--images", "1",
+                              "--e2e-threads", "1"],
         "faceid.py": ["--device", "cpu", "--batch", "2", "--repeat", "1", "--identities", "10",
                       "--backbones", "dpn_search_small_301"],
         "fairness.py": ["--n", "120", "--identities", "12", "--dim", "8", "--baseline-n", "60"],
@@ -35,8 +37,8 @@ def smoke_args(script: str, tmp_path: Path) -> list[str]:
     return sizes[script]
 
 
-SIMPLE = ["ap_eval.py", "claims.py", "faceid.py", "fairness.py", "remap.py", "retinaface.py", "search.py",
-          "transfer_memory.py"]  # fmt: skip
+SIMPLE = ["ap_eval.py", "claims.py", "export_latency.py", "faceid.py", "fairness.py", "remap.py", "retinaface.py",
+          "search.py", "transfer_memory.py"]  # fmt: skip
 # the others need a table, trained detectors, real data or many trainings: their own tests below
 OWN_TEST = {
     "celeba_face_boxes.py",
