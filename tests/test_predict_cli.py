@@ -73,6 +73,15 @@ def test_predict_refuses_before_anything_is_written(case, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_the_command_refuses_a_photo_that_is_not_there_in_one_line(tmp_path):
+    """The issue's case as a user meets it, through the entry point in a fresh process: a single
+    photo path that does not exist is named as typed; exit 2; no run folder left behind."""
+    out = run_facenas("predict", *PRETRAINED, "--data.init_args.images", "photo.jpg", cwd=tmp_path, process=True)
+    assert out.stderr == "facenas predict: error: data.init_args.images: 'photo.jpg': no such file or folder\n"
+    assert out.returncode == 2 and out.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
 def test_allow_random_weights_predicts_with_a_training_config(tmp_path):
     write_image(tmp_path / "photos/a.jpg")
     out = run_facenas(
@@ -144,6 +153,7 @@ def test_a_video_gives_one_json_line_per_frame_and_an_annotated_copy(tmp_path):
     out = run_facenas("predict", *PRETRAINED, "--data.init_args.images", "clip.mp4", *QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "predictions for 4 frames of 1 video written to" in out.stdout
+    assert "Couldn't infer the batch indices" not in out.stderr and "Traceback" not in out.stderr
     predictions = tmp_path / "runs/pretrained/version_0/predictions"
     assert sorted(p.name for p in predictions.iterdir()) == ["clip.mp4", "detections.jsonl"]
     lines = [json.loads(line) for line in (predictions / "detections.jsonl").read_text().splitlines()]

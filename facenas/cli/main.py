@@ -370,6 +370,9 @@ def _process_settings() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # facenas passes the command line to LightningCLI as a list on purpose
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # a video's frames reach `facenas predict` as an IterableDataset, which has no batch indices;
+    # facenas's prediction writers do not use them
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
     # like `python -m`, let configs name classes of modules in the working directory
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
