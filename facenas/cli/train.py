@@ -17,7 +17,8 @@ SUMMARIES = {
     "fit": "Train a model; then test its best checkpoint on the test split and print the final metrics.",
     "validate": "Run the validation loop of a model (--ckpt_path last|best|FILE) and print its metrics.",
     "test": "Run the test loop of a model (--ckpt_path last|best|FILE) and print its metrics.",
-    "predict": "Write a model's predictions (detection files, embeddings) through the configured writer callbacks.",
+    "predict": "Write a model's predictions (detection files, embeddings) through the configured writer callbacks, "
+    "for the data's test split or the photo, folder or video its images option names.",
 }
 
 
@@ -183,6 +184,11 @@ def short_help(
         ]
     if verb == "fit":
         lines.append("--test_after_fit BOOL (default true): test the best checkpoint when training ends.")
+    if verb == "predict":
+        lines += [
+            "--allow_random_weights BOOL (default false): predict with a model that has no trained weights (no",
+            "  --ckpt_path, no weights or pretrained argument); refused otherwise.",
+        ]
     lines += [
         "--print_config: print the resolved configuration and exit.",
         f"{FULL_HELP}: every LightningCLI option (the trainer's included).",
