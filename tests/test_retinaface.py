@@ -504,6 +504,8 @@ def test_predict_writes_one_file_per_test_image_and_eval_scores_that_split(tmp_p
         "0",
         "--model.init_args.conf_threshold",
         "0.3",
+        "--allow_random_weights",  # untrained: the plumbing is under test
+        "true",
     ]
     config = str(REPO / "configs/detection/quickstart.yaml")
     out = run_facenas("predict", "--config", config, *small, cwd=tmp_path)

@@ -397,8 +397,10 @@ def predict_problem(config: Any) -> str | None:
     * a model with no trained weights (no ``ckpt_path``, and none of the ``weights``,
       ``pretrained`` or ``remap_from`` arguments) unless ``allow_random_weights``;
     * data that would fall back to its generated synthetic set (no ``format``, ``domain``,
-      ``images`` or ``predict_images``) for a model that was not trained on it (no
-      ``ckpt_path``): the shipped detector's config without ``images``.
+      ``images`` or ``predict_images``) for a model whose weights come from elsewhere (given
+      ``weights`` or ``pretrained``, no ``ckpt_path`` of a run trained on that set): the
+      shipped detector's config without ``images``. (Untrained weights on the synthetic test
+      split, with ``allow_random_weights``, is a smoke test and allowed.)
     """
     model, data = _init_args(config.get("model")), _init_args(config.get("data"))
     trained = config.get("ckpt_path") is not None
@@ -410,7 +412,7 @@ def predict_problem(config: Any) -> str | None:
         )
     sources = ("format", "domain", "images", "predict_images")
     synthetic = any(k.startswith("synthetic_") for k in data) and all(data.get(k) is None for k in sources)
-    if synthetic and not trained:
+    if synthetic and not trained and given:
         key = "predict_images" if "predict_images" in data else "images"
         what = "face crops" if key == "predict_images" else "photo, folder of photos or video"
         return (
