@@ -302,3 +302,17 @@ def test_unlabelled_crops_that_are_not_there_are_refused_before_anything_is_writ
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert f"data.init_args.predict_images: {given!r}: {message}" in out.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_import_facenas_stays_light_until_the_api_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, facenas; assert 'torch' not in sys.modules, 'torch'; "
+        "from facenas import FaceDetector, FaceEmbedder, Detections; assert 'torch' in sys.modules; "
+        "print(FaceDetector.__module__, FaceEmbedder.__module__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["facenas.inference.detector", "facenas.inference.embedder"]
