@@ -391,9 +391,7 @@ def training_key_error(key: str, config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_training_keys(
-    keys: Mapping[str, str], base: list[str], overrides: Mapping[str, Any] | None = None
-) -> Any:
+def check_training_keys(keys: Mapping[str, str], base: list[str], overrides: Mapping[str, Any] | None = None) -> Any:
     """Raise ValueError for the first dotted key (``{key: what it is}``, e.g. ``mapping
     key``) that a trial's training config would not take (see :func:`training_key_error`).
     The base YAMLs and ``overrides`` are parsed as ``facenas fit`` parses them: a key or value
