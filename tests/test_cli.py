@@ -31,6 +31,7 @@ def test_top_level_help_lists_every_verb():
         "test",
         "predict",
         "probe",
+        "export",
         "data check",
         "data synth",
         "eval detections",
