@@ -43,19 +43,25 @@ SCORE_ATOL = 1e-4
 MIN_IOU = 0.99
 
 
-def _photo(path: Path, size: tuple[int, int]) -> torch.Tensor:
+def _pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
     image = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-    return normalize(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+    return np.asarray(image).copy()
 
 
 @pytest.fixture(scope="module")
-def batches() -> list[torch.Tensor]:
-    """Two batches of two real photos each, one per size of :data:`SIZES`."""
+def pixel_batches() -> list[np.ndarray]:
+    """Two batches of two real photos each, one per size of :data:`SIZES`: (2, H, W, 3) uint8 RGB."""
     folder = data_path("widerface", "WIDER_val", "images")
     paths = [folder / p for p in PHOTOS]
     if not all(p.is_file() for p in paths):  # another subset: its first four photos
         paths = sorted(folder.rglob("*.jpg"))[:4]
-    return [torch.stack([_photo(p, size) for p in paths[2 * i : 2 * i + 2]]) for i, size in enumerate(SIZES)]
+    return [np.stack([_pixels(p, size) for p in paths[2 * i : 2 * i + 2]]) for i, size in enumerate(SIZES)]
+
+
+@pytest.fixture(scope="module")
+def batches(pixel_batches) -> list[torch.Tensor]:
+    """The same photos normalised as the data modules do: (2, 3, H, W) float32."""
+    return [torch.stack([normalize(torch.from_numpy(p).permute(2, 0, 1)) for p in batch]) for batch in pixel_batches]
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +226,27 @@ def test_landmarks_follow_the_network_through_every_export(batches, tmp_path):
     _check_all(_split(*outputs, len(images)), want, model)
 
 
+def test_pixel_input_exports_normalise_as_facenas_does(detector, batches, pixel_batches, tmp_path):
+    """``pixels=True``: the graphs take uint8 (B, H, W, 3) RGB and give what the normalised ones do."""
+    raw = OnnxDetectorSession(export_detector(detector, tmp_path / "raw.onnx", pixels=True), threads=1)
+    post = OnnxDetectorSession(export_detector(detector, tmp_path / "post.onnx", postprocess=True, pixels=True))
+    path = export_detector(detector, tmp_path / "post.pt", format="torchscript", postprocess=True, pixels=True)
+    scripted, hparams = load_torchscript(path)
+    assert raw.takes_pixels and raw.input_name == "pixels" and hparams["input"] == "pixels"
+    for images, pixels in zip(batches, pixel_batches):
+        with torch.no_grad():
+            want_raw = detector(images)
+            outputs = [o.numpy() for o in scripted(torch.from_numpy(pixels))]
+        for got, want in zip(raw(pixels), want_raw):
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=RAW_ATOL)
+        want = detector.detect(images)
+        _check_all(raw.detect(pixels), want, detector)
+        _check_all(post.detect(pixels), want, detector)
+        _check_all(_split(*outputs, len(images)), want, detector)
+    with pytest.raises(ValueError, match="takes pixels"):
+        raw(batches[0].numpy())
+
+
 def test_session_refuses_a_file_that_is_not_a_detector_export(tmp_path):
     with pytest.raises(FileNotFoundError):
         OnnxDetectorSession(tmp_path / "missing.onnx")
@@ -288,8 +315,12 @@ def test_export_command_writes_a_detector_onnx_runtime_runs(tmp_path):
             ["--config", "configs/recognition/quickstart.yaml", "--out", "{tmp}/x.pt", "--format", "torchscript"],
             "FaceID model exports to onnx",
         ),
+        (
+            ["--config", "configs/recognition/quickstart.yaml", "--out", "{tmp}/x.onnx", "--pixels"],
+            "--pixels is for detectors",
+        ),
     ],
-    ids=["no-out", "untrained", "missing-ckpt", "old-opset", "faceid-torchscript"],
+    ids=["no-out", "untrained", "missing-ckpt", "old-opset", "faceid-torchscript", "faceid-pixels"],
 )
 def test_export_command_refuses_bad_input_in_one_line(args, message, tmp_path):
     work = tmp_path / "work"

@@ -12,6 +12,10 @@ Two graphs:
   ``pre_nms_top_k`` best scores, decoding and NMS, the same steps and thresholds as
   :meth:`RetinaFace.detect <facenas.models.detection.RetinaFace.detect>`.
 
+With ``pixels=True`` either graph takes ``pixels`` (B, H, W, 3) uint8 RGB instead, the decoded
+image as it is, and normalises it itself with the same operations as the data modules' ``normalize``
+(the result is bit for bit the same); ONNX Runtime does this faster than PyTorch does outside it.
+
 Batch size, height and width are dynamic in both. NMS in ONNX is the standard
 ``NonMaxSuppression`` operator given the boxes as (B, K, 4) and the scores as (B, 1, K): it keeps
 each image's boxes apart by itself, so neither a Python loop over images (which a trace would
@@ -58,16 +62,18 @@ RAW_OUTPUTS = ("scores", "boxes", "landmarks")
 POST_OUTPUTS = ("image", "boxes", "scores", "landmarks")
 
 
-def detector_hparams(model: RetinaFace, postprocess: bool = False) -> dict[str, Any]:
+def detector_hparams(model: RetinaFace, postprocess: bool = False, pixels: bool = False) -> dict[str, Any]:
     """What a runtime needs besides the graph: the anchor layout (``strides``, ``anchor_sizes``:
     the arguments of :class:`~facenas.models.detection.anchors.AnchorGrid`), the box coding
-    ``variances``, the post-processing thresholds, and the input normalisation (``mean`` and
-    ``std`` of 0..1 RGB: the input is ``(pixels / 255 - mean) / std``, NCHW float32)."""
+    ``variances``, the post-processing thresholds, and the input (``input``: ``images``, NCHW
+    float32 ``(pixels / 255 - mean) / std`` with ``mean`` and ``std`` of 0..1 RGB, or ``pixels``,
+    NHWC uint8 RGB normalised in the graph)."""
     h = model.hparams
     return {
         "facenas_export": FORMAT_VERSION,
         "task": "detection",
         "graph": "postprocessed" if postprocess else "raw",
+        "input": "pixels" if pixels else "images",
         "outputs": list(POST_OUTPUTS if postprocess else RAW_OUTPUTS),
         "backbone": str(h.backbone),
         "channels": int(h.channels),
@@ -81,7 +87,7 @@ def detector_hparams(model: RetinaFace, postprocess: bool = False) -> dict[str, 
         "mean": [round(float(v), 6) for v in MEAN.flatten()],
         "std": [round(float(v), 6) for v in STD.flatten()],
         "color": "RGB",
-        "layout": "NCHW",
+        "layout": "NHWC" if pixels else "NCHW",
     }
 
 
@@ -142,6 +148,20 @@ class _Raw(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.net(images)
+
+
+class _FromPixels(nn.Module):
+    """(B, H, W, 3) uint8 RGB -> the wrapped module on the normalised (B, 3, H, W) float32 images:
+    :func:`~facenas.datamodules.detection.transforms.normalize`'s operations, in its order."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", MEAN.clone()[None])
+        self.register_buffer("std", STD.clone()[None])
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, ...]:
+        return self.inner((pixels.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std)
 
 
 class _OnnxPostprocessed(nn.Module):
@@ -246,12 +266,17 @@ class _TorchScriptPostprocessed(nn.Module):
     """The module of a post-processed TorchScript file: the traced network, then the scripted
     post-processing (the ONNX graph's outputs, in the same order)."""
 
-    def __init__(self, net: nn.Module, post: nn.Module) -> None:
+    def __init__(self, net: nn.Module, post: nn.Module, pixels: bool = False) -> None:
         super().__init__()
         self.net = net
         self.post = post
+        self.pixels = pixels
+        self.register_buffer("mean", MEAN.clone()[None])
+        self.register_buffer("std", STD.clone()[None])
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.pixels:  # as _FromPixels (a scripted module cannot wrap one of variadic outputs)
+            images = (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
         scores, boxes, marks = self.net(images)
         return self.post(scores, boxes, marks, images.shape[2], images.shape[3])
 
@@ -271,19 +296,25 @@ def export_detector(
     *,
     format: Literal["onnx", "torchscript"] = "onnx",
     postprocess: bool = False,
+    pixels: bool = False,
     opset: int = 17,
 ) -> Path:
     """Write ``model`` (its network, in evaluation mode, on the CPU) as an ONNX or TorchScript file
-    with dynamic batch, height and width; with ``postprocess`` the graph ends in decode + NMS (see
-    the module docstring for both graphs' inputs and outputs). Returns the path written."""
+    with dynamic batch, height and width; with ``postprocess`` the graph ends in decode + NMS, with
+    ``pixels`` it takes uint8 (B, H, W, 3) RGB and normalises it itself (see the module docstring
+    for the graphs' inputs and outputs). Returns the path written."""
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"format must be onnx or torchscript, got {format!r}")
     if opset < 17:
         raise ValueError(f"opset must be 17 or newer, got {opset}")
     path = Path(path)
-    hparams = detector_hparams(model, postprocess)
+    hparams = detector_hparams(model, postprocess, pixels)
     net = _cpu_copy(model.net)
     example = _example(model).cpu()
+    if pixels:
+        example = (torch.rand(example.shape, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        example = example.permute(0, 2, 3, 1).contiguous()
+    input_name = "pixels" if pixels else "images"
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
@@ -291,16 +322,18 @@ def export_detector(
             # and the trace notes the sizes it records as operations
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(net, example)
             if postprocess:
-                module = torch.jit.script(_TorchScriptPostprocessed(traced, _ScriptedPostprocess(hparams)))
+                traced = torch.jit.trace(net, _example(model).cpu())
+                module = torch.jit.script(_TorchScriptPostprocessed(traced, _ScriptedPostprocess(hparams), pixels))
             else:
-                module = traced
+                module = torch.jit.trace(_FromPixels(net) if pixels else net, example)
             torch.jit.save(module, str(path), _extra_files={f"{HPARAMS_KEY}.json": json.dumps(hparams)})
         return path
     import onnx
 
     wrapper = _OnnxPostprocessed(net, hparams) if postprocess else _Raw(net)
+    if pixels:
+        wrapper = _FromPixels(wrapper)
     outputs = POST_OUTPUTS if postprocess else RAW_OUTPUTS
     detections = {"image": {0: "detections"}, "boxes": {0: "detections"}, "scores": {0: "detections"}}
     detections["landmarks"] = {0: "detections"}
@@ -316,9 +349,12 @@ def export_detector(
             str(path),
             dynamo=False,
             opset_version=opset,
-            input_names=["images"],
+            input_names=[input_name],
             output_names=list(outputs),
-            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, **(detections if postprocess else anchors)},
+            dynamic_axes={
+                input_name: {0: "batch", 1: "height", 2: "width"} if pixels else {0: "batch", 2: "height", 3: "width"},
+                **(detections if postprocess else anchors),
+            },
         )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -331,7 +367,7 @@ def export_detector(
 def _cpu_copy(net: nn.Module) -> nn.Module:
     import copy
 
-    net = copy.deepcopy(net).cpu().float().eval()
+    net = copy.deepcopy(net).cpu().float().eval().requires_grad_(False)  # outputs need no autograd graph
     return net.to(memory_format=torch.contiguous_format)
 
 
@@ -353,9 +389,11 @@ class OnnxDetectorSession:
     """An exported RetinaFace ONNX file in ONNX Runtime (CPU).
 
     ``sess(images)`` runs the graph on (B, 3, H, W) float32 normalised images (see
-    :attr:`hparams`'s ``mean``/``std``) and returns its outputs as NumPy arrays: for a raw graph
-    ``(scores, boxes, landmarks)`` shaped like :class:`RetinaFaceNet`'s; for a post-processed one
-    ``(image, boxes, scores, landmarks)``. :meth:`detect` gives per-image detections from either.
+    :attr:`hparams`'s ``mean``/``std``), or for an export with ``pixels`` (``hparams["input"] ==
+    "pixels"``, :attr:`takes_pixels`) on (B, H, W, 3) uint8 RGB, and returns its outputs as NumPy
+    arrays: for a raw graph ``(scores, boxes, landmarks)`` shaped like :class:`RetinaFaceNet`'s;
+    for a post-processed one ``(image, boxes, scores, landmarks)``. :meth:`detect` gives per-image
+    detections from either.
 
     Args:
         path: the ``.onnx`` file written by :func:`export_detector`.
@@ -383,13 +421,22 @@ class OnnxDetectorSession:
         if self.hparams.get("task") != "detection":
             raise ValueError(f"{self.path}: a facenas {self.hparams.get('task')} export, not a detector")
         self.postprocessed = self.hparams["graph"] == "postprocessed"
+        self.takes_pixels = self.hparams.get("input") == "pixels"
+        self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got shape {images.shape}")
-        return tuple(self.session.run(self.output_names, {"images": images}))
+        if self.takes_pixels:
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+                raise ValueError(
+                    f"{self.path.name} takes pixels: (B, H, W, 3) uint8 RGB, got {images.dtype} {images.shape}"
+                )
+            images = np.ascontiguousarray(images)
+        else:
+            images = np.ascontiguousarray(images, dtype=np.float32)
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be (B, 3, H, W) normalised float32, got shape {images.shape}")
+        return tuple(self.session.run(self.output_names, {self.input_name: images}))
 
     def detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "landmarks": (D, 5, 2)}`` in input
@@ -406,9 +453,8 @@ class OnnxDetectorSession:
         from facenas.models.detection.anchors import AnchorGrid
 
         h = self.hparams
-        grid = AnchorGrid(
-            images.shape[2], images.shape[3], tuple(h["strides"]), tuple(tuple(s) for s in h["anchor_sizes"])
-        )
+        height, width = images.shape[1:3] if self.takes_pixels else images.shape[2:4]
+        grid = AnchorGrid(height, width, tuple(h["strides"]), tuple(tuple(s) for s in h["anchor_sizes"]))
         dets = postprocess(
             *(torch.from_numpy(o) for o in outputs),
             grid.anchors(),
