@@ -119,11 +119,11 @@ def _split(image: np.ndarray, boxes, scores, marks, batch: int) -> list[dict]:
     ]
 
 
-def _check_all(dets: list[dict], want: list[dict], detector: RetinaFace) -> None:
+def _check_all(dets: list[dict], want: list[dict], detector: RetinaFace, least: int = 10) -> None:
     h = detector.hparams
     assert len(dets) == len(want)
     counts = [assert_same_detections(d, w, h.conf_threshold, h.keep_top_k) for d, w in zip(dets, want)]
-    assert min(counts) > 10  # real photos: many faces and candidates compared, not an empty match
+    assert min(counts) >= least  # real photos: many faces and candidates compared, not an empty match
     for d, w in zip(dets, want):  # the confident ones agree in number exactly
         assert (np.asarray(d["scores"]) >= 0.5).sum() == (w["scores"].numpy() >= 0.5).sum()
 
@@ -169,6 +169,24 @@ def test_onnx_postprocessed_graph_gives_pytorchs_detections(detector, exported, 
             assert np.all(np.diff(scores[image == b]) <= 0)
         _check_all(_split(image, boxes, scores, marks, len(images)), detector.detect(images), detector)
         assert [len(d["scores"]) for d in session.detect(images.numpy())] == np.bincount(image, minlength=2).tolist()
+
+
+@pytest.mark.parametrize("top_k", [40, 0], ids=["40-best", "every-anchor"])
+def test_post_processed_exports_keep_the_pre_nms_top_k_as_pytorch(batches, tmp_path, top_k):
+    """``pre_nms_top_k``: only the 40 best candidates enter NMS (fewer than pass 0.02 on these
+    photos, so the cut matters), or all of them (0)."""
+    model = RetinaFace(weights="wider_subset_320", pre_nms_top_k=top_k).eval()
+    images = batches[1]
+    with torch.no_grad():
+        probabilities = model(images)[0].softmax(-1)[..., 1]
+    assert (probabilities > model.hparams.conf_threshold).sum(1).min() > 40  # the 40-best cut binds
+    want = model.detect(images)
+    session = OnnxDetectorSession(export_detector(model, tmp_path / "top.onnx", postprocess=True), threads=1)
+    _check_all(session.detect(images.numpy()), want, model, least=3)
+    path = export_detector(model, tmp_path / "top.pt", format="torchscript", postprocess=True)
+    with torch.no_grad():
+        outputs = [o.numpy() for o in load_torchscript(path)[0](images)]
+    _check_all(_split(*outputs, len(images)), want, model, least=3)
 
 
 def test_onnx_postprocessed_graph_thresholds_and_caps_like_pytorch(exported, batches, tmp_path):

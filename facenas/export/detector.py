@@ -82,7 +82,7 @@ def detector_hparams(model: RetinaFace, postprocess: bool = False, pixels: bool 
         "variances": [float(v) for v in h.variances],
         "conf_threshold": float(h.conf_threshold),
         "nms_iou": float(h.nms_iou),
-        "pre_nms_top_k": int(h.pre_nms_top_k),
+        "pre_nms_top_k": int(h.pre_nms_top_k or 0),
         "keep_top_k": int(h.keep_top_k),
         "mean": [round(float(v), 6) for v in MEAN.flatten()],
         "std": [round(float(v), 6) for v in STD.flatten()],
@@ -177,7 +177,8 @@ class _OnnxPostprocessed(nn.Module):
         scores, boxes, marks = self.net(images)
         anchors = _anchors(images.shape[2], images.shape[3], h["strides"], h["anchor_sizes"])
         prob = scores.softmax(-1)[..., 1]  # (B, A)
-        prob, top = prob.topk(_topk_min(prob, h["pre_nms_top_k"], 1), dim=1)  # (B, K), sorted
+        # pre_nms_top_k 0 (or None): every anchor, as postprocess()
+        prob, top = prob.topk(_topk_min(prob, h["pre_nms_top_k"] or 2**62, 1), dim=1)  # (B, K), sorted
         batch, k = top.shape[0], top.shape[1]
         flat_top = (top + torch.arange(batch)[:, None] * boxes.shape[1]).reshape(-1)  # into (B * A)
         top_boxes = decode_boxes(
@@ -206,7 +207,7 @@ class _ScriptedPostprocess(nn.Module):
         self.variances: list[float] = list(hparams["variances"])
         self.conf_threshold: float = hparams["conf_threshold"]
         self.nms_iou: float = hparams["nms_iou"]
-        self.pre_nms_top_k: int = hparams["pre_nms_top_k"]
+        self.pre_nms_top_k: int = hparams["pre_nms_top_k"] or 0
         self.keep_top_k: int = hparams["keep_top_k"]
 
     def anchors(self, height: int, width: int) -> Tensor:
@@ -229,7 +230,7 @@ class _ScriptedPostprocess(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         anchors = self.anchors(height, width).to(boxes.device)
         prob = scores.float().softmax(-1)[:, :, 1]
-        k = min(self.pre_nms_top_k, prob.shape[1])
+        k = min(self.pre_nms_top_k, prob.shape[1]) if self.pre_nms_top_k > 0 else prob.shape[1]
         prob, top = prob.topk(k, dim=1)
         v0, v1 = self.variances[0], self.variances[1]
         images: list[Tensor] = []
