@@ -186,6 +186,9 @@ def test_from_onnx_gives_the_pytorch_detections(detector, tmp_path):
     assert (iou >= 0.99).all()
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
     assert same(FaceDetector.from_pretrained(str(path), threads=1).detect(wider_photo()), got)
+    pixels = export.export_detector(detector.model, tmp_path / "pixels.onnx", pixels=True)
+    with pytest.raises(ValueError, match="exported with --pixels"):
+        FaceDetector.from_onnx(pixels)
 
 
 # ---------------------------------------------------------------------------- recognition

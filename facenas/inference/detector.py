@@ -163,7 +163,15 @@ class FaceDetector:
         (or by the graph itself, for an export with post-processing)."""
         from facenas.export import OnnxDetectorSession
 
-        return cls(session=OnnxDetectorSession(path, threads=threads), **kwargs)
+        session = OnnxDetectorSession(path, threads=threads)
+        if session.takes_pixels:
+            # the detector resizes and pads normalised images (padding = the mean colour); a graph
+            # that normalises pixels itself would see other values in the padding
+            raise ValueError(
+                f"{path} was exported with --pixels (it takes uint8 pixels and normalises them itself): "
+                "FaceDetector runs exports without --pixels; run this one with OnnxDetectorSession(path).detect"
+            )
+        return cls(session=session, **kwargs)
 
     @staticmethod
     def _check_normalisation(hparams: dict[str, Any]) -> None:
