@@ -53,25 +53,16 @@ def _arguments(parser) -> None:
 def run(verb: str, argv: list[str]) -> int:
     from pathlib import Path
 
-    from .train import full_help, short_help, wants_help
+    from .train import config_cli
 
-    if wants_help(argv):
-        print(short_help(verb, argv, SUMMARY, extra_arguments=_arguments))
+    cli = config_cli(verb, argv, SUMMARY, _arguments)
+    if cli is None:
         return 0
-    argv = full_help(argv)
 
     from facenas.models.detection import RetinaFace
     from facenas.models.recognition import FaceID
-    from facenas.training import FaceNASCLI
     from facenas.training.cli import check_checkpoint
 
-    cli = FaceNASCLI(
-        argv,
-        run=False,
-        extra_arguments=_arguments,
-        save_config_callback=None,
-        parser_kwargs={"prog": "facenas export", "description": SUMMARY},
-    )
     cfg = cli.config
     model = cli.model
     if not isinstance(model, RetinaFace | FaceID):

@@ -211,3 +211,20 @@ def short_help(
             f"its model and data module, e.g. facenas {verb} --config configs/detection/quickstart.yaml --help",
         ]
     return "\n".join(lines).rstrip()
+
+
+def config_cli(verb: str, argv: list[str], summary: str, extra_arguments: Callable[[Any], None]) -> Any:
+    """The configured (not run) ``FaceNASCLI`` of a verb that reads a training config and adds
+    its own options (``probe``, ``export``), or None after printing the short help."""
+    if wants_help(argv):
+        print(short_help(verb, argv, summary, extra_arguments=extra_arguments))
+        return None
+    from facenas.training import FaceNASCLI
+
+    return FaceNASCLI(
+        full_help(argv),
+        run=False,
+        extra_arguments=extra_arguments,
+        save_config_callback=None,
+        parser_kwargs={"prog": f"facenas {verb}", "description": summary},
+    )

@@ -386,6 +386,24 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str
     return module.eval(), json.loads(extra[f"{HPARAMS_KEY}.json"])
 
 
+def ort_session(path: Path, threads: int | None, what: str) -> Any:
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (None: its
+    default, one per core); a missing file is a FileNotFoundError naming ``what``, a file ONNX
+    Runtime cannot load a ValueError naming the file."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(2, f"{what} not found", str(path))
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's own error types: any failure to load means "not a model"
+        raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load ({exc})") from None
+
+
 class OnnxDetectorSession:
     """An exported RetinaFace ONNX file in ONNX Runtime (CPU).
 
@@ -402,19 +420,8 @@ class OnnxDetectorSession:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(2, "ONNX detector not found", str(self.path))
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ONNX Runtime's own error types: any failure to load means "not a model"
-            raise ValueError(f"{self.path}: not an ONNX model ONNX Runtime can load ({exc})") from None
+        self.session = ort_session(self.path, threads, "ONNX detector")
         meta = self.session.get_modelmeta().custom_metadata_map
         if HPARAMS_KEY not in meta:
             raise ValueError(f"{self.path}: not a facenas detector export (no {HPARAMS_KEY!r} metadata)")

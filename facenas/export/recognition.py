@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from facenas.models.recognition import FaceID
 
-from .detector import FORMAT_VERSION, HPARAMS_KEY
+from .detector import FORMAT_VERSION, HPARAMS_KEY, ort_session
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -95,19 +95,8 @@ class OnnxEmbedderSession:
     embeddings as the model's ``forward`` gives them; :meth:`embed` as its ``embed`` does."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(2, "ONNX embedder not found", str(self.path))
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ONNX Runtime's own error types: any failure to load means "not a model"
-            raise ValueError(f"{self.path}: not an ONNX model ONNX Runtime can load ({exc})") from None
+        self.session = ort_session(self.path, threads, "ONNX embedder")
         meta = self.session.get_modelmeta().custom_metadata_map
         self.hparams: dict[str, Any] = json.loads(meta.get(HPARAMS_KEY, "{}"))
         if self.hparams.get("task") != "recognition":

@@ -137,15 +137,7 @@ class FaceDetector:
         (its backbone's or detector's initial weights are not read again: the checkpoint has
         them); the resize comes from the data module saved in it unless given."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(2, "checkpoint not found", str(path))
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # zipfile, pickle and torch each have their own error for a bad file
-            raise ValueError(f"{path}: not a checkpoint ({str(exc).splitlines()[0][:200]})") from None
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict) or "anchor_sizes" not in hparams or "state_dict" not in checkpoint:
-            raise ValueError(f"{path}: not a RetinaFace checkpoint (no detector hyper-parameters in it)")
+        checkpoint, hparams = read_checkpoint(path, "anchor_sizes", "a RetinaFace checkpoint (no detector")
         model = RetinaFace(
             **{**_arguments(RetinaFace, hparams), "weights": None, "pretrained": None, "remap_from": None}
         )
@@ -252,6 +244,22 @@ class FaceDetector:
             pre_nms_top_k=s["pre_nms_top_k"],
             keep_top_k=s["keep_top_k"],
         )
+
+
+def read_checkpoint(path: Path, key: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``facenas fit`` checkpoint and its hyper-parameters, which must hold ``key``: a missing
+    file is a FileNotFoundError, anything else one ValueError naming the file (``not {kind}
+    hyper-parameters in it)``)."""
+    if not path.is_file():
+        raise FileNotFoundError(2, "checkpoint not found", str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # zipfile, pickle and torch each have their own error for a bad file
+        raise ValueError(f"{path}: not a checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or key not in hparams or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not {kind} hyper-parameters in it)")
+    return checkpoint, hparams
 
 
 def _arguments(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:

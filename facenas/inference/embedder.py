@@ -12,7 +12,7 @@ from PIL import Image
 from facenas.datamodules.recognition.datamodule import eval_transform
 from facenas.models.recognition import FaceID
 
-from .detector import _arguments, _pick_device
+from .detector import _arguments, _pick_device, read_checkpoint
 from .images import is_single, rgb_array
 
 
@@ -57,15 +57,7 @@ class FaceEmbedder:
         """The FaceID model of a ``facenas fit`` checkpoint; ``image_size`` defaults to the
         ``image_size`` of the data module saved in it (else 112)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(2, "checkpoint not found", str(path))
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # zipfile, pickle and torch each have their own error for a bad file
-            raise ValueError(f"{path}: not a checkpoint ({str(exc).splitlines()[0][:200]})") from None
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict) or "embedding_dim" not in hparams or "state_dict" not in checkpoint:
-            raise ValueError(f"{path}: not a FaceID checkpoint (no recognition hyper-parameters in it)")
+        checkpoint, hparams = read_checkpoint(path, "embedding_dim", "a FaceID checkpoint (no recognition")
         model = FaceID(**{**_arguments(FaceID, hparams), "pretrained": None})
         model.load_state_dict(checkpoint["state_dict"])
         if image_size is None:
