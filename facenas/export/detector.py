@@ -458,14 +458,14 @@ class OnnxDetectorSession:
                 {"boxes": boxes[image == b], "scores": scores[image == b], "landmarks": marks[image == b]}
                 for b in range(batch)
             ]
-        from facenas.models.detection.anchors import AnchorGrid
+        from facenas.models.detection.anchors import AnchorGrid, grid_anchors
 
         h = self.hparams
         height, width = images.shape[1:3] if self.takes_pixels else images.shape[2:4]
         grid = AnchorGrid(height, width, tuple(h["strides"]), tuple(tuple(s) for s in h["anchor_sizes"]))
         dets = postprocess(
             *(torch.from_numpy(o) for o in outputs),
-            grid.anchors(),
+            grid_anchors(grid),
             variances=h["variances"],
             conf_threshold=h["conf_threshold"],
             nms_iou=h["nms_iou"],

@@ -16,7 +16,7 @@ from facenas.datamodules.detection.datamodule import collate_eval
 from facenas.datamodules.detection.formats import face_records
 from facenas.datamodules.detection.transforms import MEAN, STD, EvalTransform
 from facenas.models.detection import RetinaFace, postprocess, to_image_pixels
-from facenas.models.detection.anchors import AnchorGrid
+from facenas.models.detection.anchors import AnchorGrid, grid_anchors
 from facenas.models.detection.pretrained import SHIPPED, SHIPPED_ARCHITECTURES
 
 from .images import is_single, rgb_array
@@ -230,7 +230,7 @@ class FaceDetector:
                 return [{k: torch.from_numpy(v) for k, v in d.items()} for d in self.session.detect(images.numpy())]
             raw = tuple(torch.from_numpy(o) for o in self.session(images.numpy()))
             s = self.settings
-            anchors = AnchorGrid(height, width, s["strides"], s["anchor_sizes"]).anchors()
+            anchors = grid_anchors(AnchorGrid(height, width, s["strides"], s["anchor_sizes"]))
         else:
             raw = self.model(images.to(self.device))
             anchors = self.model.anchors(height, width)

@@ -6,6 +6,7 @@ pixels; landmarks are (..., 5, 2) pixels. Offsets use RetinaFace/SSD variances `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,14 @@ class AnchorGrid:
 
 def _sel(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(0, index)
+
+
+@functools.lru_cache(maxsize=16)
+def grid_anchors(grid: AnchorGrid) -> Tensor:
+    """The CPU anchors of ``grid``, made once per layout and input size (a runtime outside the
+    LightningModule, which caches its own, calls this for every image of the same size). Shared:
+    callers must not modify it in place."""
+    return grid.anchors()
 
 
 def anchors_per_location(sizes: Sequence[Sequence[int]] = DEFAULT_SIZES) -> int:
