@@ -295,6 +295,29 @@ def test_benchmark_config_plans_its_studies(config):
         assert len(configs) == study.n_trials
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "hyperfd" / "evaluate").glob("*.yaml")))
+def test_evaluation_config_names_its_tables_datasets_and_known_methods(config):
+    """Every shipped `hyperfd evaluate` YAML parses through the command's options; its table YAML
+    exists and holds its offline and online datasets (disjoint), the online ones include both a
+    family seen offline and one held out, and its methods and readings are known with accepted
+    options."""
+    from facenas.hyperfd.methods import method_specs
+    from facenas.hyperfd.table.evaluation import dataset_families, online_groups
+
+    path = CONFIGS / "hyperfd" / "evaluate" / config
+    out = run_facenas("hyperfd", "evaluate", "--config", str(path), "--print_config")
+    assert out.returncode == 0, out.stderr[-3000:]
+    settings = yaml.safe_load(path.read_text())
+    table = yaml.safe_load((REPO / settings["table_config"]).read_text())
+    names = [d["name"] for d in table["datasets"]]
+    offline, online = settings["offline"], settings.get("online") or [n for n in names if n not in settings["offline"]]
+    assert settings["source"] in offline and set(offline) <= set(names) and set(online) <= set(names)
+    assert not set(offline) & set(online)
+    families = dataset_families(REPO / settings["table_config"], names)
+    assert set(online_groups(online, offline, families)) == {"seen", "held_out", "all"}
+    assert method_specs(settings["methods"])
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
 def test_search_config_builds_its_study(config):
     from facenas.cli.common import parse
