@@ -45,6 +45,7 @@ def test_every_config_is_covered():
         }
         | {f"search/{p.name}" for p in (CONFIGS / "search").glob("*.yaml")}
         | {f"hyperfd/{p.name}" for p in (CONFIGS / "hyperfd").glob("*.yaml")}
+        | {f"hyperfd/evaluate/{p.name}" for p in (CONFIGS / "hyperfd/evaluate").glob("*.yaml")}
         | {f"recognition/mitigation/{p.name}" for p in (CONFIGS / "recognition/mitigation").glob("*.yaml")}
     )
     assert shipped == covered
