@@ -177,8 +177,12 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     bad = run_facenas("hyperfd", "evaluate", *common, "--methods", "[oracle]", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown method 'oracle'" in bad.stderr
 
-    # leave-one-family-out with a reading of HyperFD: each dataset (its own family here) online in turn
-    methods = "[random, similar_portfolio, {name: alg1, method: hyperfd_stats, ratio: [0, 1, 1], warmup_steps: 5}]"
+    # leave-one-family-out with a reading of HyperFD: each dataset (its own family here) online in turn;
+    # best-on-source, whose source goes online in one split, is left out of the whole evaluation
+    methods = (
+        "[random, best_on_source, similar_portfolio, "
+        "{name: alg1, method: hyperfd_stats, ratio: [0, 1, 1], warmup_steps: 5}]"
+    )
     out = run_facenas(
         "hyperfd", "evaluate", *common, "--source", "plain", "--methods", methods, "--runs", "2", "--budget", "2",
         "--protocol", "leave_one_family_out", "--bootstrap_samples", "50", "--out", "lofo", cwd=tmp_path,
@@ -192,6 +196,8 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     assert summary["settings"]["readings"] == {"alg1": ["hyperfd_stats", {"ratio": [0, 1, 1], "warmup_steps": 5}]}
     report = (tmp_path / "lofo" / "evaluation.md").read_text()
     assert "similar_portfolio beats" in report or "similar_portfolio is" in report or "similar_portfolio does" in report
+    assert "Not run: best_on_source, whose source 'plain' is online in plain" in report
+    assert "nan" not in report and "best_on_source" not in {r["method"] for r in runs}
 
 
 def test_protocol_splits_groups_and_families(tmp_path):

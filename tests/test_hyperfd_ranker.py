@@ -30,6 +30,7 @@ from facenas.hyperfd.online import (
     TaskData,
     bootstrap,
     evaluate,
+    markdown,
     normalized_rank,
     random_rank_closed_form,
     run_online,
@@ -268,6 +269,10 @@ def test_every_method_runs_the_protocol_without_reading_the_target_table():
     # the same seed gives the same rows
     again = evaluate(table, {"hyperfd": methods["hyperfd"]}, offline=["wider", "off1", "off2"], runs=2, seed=0)
     assert [r["rank"] for r in again] == [r["rank"] for r in rows if r["method"] == "hyperfd"]
+    # one run has no standard error: n/a, never a number
+    one = summarize_runs([r for r in rows if r.get("run", 0) == 0])
+    assert math.isnan(one["average"]["random"]["rank_sem"])
+    assert "random n/a (one run)" in markdown(one, {})
 
 
 def test_zero_shot_normalises_ranks_per_task_and_leaves_unevaluated_configurations_out():

@@ -531,7 +531,10 @@ def markdown(summary: Mapping[str, Any], reference: Mapping[str, float] | None =
         lines.append("")
     lines += [
         "Standard error of the average rank over runs: "
-        + ", ".join(f"{m} {summary['average'][m]['rank_sem']:.2f}" for m in summary["methods"]),
+        + ", ".join(
+            f"{m} {sem:.2f}" if math.isfinite(sem := summary["average"][m]["rank_sem"]) else f"{m} n/a (one run)"
+            for m in summary["methods"]
+        ),
         "",
     ]
     if reference:

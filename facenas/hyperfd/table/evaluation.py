@@ -247,6 +247,13 @@ def evaluate_table(
         settings["readings"] = readings
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[str]] = {}
+    # a split that puts the source online leaves best-on-source nothing to copy; it is left out of
+    # the whole evaluation then, so that every method is averaged over the same datasets
+    sourceless = [label for label, off, on in splits if off and on and source not in off]
+    left_out = [n for n, (m, _) in specs.items() if m == "best_on_source"] if sourceless else []
+    factories = {n: f for n, f in factories.items() if n not in left_out}
+    if not factories:
+        raise ValueError(f"every method needs the source {source!r} offline, and protocol {protocol!r} puts it online")
     for label, split_offline, split_online in splits:
         if not split_offline or not split_online:
             continue  # a family on every dataset, or a lone offline dataset: nothing to learn from
@@ -283,6 +290,12 @@ def evaluate_table(
         for g, members in groups.items()
     }
     text = markdown(summary, reference)
+    if left_out:
+        text += (
+            f"\nNot run: {', '.join(left_out)}, whose source {source!r} is online in "
+            + ", ".join(sourceless)
+            + " (it copies the source's ranking, so it has none there).\n"
+        )
     spread = bootstrap(rows, groups, bootstrap_samples, seed)
     summary["bootstrap"] = spread
     summary["groups"] = groups
@@ -293,7 +306,7 @@ def evaluate_table(
         + " and the online datasets; random search's closed form: "
         + ", ".join(f"{g} {v:.2f}" for g, v in group_reference.items())
         + ")\n\n"
-        + bootstrap_markdown(spread, group_reference, [m for m in focus if m in specs])
+        + bootstrap_markdown(spread, group_reference, [m for m in focus if m in factories])
     )
     if protocol == "online":
         sensitivity = ranker_sensitivity(table, offline, factories, seed, progress)
