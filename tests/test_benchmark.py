@@ -176,6 +176,11 @@ def test_build_is_killed_and_resumed_then_exported(tmp_path):
     assert out.returncode == 0 and "2 datasets" in out.stdout, out.stderr[-3000:]
     bad = run_facenas("hyperfd", "evaluate", *common, "--methods", "[oracle]", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown method 'oracle'" in bad.stderr
+    bad = run_facenas(
+        "hyperfd", "evaluate", *common, "--source", "masked", "--offline", "[plain]", "--methods", "[best_on_source]",
+        "--out", "bad", cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "best_on_source: source 'masked' is not an offline dataset" in bad.stderr
 
     # leave-one-family-out with a reading of HyperFD: each dataset (its own family here) online in turn;
     # best-on-source, whose source goes online in one split, is left out of the whole evaluation

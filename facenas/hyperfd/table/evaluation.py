@@ -247,9 +247,11 @@ def evaluate_table(
         settings["readings"] = readings
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[str]] = {}
-    # a split that puts the source online leaves best-on-source nothing to copy; it is left out of
-    # the whole evaluation then, so that every method is averaged over the same datasets
-    sourceless = [label for label, off, on in splits if off and on and source not in off]
+    # a split of leave-one-family-out (or of the offline protocols) that puts the source online leaves
+    # best-on-source nothing to copy; it is left out of the whole evaluation then, so that every
+    # method is averaged over the same datasets (in the online protocol a source that is not offline
+    # is the user's mistake, and best-on-source says so)
+    sourceless = [label for label, off, on in splits if off and on and source not in off and protocol != "online"]
     left_out = [n for n, (m, _) in specs.items() if m == "best_on_source"] if sourceless else []
     factories = {n: f for n, f in factories.items() if n not in left_out}
     if not factories:
