@@ -432,6 +432,28 @@ def test_evaluation_journal_resumes_a_killed_evaluation(tmp_path):
         evaluate(table, methods, offline=offline, runs=3, seed=1, journal=journal)
 
 
+def test_evaluation_in_worker_processes_equals_one_process(tmp_path):
+    table = planted_table(3, 3, GRID[::6])
+    for d in table.values():
+        keys = sorted(d.val, key=d.val.get)
+        d.repeats = {keys[0]: [(1.0, 1.0)]}
+    methods = {
+        "random": lambda s: RandomSearch(),
+        "hyperfd": lambda s: HyperFD(extractor="label_stats", warmup_steps=20, steps_per_task=5, seed=s),
+    }
+    offline = ["wider", "off1", "off2"]
+    one = evaluate(table, methods, offline=offline, runs=3, seed=0, table_noise=True)
+    journal = tmp_path / "journal.jsonl"
+    two = evaluate(table, methods, offline=offline, runs=3, seed=0, table_noise=True, journal=journal, workers=2)
+    assert two == one
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 3 * 2  # the settings, then every (run, method) written by the workers
+    resumed = evaluate(table, methods, offline=offline, runs=3, seed=0, table_noise=True, journal=journal, workers=2)
+    assert resumed == one and len(journal.read_text().splitlines()) == len(lines)  # nothing run again
+    with pytest.raises(ValueError, match="workers"):
+        evaluate(table, methods, offline=offline, runs=1, workers=0)
+
+
 def test_hyperfd_state_keeps_no_per_image_data():
     table = planted_table(2, 2, GRID[::6])
     offline = [table[n] for n in table if not n.startswith("on")]

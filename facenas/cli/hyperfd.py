@@ -249,6 +249,12 @@ def evaluate(verb: str, argv: list[str]) -> int:
     parser.add_argument("--warmup_steps", type=int, default=1000, help="ranker steps on the offline tables")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=str, default="runs/hyperfd/features", help="per-image feature cache")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs evaluated at once, one process each (the result does not depend on it)",
+    )
     parser.add_argument("--out", type=str, default="runs/hyperfd/evaluation", help="report folder")
     args = parse(parser, argv)
     fields = {k: v for k, v in vars(args).items() if k not in ("config", "__path__", "table")}

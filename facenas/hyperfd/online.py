@@ -240,6 +240,7 @@ def evaluate(
     journal: str | Path | None = None,
     journal_settings: Mapping[str, Any] | None = None,
     table_noise: bool = False,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Every method on ``runs`` random orders of the online datasets (run r: order and method
     seeds from ``(seed, r)``, the same order for every method); one row per (method, run, task).
@@ -250,7 +251,12 @@ def evaluate(
     With a ``journal`` (a JSON-lines file) each finished (run, method) is appended as it ends and
     a killed evaluation resumes where it stopped: a (run, method) already there is not run again.
     The journal's first line holds the settings (with ``journal_settings``, what else shapes the
-    methods); resuming with other settings is refused."""
+    methods); resuming with other settings is refused.
+
+    ``workers`` > 1 runs that many runs at once in forked processes (each on one thread); a run's
+    rows depend only on ``(seed, run)``, so the result is the same as with one worker."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (got {workers})")
     unknown = [n for n in [*offline, *(online or [])] if n not in table]
     if unknown:
         raise ValueError(f"dataset {unknown[0]!r} is not in the table (it has {', '.join(table)})")
@@ -263,18 +269,51 @@ def evaluate(
     done = _read_journal(journal, settings) if journal is not None else {}
     if done and progress is not None:
         progress(f"resuming {journal}: {len(done)} (run, method) pairs already finished")
-    rows = []
+
+    def one_run(run: int) -> list[dict[str, Any]]:
+        todo = {m: f for m, f in methods.items() if (run, m) not in done}
+        if not todo:
+            return []
+        drawn = table
+        if table_noise:
+            rng = np.random.default_rng([seed, run, 2])
+            drawn = {name: data.with_seed_draw(rng) for name, data in table.items()}
+        return _run(drawn, todo, offline, online, run, runs, budget, seed, progress, journal)
+
     with single_thread():
-        for run in range(runs):
-            todo = {m: f for m, f in methods.items() if (run, m) not in done}
-            drawn = table
-            if table_noise:
-                rng = np.random.default_rng([seed, run, 2])
-                drawn = {name: data.with_seed_draw(rng) for name, data in table.items()}
-            fresh = _run(drawn, todo, offline, online, run, runs, budget, seed, progress, journal) if todo else []
-            for name in methods:
-                rows += done.get((run, name)) or [r for r in fresh if r["method"] == name]
+        if workers == 1:
+            fresh = {run: one_run(run) for run in range(runs)}
+        else:
+            fresh = _in_forked_workers(one_run, range(runs), workers)
+    rows = []
+    for run in range(runs):
+        for name in methods:
+            rows += done.get((run, name)) or [r for r in fresh[run] if r["method"] == name]
     return rows
+
+
+_FORKED_JOB: Callable[[int], Any] | None = None
+
+
+def _call_forked_job(item: int) -> Any:
+    assert _FORKED_JOB is not None
+    return _FORKED_JOB(item)
+
+
+def _in_forked_workers(job: Callable[[int], Any], items: Sequence[int], workers: int) -> dict[int, Any]:
+    """``{item: job(item)}`` computed by ``workers`` forked processes. Forked, not spawned, because
+    the job closes over the methods' factories (lambdas, which do not pickle); only the item goes
+    to a worker and only the job's result (plain rows) comes back. A failed item raises here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORKED_JOB
+    _FORKED_JOB = job
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return dict(zip(items, pool.map(_call_forked_job, items)))
+    finally:
+        _FORKED_JOB = None
 
 
 def _read_journal(path: str | Path, settings: Mapping[str, Any]) -> dict[tuple[int, str], list[dict[str, Any]]]:

@@ -189,6 +189,7 @@ def evaluate_table(
     table_noise: bool = False,
     bootstrap_samples: int = 2000,
     focus: Sequence[str] = ("hyperfd", "similar_portfolio"),
+    workers: int = 1,
 ) -> Evaluation:
     """HyperFD and its baselines on a lookup table: warm every method up on the offline datasets,
     meet the online datasets in ``runs`` random orders with ``budget`` evaluations each, and write
@@ -201,7 +202,8 @@ def evaluate_table(
     :func:`dataset_families`). ``table_noise``: each run draws the seed entries of the
     configurations with repeats. The average rank is reported with a bootstrap over runs and
     datasets per group of online datasets (``seen`` / ``held_out`` families, ``all``; per family
-    for leave-one-family-out), and the plain verdicts for the ``focus`` methods.
+    for leave-one-family-out), and the plain verdicts for the ``focus`` methods. ``workers``: runs
+    evaluated at once, one process each (the result does not depend on it).
 
     Raises:
         ValueError: an unknown method, or a table or dataset that does not fit.
@@ -272,6 +274,7 @@ def evaluate_table(
             journal=journal,
             journal_settings=settings,
             table_noise=table_noise,
+            workers=workers,
         )
         if protocol == "online":
             groups = online_groups(split_online, split_offline, families)
