@@ -432,6 +432,32 @@ def test_evaluation_journal_resumes_a_killed_evaluation(tmp_path):
         evaluate(table, methods, offline=offline, runs=3, seed=1, journal=journal)
 
 
+def test_readings_share_one_warmup_with_the_same_rows_as_their_own():
+    table = planted_table(3, 3, GRID[::6])
+    offline = ["wider", "off1", "off2"]
+    readings = {
+        "table6": {},
+        "alg1_top4": {"ratio": (0.0, 1.0, 1.0), "explore": 0.0},
+        "no_si": {"si_weight": 0.0},
+        "mse": {"loss": "mse"},  # another warm-up
+    }
+    methods = {
+        n: (lambda s, o=o: HyperFD(extractor="label_stats", warmup_steps=30, steps_per_task=5, seed=s, **o))
+        for n, o in readings.items()
+    }
+    shared = evaluate(table, methods, offline=offline, runs=2, seed=0)
+    order = [r["dataset"] for r in shared if r["method"] == "table6" and r["run"] == 0]
+    run_seed = int(np.random.SeedSequence([0, 0, 1]).generate_state(1)[0])
+    warm: dict = {}
+    for name, factory in methods.items():
+        alone = run_online(factory(run_seed), [table[n] for n in offline], [table[n] for n in order], 4, run_seed)
+        together = [r for r in shared if r["method"] == name and r["run"] == 0]
+        assert [r | {"method": name} for r in alone] == [{k: v for k, v in r.items() if k != "run"} for r in together]
+        run_online(factory(run_seed), [table[n] for n in offline], [table[n] for n in order], 4, run_seed, warm)
+    assert len(warm) == 2  # the three readings that differ only online warmed up once
+    assert HyperFD(loss="mse").warmup_key() != HyperFD().warmup_key() == HyperFD(explore=0.0).warmup_key()
+
+
 def test_evaluation_in_worker_processes_equals_one_process(tmp_path):
     table = planted_table(3, 3, GRID[::6])
     for d in table.values():

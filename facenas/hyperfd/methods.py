@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -200,6 +201,24 @@ class HyperFD(_RankerMethod):
         for _ in range(self.warmup_steps):
             self._step([self._offline_item(rng) for _ in range(self.batch_size)], regularise=False)
         self.si.consolidate()
+
+    # what the warm-up sets, and the options it depends on (not explore, ratio, si_weight,
+    # steps_per_task, trans_steps: they act online only)
+    _WARM = ("ranker", "optimizer", "offline", "si", "z", "z_optimizers", "past", "version")
+
+    def warmup_key(self) -> tuple:
+        options = (self.loss, self.sim_weight, self.margin, self.damping)
+        return (type(self).__name__, self.space, self.extractor, self.warmup_steps, self.batch_size,
+                self.configs_per_item, self.lr, *options, self.seed)  # fmt: skip
+
+    def warm_state(self) -> Any:
+        # one deep copy keeps the optimiser's and SI's references to the ranker's parameters
+        return copy.deepcopy({k: self.__dict__[k] for k in self._WARM}), torch.get_rng_state()
+
+    def load_warm_state(self, state: Any) -> None:
+        attributes, torch_rng = state
+        self.__dict__.update(copy.deepcopy(attributes))
+        torch.set_rng_state(torch_rng)
 
     def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
         meta = self.client_meta(task.features(self.extractor))

@@ -147,6 +147,21 @@ class Method(ABC):
     def warmup(self, offline: Sequence[TaskData], rng: np.random.Generator) -> None:
         """Learn from the offline datasets' full tables (the platform's own)."""
 
+    def warmup_key(self) -> tuple | None:
+        """What the warm-up depends on besides the offline data and the generator, for methods
+        whose warm-up is worth sharing (readings that differ only after it reuse one warm-up in an
+        evaluation run); None: not shared."""
+        return None
+
+    def warm_state(self) -> Any:
+        """A copy of everything the warm-up set (only for a method with a :meth:`warmup_key`)."""
+        raise NotImplementedError
+
+    def load_warm_state(self, state: Any) -> None:
+        """Continue from :meth:`warm_state` of a method with the same :meth:`warmup_key`, as if
+        this one had warmed up itself."""
+        raise NotImplementedError
+
     @abstractmethod
     def select(self, task: OnlineTask, rng: np.random.Generator) -> None:
         """Evaluate up to ``task.budget`` configurations of the task's pool."""
@@ -199,11 +214,23 @@ def run_online(
     online: Sequence[TaskData],
     budget: int = 4,
     seed: int = 0,
+    warm: dict[tuple, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Algorithm 1 for one method and one order of the online datasets: per task the
-    configuration kept (best validation AP among those evaluated), its test AP and normalized rank."""
+    configuration kept (best validation AP among those evaluated), its test AP and normalized rank.
+
+    ``warm``: warm-ups already done on these ``offline`` datasets with this ``seed`` (by
+    :meth:`Method.warmup_key`), reused instead of warming up again, and this method's added; the
+    rows are the same as without."""
     rng = np.random.default_rng(seed)
-    method.warmup(offline, rng)
+    key = method.warmup_key() if warm is not None else None
+    if key is not None and key in warm:
+        state, rng.bit_generator.state = warm[key]
+        method.load_warm_state(state)
+    else:
+        method.warmup(offline, rng)
+        if key is not None:
+            warm[key] = (method.warm_state(), rng.bit_generator.state)
     results = []
     for index, data in enumerate(online):
         task = OnlineTask(data, budget)
@@ -371,9 +398,10 @@ def _run(
     order = [online[i] for i in np.random.default_rng([seed, run]).permutation(len(online))]
     method_seed = int(np.random.SeedSequence([seed, run, 1]).generate_state(1)[0])
     rows = []
+    warm: dict[tuple, Any] = {}  # every method of the run warms up on the same data with the same seed
     for name, factory in methods.items():
         result = run_online(
-            factory(method_seed), [table[n] for n in offline], [table[n] for n in order], budget, method_seed
+            factory(method_seed), [table[n] for n in offline], [table[n] for n in order], budget, method_seed, warm
         )
         for r in result:
             r.update(method=name, run=run)
