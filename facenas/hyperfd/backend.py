@@ -69,7 +69,8 @@ class HyperFDSearcher(Searcher):
             starting state is never overwritten unless this names it).
         n_picks: B, the configurations chosen by the ranker (4 in the paper).
         explore: share of the B picks drawn at random outside the ranker's top (default: the
-            state's, 0.5).
+            state's: 0 for ``real_photo`` and a state trained with the defaults, 0.5 for
+            ``hyperfd_cpu``).
         then: after the B picks, ``ranked`` (go on down the ranking) or ``smac`` (SMAC's
             random-forest BO with the picks as its initial design).
         pool: for an infinite space (``hyperfd_nas``, ``hyperfd_joint``) the candidate pool's size
