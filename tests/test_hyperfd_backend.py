@@ -115,3 +115,22 @@ def test_backend_warm_starts_smac(tmp_path):
     picks = [t.trial.config for t in Study(ranked_only, objective=table_value, quiet=True).run().trials()]
     assert [config_key(t.trial.config) for t in trials[:2]] == [config_key(c) for c in picks]
     assert len({config_key(t.trial.config) for t in trials}) == 4
+
+
+def test_shipped_rankers_load_score_the_pool_and_keep_their_options():
+    from facenas.search.spaces import finite_configurations, load_space
+
+    pool = finite_configurations(load_space("hyperfd_hpo"))
+    assert len(pool) == 216
+    # the options a state was trained with stay with it: a changed default does not change it
+    options = {"hyperfd_cpu": ([5.0, 1.0, 1.0], 0.5), "real_photo": ([0.0, 1.0, 1.0], 0.0)}
+    for name, (ratio, explore) in options.items():
+        state = load_state(name)
+        assert state["space"] == "hyperfd_hpo" and state["extractor"] == "detector"
+        assert state["past"] == [] and state["version"] == 0  # trained on a table: no online task yet
+        method = HyperFD.from_state(state)
+        assert (list(method.ratio), method.explore) == (ratio, explore)
+        width = int(state["ranker"]["dataset.mean"].shape[0])
+        features = np.random.default_rng(0).normal(size=(40, width)).astype(np.float32)
+        scores = method.scores(method.client_meta(features), pool)
+        assert np.isfinite(scores).all() and len(set(np.round(scores, 5))) > 100
