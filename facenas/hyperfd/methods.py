@@ -154,12 +154,12 @@ class HyperFD(_RankerMethod):
         steps_per_task, trans_steps: N_iters = 50 and N_trans = 20 (Table 6).
         ratio: offline : past : current sampling weights of batch items (0:1:1, Algorithm 1;
             Table 6 gives 5:1:1).
+        sim_weight, margin, si_weight, damping: 0.03, 0.5, 10000, 0.1.
 
     The defaults of ``explore`` and ``ratio`` are the reading chosen on the real-photo table's
     offline datasets alone, before its online evaluation
     (``configs/hyperfd/evaluate/real_photo_selection.yaml``,
     ``benchmarks/hyperfd/real_photo/selection.md``).
-        sim_weight, margin, si_weight, damping: 0.03, 0.5, 10000, 0.1.
     """
 
     name = "hyperfd"

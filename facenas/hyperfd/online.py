@@ -406,7 +406,7 @@ def _run(
         for r in result:
             r.update(method=name, run=run)
         rows += result
-        if journal is not None:
+        if journal is not None:  # one short write in append mode: parallel workers' lines do not interleave
             with open(journal, "a") as f:
                 f.write(json.dumps({"run": run, "method": name, "rows": result}, default=str) + "\n")
         if progress is not None:
