@@ -217,6 +217,25 @@ def test_backends_are_told_about_failures():
     assert optuna_searcher.study.trials[0].state.name == "FAIL"
 
 
+def test_smac_scratch_folder_is_removed_by_close_or_collection():
+    import gc
+
+    space = load_space("frnas_joint", seed=0)
+    folders = []
+    for closed in (True, False):
+        smac = create_searcher({"class_path": "smac", "init_args": {"facade": "hpo"}})
+        smac.setup(space, [Objective("err")], None, 0, 4)
+        smac.ask()
+        folder = smac._outdir
+        assert folder.is_dir()
+        if closed:
+            smac.close()
+        del smac
+        gc.collect()
+        folders.append(folder)
+    assert not any(f.exists() for f in folders)
+
+
 def test_unknown_backend_and_bad_options():
     with pytest.raises(ValueError, match="unknown backend 'bayes'"):
         create_searcher("bayes")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,9 @@ class SMACSearcher(Searcher):
         if fidelity and (budget is None or not budget.multi_fidelity):
             raise ValueError(f"the SMAC {self.facade!r} facade needs a multi-fidelity budget (min < max)")
         self._outdir = Path(tempfile.mkdtemp(prefix="facenas-smac-"))
+        # SMAC insists on an output folder; the study's store is the record, so the folder is
+        # scratch, removed by close() or, for a searcher nobody closes, when it is collected
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._outdir, True)
         scenario = Scenario(
             space,
             name="facenas",
@@ -179,6 +183,6 @@ class SMACSearcher(Searcher):
             )
 
     def close(self) -> None:
-        outdir = getattr(self, "_outdir", None)
-        if outdir is not None:
-            shutil.rmtree(outdir, ignore_errors=True)
+        cleanup = getattr(self, "_cleanup", None)
+        if cleanup is not None:
+            cleanup()
