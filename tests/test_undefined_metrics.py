@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from facenas.callbacks.detection_ap import average_precision, evaluate_detections, undefined_groups
 from facenas.callbacks.fairness import evaluate_fairness
@@ -388,3 +390,41 @@ def test_eval_fairness_with_a_reference_group_without_probes_is_undefined_not_an
     result = json.loads(out.stdout)
     assert result["disparity"] is None and result["error"] is not None
     assert "the reference group 'female' has no probe" in out.stderr
+
+
+class _Scripted(LightningModule):
+    """Logs ``val/x`` from a script, one value per validation."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.values = values
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1) ** 2
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/x", self.values[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("values, best_epoch", [([math.nan] * 3, None), ([math.nan, 0.5, math.nan], 1)])
+def test_the_best_checkpoint_is_never_an_undefined_value(tmp_path, values, best_epoch):
+    from facenas.training.cli import DefinedBestCheckpoint
+
+    best = DefinedBestCheckpoint(
+        monitor="val/x", mode="max", dirpath=tmp_path, filename="best-{epoch:03d}", auto_insert_metric_name=False
+    )
+    loader = torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
+    Trainer(
+        max_epochs=len(values), callbacks=[best], logger=False, enable_progress_bar=False, enable_model_summary=False
+    ).fit(_Scripted(values), loader, loader)
+    files = sorted(p.name for p in tmp_path.glob("best-*.ckpt"))
+    if best_epoch is None:
+        assert best.best_model_path == "" and files == []
+    else:
+        assert files == [f"best-{best_epoch:03d}.ckpt"] and best.best_model_score == 0.5
+    # the same state key as Lightning's own, so checkpoints written before still resume it
+    assert best.state_key == ModelCheckpoint(monitor="val/x", mode="max").state_key

@@ -458,6 +458,24 @@ def check_checkpoint(path: str | Path) -> None:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
 
 
+class DefinedBestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose best is never an undefined value. Lightning stores a NaN monitor
+    value as -inf (mode max) or +inf (min) and keeps it while it has fewer than ``save_top_k``
+    checkpoints, so a metric that is undefined at every validation (a group AP without a counted
+    face) made the first validated epoch "best", and the test after fit ran on it. Here a NaN
+    value saves nothing: with no defined value there is no best checkpoint, and the test after
+    fit uses the final weights."""
+
+    def check_monitor_top_k(self, trainer: Trainer, current: Any = None) -> bool:
+        if current is not None and bool(current.isnan()):  # metrics are synced: every rank agrees
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        # ModelCheckpoint's key, so that checkpoints written before this class resume its state
+        return f"ModelCheckpoint{kwargs!r}"
+
+
 def default_checkpoints(model: LightningModule, callbacks: list[Callback]) -> list[ModelCheckpoint]:
     """``last.ckpt`` every epoch, and ``best-<epoch>.ckpt`` by ``model.monitor`` when a
     configured callback logs metrics (without one, the monitored key would never appear)."""
@@ -470,7 +488,7 @@ def default_checkpoints(model: LightningModule, callbacks: list[Callback]) -> li
     monitor = getattr(model, "monitor", None)
     if monitor and any(isinstance(c, MetricCallback) for c in callbacks):
         out.append(
-            ModelCheckpoint(
+            DefinedBestCheckpoint(
                 monitor=monitor,
                 mode=getattr(model, "monitor_mode", "min"),
                 save_top_k=1,
