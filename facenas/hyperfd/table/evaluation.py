@@ -81,13 +81,16 @@ def plot_curves(summary: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, curve in summary["curves"].items():
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=method)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colours = plt.get_cmap("tab20").colors  # a dozen methods: the default cycle repeats after 10
+    for i, (method, curve) in enumerate(summary["curves"].items()):
+        ax.plot(range(1, len(curve) + 1), curve, marker="osD^v<>"[i % 7], color=colours[i % 20], label=method)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("online task index")
     ax.set_ylabel("mean normalized rank (%)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
